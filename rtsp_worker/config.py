@@ -1,0 +1,301 @@
+"""`cameras.yaml`: pydantic v2 models, `${ENV}` expansion, a `defaults:` block merged into each camera.
+
+Every model forbids unknown keys; `load_config` turns any problem into a `ConfigError` whose one-line
+message names the file, the camera (by name when it has one) and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, with a message that names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+URL_SCHEMES = ("rtsp", "rtsps", "file")
+DecoderKind = Literal["auto", "nvdec", "cpu"]
+
+
+class SourceOptions(_Model):
+    """How sources connect, wait and reconnect (global, in `source:`)."""
+
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on connecting and probing a stream.")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")
+    stall_timeout_s: float = Field(
+        5.0, gt=0, le=600, description="Watchdog: no decoded frame for this long -> reconnect."
+    )
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    backoff_max_s: float = Field(10.0, gt=0, le=600, description="Cap on the reconnect delay.")
+    backoff_jitter: float = Field(0.2, ge=0, le=1, description="Random +-fraction added to each delay.")
+    max_failures: int | None = Field(
+        None, ge=1, description="Disable a camera after this many failed connects in a row (None: never)."
+    )
+
+
+class CameraConfig(_Model):
+    """One camera. Any field but `name` and `url` may also be set in `defaults:`."""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    url: str = Field(..., description="rtsp://, rtsps:// or file:// (a clip played at its native rate, looped)")
+    enabled: bool = True
+    decoder: DecoderKind = Field("auto", description="auto: NVDEC when a GPU and PyNvVideoCodec exist.")
+    infer_interval: int = Field(1, ge=1, le=100, description="Run the detector on every Nth frame.")
+    realtime: bool = Field(True, description="file:// sources: play at the clip's native rate.")
+    loop: bool = Field(True, description="file:// sources: start again at the end.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme.lower()
+        if scheme not in URL_SCHEMES:
+            raise ValueError(f"unsupported URL scheme {scheme!r} (use one of {', '.join(URL_SCHEMES)})")
+        if scheme == "file" and not urlsplit(v).path:
+            raise ValueError("file:// URL has no path")
+        return v
+
+
+class ModelConfig(_Model):
+    """The detector."""
+
+    path: Path = Field(..., description="ONNX model, TorchScript (.torchscript/.pt) or TensorRT plan (.engine)")
+    backend: Literal["auto", "onnxruntime", "torch", "tensorrt"] = Field(
+        "auto", description="auto: by file suffix and device."
+    )
+    input_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None = Field(
+        None, description="(height, width), multiples of 32; default: read from the model."
+    )
+    class_names: list[str] | None = Field(None, description="Override the names stored in the model.")
+    fp16: bool = Field(True, description="torch backend on CUDA: run in half precision.")
+    cuda_graphs: bool = Field(True, description="torch backend on CUDA: capture one graph per batch bucket.")
+    contexts: int = Field(2, ge=1, le=8, description="TensorRT: execution contexts (batches in flight).")
+    build_engine: bool = Field(
+        False, description="TensorRT: build `<path>.engine` from the ONNX on first start if missing or stale."
+    )
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: library default).")
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] % 32 or v[1] % 32):
+            raise ValueError(f"input_size {list(v)} must be multiples of 32")
+        return v
+
+
+class DetectionConfig(_Model):
+    """Postprocessing thresholds."""
+
+    confidence: float = Field(0.25, ge=0, le=1, description="Minimum class score kept.")
+    iou: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold (class-aware).")
+    classes: list[int | str] | None = Field(None, description="Keep only these class ids or names.")
+    max_detections: int = Field(300, ge=1, le=10000, description="Per image, after NMS.")
+    max_candidates: int = Field(3000, ge=1, le=100000, description="Per image, before NMS (top scores).")
+
+
+class BatcherConfig(_Model):
+    max_batch: int = Field(16, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0, le=10000, description="Wait at most this long to fill a batch.")
+
+
+class TrackerConfig(_Model):
+    """IOU tracker (DeepStream / Bochinski et al. semantics)."""
+
+    min_confidence: float = Field(0.3, ge=0, le=1, description="Detections below this are not tracked.")
+    iou_threshold: float = Field(0.3, gt=0, le=1, description="Minimum IoU to associate.")
+    class_consistent: bool = Field(True, description="Only match detections of the track's class.")
+    min_hits: int = Field(3, ge=1, le=100, description="Probation: consecutive matches before reporting.")
+    max_age: int = Field(30, ge=0, le=10000, description="Shadow tracking: frames kept alive unmatched.")
+    report_lost: bool = Field(False, description="Also report shadow-tracked (unmatched) tracks.")
+    duplicate_iou: float = Field(0.8, gt=0, le=1, description="New tracks overlapping a live one this much are dropped.")
+    predict: bool = Field(True, description="Constant-velocity prediction before association.")
+    velocity_smoothing: float = Field(0.5, ge=0, le=1, description="EMA weight of the newest velocity.")
+    max_tracks: int = Field(256, ge=1, le=10000, description="Track slots per camera.")
+
+
+class RedisConfig(_Model):
+    url: str = Field("redis://127.0.0.1:6379/0")
+    stream_prefix: str = Field("rtsp-worker:", description="Stream key = prefix + camera name.")
+    maxlen: int = Field(10000, ge=1, description="XADD MAXLEN ~ trimming.")
+    buffer: int = Field(10000, ge=1, description="Entries kept while Redis is down; beyond: counted drops.")
+
+
+class OutputConfig(_Model):
+    dir: Path = Field(Path("outputs"), description="Where JSONL files and videos go.")
+    jsonl: bool = True
+    jsonl_max_bytes: int | None = Field(None, ge=1024, description="Rotate a camera's JSONL file at this size.")
+    jsonl_backups: int = Field(5, ge=0, le=1000, description="Rotated files kept per camera.")
+    video: bool = Field(False, description="Write an annotated MP4 per camera (boxes, track ids, fps).")
+    video_fps: float = Field(0, ge=0, le=240, description="Annotated video rate (0: the camera's).")
+    redis: RedisConfig | None = None
+    include_tentative: bool = Field(False, description="Write tracks still on probation too.")
+
+
+class MetricsConfig(_Model):
+    port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port (None: off).")
+    host: str = "127.0.0.1"
+
+
+class Config(_Model):
+    """The whole `cameras.yaml`."""
+
+    cameras: list[CameraConfig] = Field(..., min_length=1)
+    model: ModelConfig
+    detection: DetectionConfig = DetectionConfig()
+    batcher: BatcherConfig = BatcherConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    output: OutputConfig = OutputConfig()
+    source: SourceOptions = SourceOptions()
+    metrics: MetricsConfig = MetricsConfig()
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    log_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between per-camera FPS log lines.")
+    defaults: dict[str, Any] | None = Field(None, description="Merged into every camera (already applied).")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"device {v!r} must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for cam in self.cameras:
+            if cam.name in seen:
+                raise ValueError(f"duplicate camera name {cam.name!r}")
+            seen.add(cam.name)
+        if not any(c.enabled for c in self.cameras):
+            raise ValueError("no camera is enabled")
+        return self
+
+    @property
+    def enabled_cameras(self) -> list[CameraConfig]:
+        return [c for c in self.cameras if c.enabled]
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace `${NAME}` (or `${NAME:-default}`) in every string; an unset NAME without default is an error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    return value
+
+
+_CAMERA_ONLY = {"name", "url"}
+
+
+def _merge_defaults(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    defaults = raw.get("defaults")
+    if defaults is None:
+        return raw
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: defaults: must be a mapping of camera fields")
+    allowed = set(CameraConfig.model_fields) - _CAMERA_ONLY
+    for key in defaults:
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: defaults.{key}: not a camera field that can have a default "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+    cameras = raw.get("cameras")
+    if isinstance(cameras, list):
+        raw = dict(raw)
+        raw["cameras"] = [{**defaults, **c} if isinstance(c, dict) else c for c in cameras]
+    return raw
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = list(err.get("loc", ()))
+    parts: list[str] = []
+    if len(loc) >= 2 and loc[0] == "cameras" and isinstance(loc[1], int):
+        cams = raw.get("cameras") or []
+        name = cams[loc[1]].get("name") if loc[1] < len(cams) and isinstance(cams[loc[1]], dict) else None
+        parts.append(f"camera {name!r}" if name else f"cameras[{loc[1]}]")
+        loc = loc[2:]
+    field = ".".join(str(p) for p in loc)
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    elif err.get("type") == "missing":
+        msg = "required field is missing"
+    where = ", ".join(parts + ([f"field {field!r}"] if field else []))
+    return f"{where}: {msg}" if where else msg
+
+
+def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate an already-loaded YAML document. Relative paths resolve against `base_dir`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping with 'cameras:' and 'model:'")
+    raw = expand_env(raw)
+    raw = _merge_defaults(raw, source)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first, raw)}{more}") from None
+    if base_dir is not None:
+        updates: dict[str, Any] = {}
+        if not cfg.model.path.is_absolute():
+            updates["model"] = cfg.model.model_copy(update={"path": base_dir / cfg.model.path})
+        if not cfg.output.dir.is_absolute():
+            updates["output"] = cfg.output.model_copy(update={"dir": base_dir / cfg.output.dir})
+        if updates:
+            cfg = cfg.model_copy(update=updates)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `cameras.yaml`; relative paths inside resolve against the current directory."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    return parse_config(raw, source=str(path))
+
+
+def mask_url(url: str) -> str:
+    """`rtsp://user:secret@host/x` -> `rtsp://user:***@host/x`: credentials never reach the logs."""
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,113 @@
+"""ONNX Runtime backend: the CPU twin of the GPU engines (also the reference for their parity checks)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rtsp_worker.config import ModelConfig
+from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names, parse_names
+
+log = logging.getLogger(__name__)
+
+
+def _static_dim(d: object) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def _parse_imgsz(value: str | None) -> tuple[int, int] | None:
+    names = parse_names(value)  # "[384, 640]" parses as a list
+    if not names:
+        return None
+    try:
+        dims = [int(x) for x in names]
+    except ValueError:
+        return None
+    if len(dims) == 1:
+        return dims[0], dims[0]
+    return (dims[0], dims[1]) if len(dims) == 2 else None
+
+
+class OnnxRuntimeEngine:
+    """Runs an ONNX detector with ONNX Runtime on host memory.
+
+    Dynamic-batch models run a whole batch in one call; models exported with a fixed batch (often 1) run
+    in chunks of that size, so any model works.
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
+        import onnxruntime as ort
+
+        self.path = cfg.path
+        opts = ort.SessionOptions()
+        if cfg.threads:
+            opts.intra_op_num_threads = cfg.threads
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(cfg.path), sess_options=opts, providers=providers)
+        except Exception as e:
+            raise ModelError(f"{cfg.path}: cannot load ONNX model: {str(e).splitlines()[0]}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelError(f"{cfg.path}: expected one image input (B, 3, H, W), got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        self._input = inputs[0].name
+        shape = inputs[0].shape
+        if _static_dim(shape[1]) not in (None, 3):
+            raise ModelError(f"{cfg.path}: input {self._input} has {shape[1]} channels, expected 3")
+        meta = self.session.get_modelmeta().custom_metadata_map
+        h, w = _static_dim(shape[2]), _static_dim(shape[3])
+        size = cfg.input_size or ((h, w) if h and w else None) or _parse_imgsz(meta.get("imgsz"))
+        if size is None:
+            raise ModelError(f"{cfg.path}: input size is dynamic and not in metadata: set model.input_size")
+        if (h and h != size[0]) or (w and w != size[1]):
+            raise ModelError(f"{cfg.path}: model input is {h}x{w} but model.input_size is {size[0]}x{size[1]}")
+        if size[0] % 32 or size[1] % 32:
+            raise ModelError(f"{cfg.path}: input size {size[0]}x{size[1]} is not a multiple of 32")
+        fixed = _static_dim(shape[0])
+        out_shape = self.session.get_outputs()[0].shape
+        nc = _static_dim(out_shape[1]) if len(out_shape) == 3 else None
+        if len(out_shape) != 3 or (nc is not None and nc < 5):
+            raise ModelError(f"{cfg.path}: model output has shape {out_shape}, expected [B, 4 + num_classes, N] "
+                             "(ultralytics YOLOv8 layout)")
+        names = tuple(cfg.class_names) if cfg.class_names else parse_names(meta.get("names"))
+        if nc is not None and names is not None and len(names) != nc - 4:
+            raise ModelError(f"{cfg.path}: model output has shape {out_shape}: {len(names)} class names for "
+                             f"{nc - 4} classes; expected [B, 4 + num_classes, N] (ultralytics YOLOv8 layout)")
+        if names is None:
+            if nc is None:
+                raise ModelError(f"{cfg.path}: number of classes unknown: set model.class_names")
+            names = default_class_names(nc - 4)
+        self.info = ModelInfo(input_size=size, class_names=names, max_batch=fixed or max_batch,
+                              dynamic_batch=fixed is None)
+        self.device = torch.device("cpu")
+        self.input_dtype = torch.float32
+        if fixed is not None and fixed < max_batch:
+            log.info("%s: model has a fixed batch of %d; batches run in chunks of that size", cfg.path, fixed)
+        self._chunk = fixed
+        # Fail at start-up, not on the first camera frame, if the model's output is not what we decode.
+        probe = self.infer(torch.zeros((fixed or 1, 3, *size), dtype=torch.float32))
+        check_output(probe, len(names), str(cfg.path))
+
+    def infer(self, images: Tensor) -> Tensor:
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self._chunk is None or x.shape[0] == self._chunk:
+            out = self.session.run(None, {self._input: x})[0]
+        else:
+            parts = []
+            for start in range(0, x.shape[0], self._chunk):  # loop over images of a fixed-batch model
+                part = x[start : start + self._chunk]
+                n = part.shape[0]
+                if n < self._chunk:
+                    part = np.concatenate([part, np.zeros((self._chunk - n, *part.shape[1:]), part.dtype)])
+                parts.append(self.session.run(None, {self._input: part})[0][:n])
+            out = np.concatenate(parts)
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]

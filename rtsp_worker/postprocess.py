@@ -1,0 +1,117 @@
+"""Vectorized postprocessing of ultralytics-layout outputs for a whole batch.
+
+`(B, 4 + nc, N)` raw output -> per-box confidence filter -> top-k candidates -> class- and image-aware NMS
+in one `batched_nms` call -> at most `max_det` boxes per image -> boxes mapped back to source pixels.
+No Python loop over images, anchors or boxes, and no `.item()`: the only host syncs are the ones that
+variable-length outputs force (the candidate mask and NMS), once per batch, never per frame.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from rtsp_worker.types import Detections, Letterbox
+
+
+def cxcywh_to_xyxy(b: Tensor) -> Tensor:
+    half = b[..., 2:4] / 2
+    return torch.cat((b[..., 0:2] - half, b[..., 0:2] + half), dim=-1)
+
+
+def decode_predictions(
+    raw: Tensor,
+    conf: float,
+    iou: float,
+    max_det: int = 300,
+    max_candidates: int = 3000,
+    classes: Tensor | None = None,
+) -> Detections:
+    """Boxes (xyxy, model-input pixels) kept after confidence filter and NMS, for every image of the batch.
+
+    `classes` is an optional (nc,) bool mask of the classes to keep.
+    """
+    if raw.ndim != 3 or raw.shape[1] < 5:
+        raise ValueError(f"expected raw output (B, 4 + nc, N), got {tuple(raw.shape)}")
+    bsz, _, n = raw.shape
+    pred = raw.float().transpose(1, 2)  # (B, N, 4 + nc), a view
+    class_scores = pred[..., 4:]
+    if classes is not None:
+        class_scores = class_scores * classes.to(class_scores.dtype)
+    scores, class_ids = class_scores.max(dim=2)  # (B, N)
+
+    # Untrained or badly calibrated models can leave thousands of candidates; NMS cost is quadratic.
+    k = min(max_candidates, n)
+    top_scores, top_idx = scores.topk(k, dim=1)  # (B, k), sorted by score
+    keep = top_scores > conf  # (B, k)
+    batch_index = torch.arange(bsz, device=raw.device).unsqueeze(1).expand(bsz, k)
+
+    flat_keep = keep.reshape(-1).nonzero().squeeze(1)  # one sync per batch
+    bi = batch_index.reshape(-1)[flat_keep]
+    anchor = top_idx.reshape(-1)[flat_keep]
+    boxes = cxcywh_to_xyxy(pred[bi, anchor, :4])
+    cand_scores = top_scores.reshape(-1)[flat_keep]
+    cand_cls = class_ids[bi, anchor]
+
+    num_classes = pred.shape[2] - 4
+    groups = bi * num_classes + cand_cls  # NMS within (image, class) only
+    kept = batched_nms(boxes, cand_scores, groups, iou)  # sorted by decreasing score
+
+    # Cap per image: rank each kept box within its image (stable sort keeps score order).
+    kb = bi[kept]
+    order = torch.sort(kb, stable=True).indices
+    kept, kb = kept[order], kb[order]
+    counts = torch.bincount(kb, minlength=bsz)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(kept.shape[0], device=raw.device) - starts[kb]
+    kept = kept[rank < max_det]
+
+    return Detections(
+        boxes=boxes[kept],
+        scores=cand_scores[kept],
+        class_ids=cand_cls[kept],
+        batch_index=bi[kept],
+    )
+
+
+def to_source_pixels(dets: Detections, letterbox: Letterbox) -> Detections:
+    """Undo the letterbox: input pixels -> each source frame's pixels, clipped to the frame."""
+    bi = dets.batch_index
+    scale = letterbox.scale[bi].unsqueeze(1)
+    pad = letterbox.pad[bi].repeat(1, 2)
+    boxes = (dets.boxes - pad) / scale
+    limits = letterbox.source_size[bi].repeat(1, 2)
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    return Detections(boxes=boxes, scores=dets.scores, class_ids=dets.class_ids, batch_index=bi)
+
+
+def class_mask(wanted: list[int | str] | None, class_names: tuple[str, ...], device: torch.device) -> Tensor | None:
+    """Turn `detection.classes` (ids or names) into an (nc,) bool mask; unknown names are an error."""
+    if wanted is None:
+        return None
+    mask = torch.zeros(len(class_names), dtype=torch.bool)
+    for c in wanted:
+        if isinstance(c, str):
+            if c not in class_names:
+                raise ValueError(f"detection.classes: unknown class name {c!r} (model has {list(class_names)})")
+            mask[class_names.index(c)] = True
+        else:
+            if not 0 <= c < len(class_names):
+                raise ValueError(f"detection.classes: class id {c} out of range 0..{len(class_names) - 1}")
+            mask[c] = True
+    return mask.to(device)
+
+
+def postprocess(
+    raw: Tensor,
+    letterbox: Letterbox,
+    conf: float,
+    iou: float,
+    max_det: int = 300,
+    max_candidates: int = 3000,
+    classes: Tensor | None = None,
+) -> Detections:
+    """Raw engine output of a batch -> detections in source-frame pixels."""
+    dets = decode_predictions(raw, conf, iou, max_det=max_det, max_candidates=max_candidates, classes=classes)
+    return to_source_pixels(dets, letterbox)

@@ -1,0 +1,103 @@
+"""Batched letterbox preprocessing in torch, on whatever device the frames live on.
+
+Frames (RGB (H, W, 3) uint8, or NVDEC's NV12 (H*3/2, W) uint8) -> one (B, 3, H_in, W_in) tensor in [0, 1]
+written into a preallocated buffer, plus the `Letterbox` that maps boxes back. Frames of the same size are
+resized together in one `interpolate` call; the loop is over distinct frame sizes, never over pixels or boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rtsp_worker.types import NV12, RGB, Frame, Letterbox
+
+PAD_VALUE = 114 / 255  # the grey ultralytics models are trained with
+
+
+def letterbox_geometry(height: int, width: int, input_size: tuple[int, int]) -> tuple[float, int, int, int, int]:
+    """(scale, new_h, new_w, pad_x, pad_y) that fit a height x width frame into input_size, centred."""
+    in_h, in_w = input_size
+    scale = min(in_h / height, in_w / width)
+    new_h = min(in_h, max(1, round(height * scale)))
+    new_w = min(in_w, max(1, round(width * scale)))
+    return scale, new_h, new_w, (in_w - new_w) // 2, (in_h - new_h) // 2
+
+
+# BT.601 limited range, the matrix FFmpeg's swscale uses by default for rgb24 conversion, so that the
+# NVDEC path and the CPU path see the same pixels.
+_YUV2RGB = torch.tensor(
+    [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]],
+    dtype=torch.float32,
+)
+
+
+def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
+    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]."""
+    y = nv12[:, :height, :].float()
+    uv = nv12[:, height : height + height // 2, :].reshape(nv12.shape[0], height // 2, width // 2, 2).float()
+    uv = uv.permute(0, 3, 1, 2)  # (G, 2, H/2, W/2)
+    uv = F.interpolate(uv, size=(height, width), mode="nearest") - 128.0
+    yuv = torch.stack((y - 16.0, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
+    m = _YUV2RGB.to(nv12.device)
+    rgb = torch.einsum("rc,gchw->grhw", m, yuv)
+    return rgb.clamp_(0, 255)
+
+
+def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
+    """Same-size frames -> (G, 3, H, W) float32 in [0, 255]."""
+    first = frames[0]
+    stacked = torch.stack([f.image for f in frames])
+    if first.pixel_format == NV12:
+        return nv12_to_rgb(stacked, first.height, first.width)
+    if first.pixel_format != RGB:
+        raise ValueError(f"unsupported pixel format {first.pixel_format!r}")
+    return stacked.permute(0, 3, 1, 2).float()
+
+
+class Preprocessor:
+    """Letterboxes batches into a buffer allocated once for the largest batch."""
+
+    def __init__(
+        self, input_size: tuple[int, int], max_batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.input_size = input_size
+        self.device = device
+        self.dtype = dtype
+        self._buffer = torch.empty((max_batch, 3, *input_size), dtype=dtype, device=device)
+
+    def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
+        bsz = len(frames)
+        if bsz > self._buffer.shape[0]:
+            raise ValueError(f"batch of {bsz} exceeds the preallocated {self._buffer.shape[0]}")
+        out = self._buffer[:bsz]
+        out.fill_(PAD_VALUE)
+        geo = [letterbox_geometry(f.height, f.width, self.input_size) for f in frames]
+
+        groups: dict[tuple[int, int, str], list[int]] = {}
+        for i, f in enumerate(frames):
+            groups.setdefault((f.height, f.width, f.pixel_format), []).append(i)
+        for idx in groups.values():
+            _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
+            imgs = _to_chw_float([frames[i] for i in idx]).to(self.device, non_blocking=True)
+            if imgs.shape[-2:] != (new_h, new_w):
+                imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False)
+            region = imgs.mul_(1 / 255).clamp_(0, 1).to(self.dtype)
+            index = torch.tensor(idx, device=self.device)
+            if len(idx) == bsz:
+                out[:, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
+            else:
+                out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
+
+        letterbox = Letterbox(
+            scale=torch.tensor([g[0] for g in geo], dtype=torch.float32),
+            pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
+            source_size=torch.tensor([[f.width, f.height] for f in frames], dtype=torch.float32),
+        )
+        if self.device.type != "cpu":
+            letterbox = Letterbox(*(t.to(self.device, non_blocking=True) for t in
+                                    (letterbox.scale, letterbox.pad, letterbox.source_size)))
+        return out, letterbox

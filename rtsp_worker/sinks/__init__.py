@@ -1,0 +1,80 @@
+"""Output sinks behind one protocol, each fed by its own thread so a slow or failing sink never blocks
+inference. `SinkRunner` owns the threads; `build_sinks` makes the configured ones."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from rtsp_worker.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Receives the results of one batch at a time, on its own thread."""
+
+    name: str
+    wants_images: bool  # True: FrameResult.image must carry the frame's pixels
+
+    def write(self, results: Sequence[FrameResult]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SinkRunner:
+    """One thread and one bounded queue per sink; a full queue drops the batch for that sink and counts it."""
+
+    def __init__(self, sinks: Sequence[Sink], queue_size: int = 256) -> None:
+        self.sinks = list(sinks)
+        self.dropped = {s.name: 0 for s in self.sinks}
+        self.errors = {s.name: 0 for s in self.sinks}
+        self._queues: list[queue.Queue] = [queue.Queue(maxsize=queue_size) for _ in self.sinks]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(s, q), name=f"sink-{s.name}", daemon=True)
+            for s, q in zip(self.sinks, self._queues)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def wants_images(self) -> bool:
+        return any(s.wants_images for s in self.sinks)
+
+    def submit(self, results: Sequence[FrameResult]) -> None:
+        for sink, q in zip(self.sinks, self._queues):
+            try:
+                q.put_nowait(results)
+            except queue.Full:
+                self.dropped[sink.name] += len(results)
+                if self.dropped[sink.name] == len(results):
+                    log.warning("sink %s is too slow: dropping results (counted)", sink.name)
+
+    def _loop(self, sink: Sink, q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            try:
+                sink.write(item)
+            except Exception as e:  # a failing sink must not take the worker down
+                self.errors[sink.name] += 1
+                if self.errors[sink.name] in (1, 10, 100) or self.errors[sink.name] % 1000 == 0:
+                    log.error("sink %s: write failed (%d so far): %s", sink.name, self.errors[sink.name], e)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain every queue, then close every sink."""
+        for q in self._queues:
+            q.put(None)
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.error("%s did not drain within %.0f s", t.name, timeout)
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as e:
+                log.error("sink %s: close failed: %s", s.name, e)

@@ -1,0 +1,62 @@
+"""One JSON line per processed frame, one file per camera, flushed after every batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from rtsp_worker.types import FrameResult
+
+
+class JsonlSink:
+    name = "jsonl"
+    wants_images = False
+
+    def __init__(self, directory: Path, max_bytes: int | None = None, backups: int = 5) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._files: dict[str, IO[str]] = {}
+        self.lines: dict[str, int] = {}
+
+    def path(self, camera: str) -> Path:
+        return self.directory / f"{camera}.jsonl"
+
+    def _file(self, camera: str) -> IO[str]:
+        f = self._files.get(camera)
+        if f is None:
+            f = self._files[camera] = open(self.path(camera), "a", encoding="utf-8")  # noqa: SIM115
+        return f
+
+    def _rotate(self, camera: str) -> None:
+        self._files.pop(camera).close()
+        base = self.path(camera)
+        if self.backups == 0:
+            base.unlink(missing_ok=True)
+            return
+        for i in range(self.backups - 1, 0, -1):
+            src = base.with_name(f"{base.name}.{i}")
+            if src.exists():
+                src.replace(base.with_name(f"{base.name}.{i + 1}"))
+        base.replace(base.with_name(f"{base.name}.1"))
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        touched = set()
+        for r in results:
+            f = self._file(r.camera)
+            f.write(json.dumps(r.to_json_dict(), separators=(",", ":")) + "\n")
+            self.lines[r.camera] = self.lines.get(r.camera, 0) + 1
+            touched.add(r.camera)
+        for cam in touched:
+            f = self._files[cam]
+            f.flush()  # a SIGTERM/SIGINT after this loses nothing already produced
+            if self.max_bytes is not None and f.tell() >= self.max_bytes:
+                self._rotate(cam)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()

@@ -1,0 +1,118 @@
+"""Video decoders behind one protocol: compressed packets from the PyAV demuxer in, frames out.
+
+Demuxing always stays in PyAV (RTSP over TCP, bounded waits, reconnects); only the decoding step
+changes: FFmpeg on the CPU (`CpuDecoder`) or NVDEC on the GPU (`rtsp_worker.sources.nvdec`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import av
+import torch
+from torch import Tensor
+
+from rtsp_worker.types import RGB
+
+log = logging.getLogger(__name__)
+
+# Codecs the worker accepts; anything else is reported as unsupported instead of half-working.
+SUPPORTED_CODECS = ("h264", "hevc")
+
+
+class UnsupportedCodec(RuntimeError):
+    """The stream's codec is not one the worker decodes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    image: Tensor  # RGB (H, W, 3) uint8 or NV12 (H*3/2, W) uint8, on the decoder's device
+    pixel_format: str
+    height: int
+    width: int
+    pts: float | None  # seconds
+
+
+class VideoDecoder(Protocol):
+    """Turns demuxed packets of one video stream into images."""
+
+    name: str  # "cpu" or "nvdec"
+    device: torch.device
+
+    def decode(self, packet: av.Packet) -> list[DecodedImage]: ...
+
+    def flush(self) -> list[DecodedImage]: ...
+
+    def close(self) -> None: ...
+
+
+class CpuDecoder:
+    """FFmpeg (PyAV) decoding to RGB on the CPU; the decode call releases the GIL."""
+
+    name = "cpu"
+
+    def __init__(self, stream: av.video.stream.VideoStream, threads: int = 1) -> None:
+        if stream.codec_context.name not in SUPPORTED_CODECS:
+            raise UnsupportedCodec(
+                f"codec {stream.codec_context.name!r} is not supported (supported: {', '.join(SUPPORTED_CODECS)})"
+            )
+        self.device = torch.device("cpu")
+        self._ctx = av.CodecContext.create(stream.codec_context.name, "r")
+        if stream.codec_context.extradata:
+            self._ctx.extradata = stream.codec_context.extradata
+        self._ctx.thread_count = threads
+        self._time_base = stream.time_base
+
+    def _convert(self, frames: list[av.VideoFrame]) -> list[DecodedImage]:
+        out = []
+        for f in frames:
+            arr = f.to_ndarray(format="rgb24")
+            pts = float(f.pts * self._time_base) if f.pts is not None and self._time_base else None
+            out.append(DecodedImage(torch.from_numpy(arr), RGB, arr.shape[0], arr.shape[1], pts))
+        return out
+
+    def decode(self, packet: av.Packet) -> list[DecodedImage]:
+        return self._convert(self._ctx.decode(packet))
+
+    def flush(self) -> list[DecodedImage]:
+        try:
+            return self._convert(self._ctx.decode(None))
+        except av.error.EOFError:
+            return []
+
+    def close(self) -> None:
+        self._ctx = None  # type: ignore[assignment]
+
+
+def nvdec_unavailable_reason() -> str | None:
+    """None when NVDEC decoding can be used here, else why not (for the fallback log line)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except Exception as e:  # RuntimeError without a driver, ImportError without the package
+        return f"PyNvVideoCodec unavailable: {type(e).__name__}: {e}"
+    return None
+
+
+def make_decoder(kind: str, stream: av.video.stream.VideoStream, device: torch.device, camera: str) -> VideoDecoder:
+    """`kind` is the camera's `decoder:` (auto | nvdec | cpu)."""
+    if kind == "cpu" or (kind == "auto" and device.type != "cuda"):
+        return CpuDecoder(stream)
+    reason = nvdec_unavailable_reason()
+    if reason is None:
+        from rtsp_worker.sources.nvdec import NvdecDecoder
+
+        try:
+            return NvdecDecoder(stream, device)
+        except UnsupportedCodec:
+            raise
+        except Exception as e:
+            reason = f"NVDEC decoder creation failed: {type(e).__name__}: {e}"
+    if kind == "nvdec":
+        log.warning("camera %s: decoder nvdec requested but %s; falling back to CPU decoding", camera, reason)
+    else:
+        log.info("camera %s: using CPU decoding (%s)", camera, reason)
+    return CpuDecoder(stream)

@@ -1,0 +1,189 @@
+"""Data that flows between pipeline stages.
+
+Every tensor field says its shape, dtype, device and box format. Batched results are flat
+(one row per box) with a ``batch_index`` column rather than lists of per-image tensors, so that
+every stage can work on the whole batch with vectorized ops and split per camera only at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+# Pixel formats a decoder may hand over.
+RGB = "rgb"  # image: (H, W, 3) uint8, RGB order
+NV12 = "nv12"  # image: (H * 3 // 2, W) uint8, Y plane then interleaved UV plane (NVDEC's output)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame of one camera."""
+
+    camera: int  # index of the camera in the config's enabled-camera list
+    seq: int  # per-camera decoded-frame number, from 0, never reset by reconnects
+    ts: float  # wall-clock time (time.time()) when the frame was decoded
+    image: Tensor  # RGB: (H, W, 3) uint8; NV12: (H*3/2, W) uint8; CPU or CUDA
+    height: int  # source-frame height in pixels
+    width: int  # source-frame width in pixels
+    pixel_format: str = RGB
+    pts: float | None = None  # presentation time in seconds from the stream, when known
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The newest frame of each camera that had a fresh one, in one list."""
+
+    frames: tuple[Frame, ...]
+
+    @property
+    def cameras(self) -> list[int]:
+        return [f.camera for f in self.frames]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    """How each batch image was mapped into the model input: input = source * scale + pad."""
+
+    scale: Tensor  # (B,) float32, same device as the batch tensor
+    pad: Tensor  # (B, 2) float32, (pad_x, pad_y) in input pixels
+    source_size: Tensor  # (B, 2) float32, (width, height) of each source frame
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Detections of a whole batch, one row per box."""
+
+    boxes: Tensor  # (N, 4) float32 xyxy, source-frame pixels
+    scores: Tensor  # (N,) float32 in [0, 1]
+    class_ids: Tensor  # (N,) int64
+    batch_index: Tensor  # (N,) int64, row of the batch (image) each box belongs to
+
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (N, 4), got {tuple(self.boxes.shape)}")
+        for name in ("scores", "class_ids", "batch_index"):
+            t = getattr(self, name)
+            if t.shape != (n,):
+                raise ValueError(f"{name} must be ({n},), got {tuple(t.shape)}")
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> Detections:
+        return Detections(
+            boxes=torch.zeros((0, 4), dtype=torch.float32, device=device),
+            scores=torch.zeros((0,), dtype=torch.float32, device=device),
+            class_ids=torch.zeros((0,), dtype=torch.int64, device=device),
+            batch_index=torch.zeros((0,), dtype=torch.int64, device=device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, mask_or_index: Tensor) -> Detections:
+        return Detections(
+            boxes=self.boxes[mask_or_index],
+            scores=self.scores[mask_or_index],
+            class_ids=self.class_ids[mask_or_index],
+            batch_index=self.batch_index[mask_or_index],
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Detections:
+        return Detections(
+            boxes=self.boxes.to(device, non_blocking=non_blocking),
+            scores=self.scores.to(device, non_blocking=non_blocking),
+            class_ids=self.class_ids.to(device, non_blocking=non_blocking),
+            batch_index=self.batch_index.to(device, non_blocking=non_blocking),
+        )
+
+
+# Track states (Tracks.state).
+TENTATIVE = 0  # on probation: fewer than min_hits consecutive matches
+CONFIRMED = 1  # matched in this frame (or predicted on a skipped frame) and past probation
+LOST = 2  # shadow-tracked: unmatched for 1..max_age frames
+
+
+@dataclass(frozen=True, slots=True)
+class Tracks:
+    """Tracks reported for a whole batch, one row per track."""
+
+    batch_index: Tensor  # (M,) int64, row of the batch (image) the track belongs to
+    track_ids: Tensor  # (M,) int64, unique per camera for the life of the process
+    boxes: Tensor  # (M, 4) float32 xyxy, source-frame pixels
+    scores: Tensor  # (M,) float32, confidence of the matched detection (last one if unmatched)
+    class_ids: Tensor  # (M,) int64
+    det_index: Tensor  # (M,) int64, row in this batch's Detections it matched, -1 if none
+    age: Tensor  # (M,) int64, frames since the track was created
+    hits: Tensor  # (M,) int64, number of matched frames
+    state: Tensor  # (M,) int8, TENTATIVE / CONFIRMED / LOST
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> Tracks:
+        z = torch.zeros((0,), dtype=torch.int64, device=device)
+        return Tracks(
+            batch_index=z,
+            track_ids=z,
+            boxes=torch.zeros((0, 4), dtype=torch.float32, device=device),
+            scores=torch.zeros((0,), dtype=torch.float32, device=device),
+            class_ids=z,
+            det_index=z,
+            age=z,
+            hits=z,
+            state=torch.zeros((0,), dtype=torch.int8, device=device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Tracks:
+        return Tracks(**{
+            name: getattr(self, name).to(device, non_blocking=non_blocking)
+            for name in self.__dataclass_fields__
+        })
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedObject:
+    """One object in one frame, as the sinks write it."""
+
+    track_id: int
+    class_id: int
+    class_name: str
+    confidence: float
+    box: tuple[float, float, float, float]  # xyxy, source-frame pixels
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What the pipeline produced for one frame of one camera (host-side, ready for sinks)."""
+
+    camera: str  # camera name
+    camera_index: int
+    frame: int  # Frame.seq
+    ts: float  # Frame.ts (decode time)
+    width: int
+    height: int
+    objects: tuple[TrackedObject, ...] = field(default_factory=tuple)
+    image: Tensor | None = None  # (H, W, 3) uint8 RGB on CPU, only when a sink asked for pixels
+    done_ts: float = 0.0  # wall-clock time the result was ready (end-to-end latency = done_ts - ts)
+
+    def to_json_dict(self) -> dict:
+        return {
+            "camera": self.camera,
+            "frame": self.frame,
+            "ts": round(self.ts, 6),
+            "objects": [
+                {
+                    "track_id": o.track_id,
+                    "class_id": o.class_id,
+                    "class_name": o.class_name,
+                    "confidence": round(o.confidence, 4),
+                    "box": [round(v, 2) for v in o.box],
+                }
+                for o in self.objects
+            ],
+        }

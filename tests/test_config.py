@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from rtsp_worker.config import ConfigError, load_config, mask_url
+
+MINIMAL = """
+cameras:
+  - name: cam0
+    url: rtsp://127.0.0.1:8554/cam0
+  - name: lobby
+    url: file:///path/to/clip.mp4
+model:
+  path: models/some-detector.onnx
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cameras.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_file_is_enough(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert [c.name for c in cfg.cameras] == ["cam0", "lobby"]
+    assert cfg.model.path == Path("models/some-detector.onnx")
+    assert cfg.device == "auto" and cfg.batcher.max_batch >= 1 and cfg.tracker.min_hits >= 1
+
+
+def test_defaults_merge_and_camera_override(tmp_path):
+    text = MINIMAL.replace("cameras:", "defaults:\n  infer_interval: 3\n  decoder: cpu\ncameras:", 1)
+    text = text.replace("url: file:///path/to/clip.mp4", "url: file:///path/to/clip.mp4\n    infer_interval: 1")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.cameras[0].infer_interval == 3 and cfg.cameras[0].decoder == "cpu"
+    assert cfg.cameras[1].infer_interval == 1
+
+
+def test_env_expansion_and_masking(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_PASS", "s3cret")
+    text = MINIMAL.replace("rtsp://127.0.0.1", "rtsp://admin:${CAM_PASS}@127.0.0.1")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.cameras[0].url == "rtsp://admin:s3cret@127.0.0.1:8554/cam0"
+    assert "s3cret" not in mask_url(cfg.cameras[0].url)
+    assert mask_url(cfg.cameras[0].url) == "rtsp://admin:***@127.0.0.1:8554/cam0"
+
+
+def test_disabled_camera(tmp_path):
+    text = MINIMAL.replace("name: lobby", "name: lobby\n    enabled: false")
+    cfg = load_config(write(tmp_path, text))
+    assert [c.name for c in cfg.enabled_cameras] == ["cam0"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda t: t.replace("name: lobby", "name: lobby\n    fps_limit: 3"), ["cameras.yaml", "camera 'lobby'", "fps_limit", "unknown key"]),
+        (lambda t: t.replace("name: lobby", "name: cam0"), ["cameras.yaml", "duplicate camera name 'cam0'"]),
+        (lambda t: t.replace("file:///path", "http://path"), ["camera 'lobby'", "url", "unsupported URL scheme 'http'"]),
+        (lambda t: t + "detection:\n  iou: 2\n", ["detection.iou"]),
+        (lambda t: t + "batcher:\n  max_batch: 0\n", ["batcher.max_batch"]),
+        (lambda t: t + "colour: red\n", ["colour", "unknown key"]),
+        (lambda t: t.replace("  path: models/some-detector.onnx", "  file: x.onnx"), ["model.path", "missing"]),
+        (lambda t: t + "device: gpu7\n", ["device", "gpu7"]),
+        (lambda t: t + "model2: [\n", ["malformed YAML", "line"]),
+        (lambda t: t.replace("rtsp://127", "rtsp://${NOPE_NOT_SET}127"), ["NOPE_NOT_SET", "not set"]),
+        (lambda t: "defaults:\n  url: rtsp://x\n" + t, ["defaults.url"]),
+        (lambda t: t + "model:\n  path: a.onnx\n  input_size: [380, 640]\n", ["multiples of 32"]),
+    ],
+)
+def test_bad_config_names_the_culprit(tmp_path, mutate, expected):
+    path = write(tmp_path, mutate(MINIMAL))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,63 @@
+"""ONNX Runtime engine: reads size and names from the model, runs whole batches, rejects bad models."""
+
+import pytest
+import torch
+
+from rtsp_worker.config import ModelConfig
+from rtsp_worker.engines import ModelError, choose_backend, load_engine
+
+from tiny_models import export_tiny
+
+
+def load(path, **kw):
+    return load_engine(ModelConfig(path=path, **kw), torch.device("cpu"), max_batch=4)
+
+
+def test_reads_input_size_and_names(tmp_path):
+    eng = load(export_tiny(tmp_path / "m.onnx", size=(64, 96), names=["person", "car", "bike"]))
+    assert eng.info.input_size == (64, 96)
+    assert eng.info.class_names == ("person", "car", "bike")
+    assert eng.info.dynamic_batch
+    out = eng.infer(torch.rand(3, 3, 64, 96))
+    assert out.shape == (3, 7, (64 // 8) * (96 // 8)) and out.dtype == torch.float32
+
+
+def test_fixed_batch_one_model_still_runs_batches(tmp_path):
+    dyn = load(export_tiny(tmp_path / "dyn.onnx", nc=2))
+    fixed = load(export_tiny(tmp_path / "fixed.onnx", nc=2, dynamic_batch=False))
+    assert not fixed.info.dynamic_batch and fixed.info.max_batch == 1
+    assert fixed.info.class_names == ("0", "1")
+    x = torch.rand(3, 3, 64, 96)
+    assert torch.allclose(fixed.infer(x), dyn.infer(x), atol=1e-5)
+
+
+def test_wrong_output_layout_is_rejected(tmp_path):
+    path = export_tiny(tmp_path / "bad.onnx", bad_layout=True, names=["a", "b", "c"])
+    with pytest.raises(ModelError, match=r"bad.onnx.*\[B, 4 \+ num_classes, N\]"):
+        load(path)
+
+
+def test_missing_model_and_garbage_file(tmp_path):
+    with pytest.raises(ModelError, match="nope.onnx: model file not found"):
+        load(tmp_path / "nope.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="junk.onnx: cannot load ONNX model"):
+        load(junk)
+
+
+def test_input_size_mismatch_and_names_count(tmp_path):
+    path = export_tiny(tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="model input is 64x96 but model.input_size is 128x128"):
+        load(path, input_size=(128, 128))
+    with pytest.raises(ModelError, match="2 class names for 3 classes"):
+        load(path, class_names=["a", "b"])
+
+
+def test_backend_choice_by_suffix():
+    cpu = torch.device("cpu")
+    assert choose_backend(ModelConfig(path="m.onnx"), cpu) == "onnxruntime"
+    assert choose_backend(ModelConfig(path="m.torchscript"), cpu) == "torch"
+    assert choose_backend(ModelConfig(path="m.engine"), cpu) == "tensorrt"
+    assert choose_backend(ModelConfig(path="m.onnx", build_engine=True), torch.device("cuda")) == "tensorrt"
+    assert choose_backend(ModelConfig(path="m.onnx", build_engine=True), cpu) == "onnxruntime"
