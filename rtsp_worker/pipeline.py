@@ -202,16 +202,25 @@ class Pipeline:
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
                     self.step(batch)
+                now = time.monotonic()
+                for source in self.sources:  # stall watchdog: a few comparisons per camera
+                    source.check_stall(now)
                 reporter.maybe_log()
         finally:
             self.shutdown(reporter)
 
-    def shutdown(self, reporter: _PeriodicLog | None = None) -> None:
+    def shutdown(self, reporter: _PeriodicLog | None = None, join_timeout: float = 5.0) -> None:
+        """Stop the cameras, process what they decoded, drain and close the sinks: bounded in time.
+
+        A camera blocked in a connect or read past `join_timeout` (all cameras together) is left behind:
+        its thread is a daemon and holds nothing the outputs need.
+        """
         self.stop()
-        for s in self.sources:
-            s.join(timeout=5)
+        deadline = time.monotonic() + join_timeout
+        for s in self.sources if self._started else ():
+            s.join(timeout=max(0.0, deadline - time.monotonic()))
             if s.is_alive():
-                log.warning("camera %s: thread did not stop within 5 s", s.cfg.name)
+                log.warning("camera %s: thread did not stop within %.0f s; leaving it", s.cfg.name, join_timeout)
         # Frames decoded before the stop are still processed: nothing produced is lost.
         leftover = self.batcher.next_batch(threading.Event(), timeout=0)
         if leftover is not None and len(leftover):

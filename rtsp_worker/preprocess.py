@@ -50,6 +50,12 @@ def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
 def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
     """Same-size frames -> (G, 3, H, W) float32 in [0, 255]."""
     first = frames[0]
+    if first.image.is_cuda:
+        # NVDEC frames were allocated on the decoder's stream: keep their memory from being reused
+        # while this (inference) stream still reads it.
+        stream = torch.cuda.current_stream(first.image.device)
+        for f in frames:
+            f.image.record_stream(stream)
     stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
         return nv12_to_rgb(stacked, first.height, first.width)

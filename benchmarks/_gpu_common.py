@@ -1,0 +1,155 @@
+"""Shared helpers of bench_gpu.py and parity.py: clips, decoders, a stand-in model, timing.
+
+`--simulate-on-cpu` (both scripts) runs the GPU code path on the CPU with PyAV's NV12 output standing in
+for NVDEC's, so the scripts' own logic can be checked without a GPU; its numbers are not GPU numbers and
+the scripts label them SIMULATION.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rtsp_worker.sources.decoders import DecodedImage, nvdec_unavailable_reason  # noqa: E402
+from rtsp_worker.types import NV12  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "synth_det.torchscript"
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the GPU path cannot run here (None: it can)."""
+    return nvdec_unavailable_reason()
+
+
+class PyAvNv12Decoder:
+    """Simulation only: PyAV decoding to NV12 on the CPU, shaped like NvdecDecoder's output."""
+
+    name = "pyav-nv12"
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.device = torch.device("cpu")
+        self._ctx = av.CodecContext.create(stream.codec_context.name, "r")
+        if stream.codec_context.extradata:
+            self._ctx.extradata = stream.codec_context.extradata
+        self._tb = stream.time_base
+
+    def _convert(self, frames: list) -> list[DecodedImage]:
+        out = []
+        for f in frames:
+            arr = torch.from_numpy(f.to_ndarray(format="nv12"))
+            out.append(DecodedImage(arr, NV12, f.height, f.width, float(f.pts * self._tb) if f.pts is not None else None))
+        return out
+
+    def decode(self, packet: av.Packet) -> list[DecodedImage]:
+        return self._convert(self._ctx.decode(packet))
+
+    def flush(self) -> list[DecodedImage]:
+        try:
+            return self._convert(self._ctx.decode(None))
+        except av.error.EOFError:
+            return []
+
+    def close(self) -> None:
+        self._ctx = None
+
+
+def nv12_decoder(stream: av.video.stream.VideoStream, device: torch.device, simulate: bool):
+    if simulate:
+        return PyAvNv12Decoder(stream)
+    from rtsp_worker.sources.nvdec import NvdecDecoder
+
+    return NvdecDecoder(stream, device)
+
+
+def decode_file(path: Path, make_decoder: Callable, max_frames: int | None = None) -> list[DecodedImage]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        dec = make_decoder(stream)
+        out: list[DecodedImage] = []
+        for p in c.demux(stream):
+            out += dec.decode(p)
+            if max_frames is not None and len(out) >= max_frames:
+                break
+        else:
+            out += dec.flush()
+        dec.close()
+    return out[:max_frames] if max_frames is not None else out
+
+
+class StandInDetector(nn.Module):
+    """A small untrained conv net with the ultralytics output layout, for when no trained model exists."""
+
+    def __init__(self, nc: int = 4) -> None:
+        super().__init__()
+        c = [3, 16, 32, 64, 64, 4 + nc]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(c[i], c[i + 1], 3, 2, 1), nn.BatchNorm2d(c[i + 1]), nn.SiLU()]
+        layers.append(nn.Conv2d(c[4], c[5], 3, 2, 1))  # stride 32
+        self.body = nn.Sequential(*layers)
+        self.nc = nc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        _, _, h, w = y.shape
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
+        y = y.flatten(2)
+        cxcy = (grid + 0.5 + y[:, :2].tanh()) * 32
+        wh = y[:, 2:4].sigmoid() * 256
+        return torch.cat((cxcy, wh, y[:, 4:].sigmoid()), 1)
+
+
+def model_path(requested: Path | None, workdir: Path, input_hw: tuple[int, int] = (384, 640)) -> tuple[Path, str]:
+    """The model to run and a label: the requested/project model, else a stand-in traced here."""
+    import json
+    import warnings
+
+    for p in (requested, DEFAULT_MODEL):
+        if p is not None and p.exists():
+            return p, p.name
+    if requested is not None:
+        raise SystemExit(f"{requested}: model file not found")
+    torch.manual_seed(0)
+    model = StandInDetector().eval()
+    path = workdir / "stand_in.torchscript"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.rand(1, 3, *input_hw), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"config.txt": json.dumps({"imgsz": list(input_hw)})})
+    return path, "stand-in (untrained, models/synth_det.torchscript missing)"
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:
+    """Median wall time of `fn` in ms, synchronizing the device around each call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for j, r in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if j == 0:
+            print("  " + "  ".join("-" * w for w in widths))

@@ -1,0 +1,272 @@
+"""TorchScript detector: FP32 eager on the CPU; FP16 and one CUDA graph per batch-size bucket on a GPU.
+
+Metadata (input size, class names) comes from the file's extra files when it has them: ultralytics'
+TorchScript export stores `config.txt` (JSON with `names`, `imgsz`, `stride`, ...); `metadata.json` of the
+same shape is read too. `model.input_size` / `model.class_names` in the config override them.
+
+CUDA graphs: a batch of B images runs in the graph of the smallest bucket (1, 2, 4, ... up to max_batch)
+that holds it; the static input buffer's spare rows keep whatever they held (each image is independent in
+a detector) and the output rows of real images are sliced off. Graphs are captured lazily on the first
+batch of each bucket, after warm-up runs on a side stream, in the inference thread (thread-local capture,
+so decoder threads may keep using CUDA meanwhile).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rtsp_worker.config import ModelConfig
+from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names, parse_names
+
+log = logging.getLogger(__name__)
+
+METADATA_FILES = ("config.txt", "metadata.json")
+WARMUP_RUNS = 3  # TorchScript's profiling executor specializes the graph on its first runs
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two below `max_batch`, then `max_batch` itself: (1, 2, 4, 8, 12) for 12."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    buckets = []
+    b = 1
+    while b < max_batch:
+        buckets.append(b)
+        b *= 2
+    buckets.append(max_batch)
+    return tuple(buckets)
+
+
+def pick_bucket(batch: int, buckets: tuple[int, ...]) -> int:
+    """Smallest bucket that holds `batch` images."""
+    for b in buckets:
+        if b >= batch:
+            return b
+    raise ValueError(f"batch of {batch} exceeds the largest bucket {buckets[-1]}")
+
+
+def read_metadata(extra_files: dict[str, Any], source: str) -> dict[str, Any]:
+    """The first JSON object found among the extra files (ultralytics' `config.txt`), else {}."""
+    for name in METADATA_FILES:
+        raw = extra_files.get(name)
+        if not raw:
+            continue
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        try:
+            meta = json.loads(text)
+        except ValueError:
+            log.warning("%s: extra file %s is not JSON; ignoring it", source, name)
+            continue
+        if isinstance(meta, dict):
+            return meta
+    return {}
+
+
+def _literal(value: Any) -> Any:
+    """Metadata values may be stored as strings (ONNX-style props: "[384, 640]", "{0: 'car'}")."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+
+
+def metadata_input_size(meta: dict[str, Any], source: str) -> tuple[int, int] | None:
+    """(height, width) from `imgsz` (an int or [h, w], possibly as a string), if present."""
+    imgsz = _literal(meta.get("imgsz"))
+    if imgsz is None:
+        return None
+    if isinstance(imgsz, tuple):
+        imgsz = list(imgsz)
+    if isinstance(imgsz, int):
+        imgsz = [imgsz, imgsz]
+    if isinstance(imgsz, list) and len(imgsz) == 1:
+        imgsz = imgsz * 2
+    if not (isinstance(imgsz, list) and len(imgsz) == 2 and all(isinstance(v, int) and v > 0 for v in imgsz)):
+        raise ModelError(f"{source}: metadata imgsz {imgsz!r} is not an int or [height, width]")
+    return int(imgsz[0]), int(imgsz[1])
+
+
+def _first_tensor(output: Any) -> Tensor:
+    # ultralytics models may return (predictions, features) — the predictions come first.
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    return output
+
+
+@dataclass(slots=True)
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: Tensor  # (bucket, 3, H, W) in the engine's input dtype
+    outputs: Tensor  # (bucket, 4 + nc, N) in the model's output dtype
+
+
+class TorchScriptEngine:
+    """Runs a TorchScript YOLO-layout detector (see `Engine`) on the CPU or a CUDA device."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
+        self.device = device
+        self._source = str(cfg.path)
+        extra: dict[str, Any] = {name: "" for name in METADATA_FILES}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
+                module = torch.jit.load(str(cfg.path), map_location=device, _extra_files=extra)
+        except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
+            raise ModelError(f"{cfg.path}: cannot load as TorchScript: {type(e).__name__}: {e}") from None
+        meta = read_metadata(extra, self._source)
+
+        input_size = cfg.input_size or metadata_input_size(meta, self._source)
+        if input_size is None:
+            raise ModelError(f"{cfg.path}: no input size in the model's metadata; set model.input_size")
+        if input_size[0] % 32 or input_size[1] % 32:
+            raise ModelError(f"{cfg.path}: input size {list(input_size)} is not a multiple of 32")
+        names: tuple[str, ...] | None = tuple(cfg.class_names) if cfg.class_names else None
+        if names is None and meta.get("names") is not None:
+            raw_names = meta["names"]
+            names = parse_names(raw_names if isinstance(raw_names, str) else json.dumps(raw_names))
+
+        self._half = device.type == "cuda" and cfg.fp16
+        self._module = module.eval().float()
+        probe = self._probe(input_size, names)
+        num_classes = probe.shape[1] - 4
+        dynamic = self._accepts_batch(input_size)
+        if self._half:
+            self._half = self._try_half(input_size, probe)
+
+        self.input_dtype = torch.float16 if self._half else torch.float32
+        self.info = ModelInfo(
+            input_size=(int(input_size[0]), int(input_size[1])),
+            class_names=names or default_class_names(num_classes),
+            max_batch=None if dynamic else 1,
+            dynamic_batch=dynamic,
+        )
+        self._max_batch = max_batch if dynamic else 1
+        self._buckets = batch_buckets(self._max_batch)
+        self._use_graphs = device.type == "cuda" and cfg.cuda_graphs
+        self._graphs: dict[int, _Graph] = {}
+        self._pool: Any = None
+        log.info(
+            "%s: TorchScript on %s, input %s, %d classes, %s, %s",
+            self._source, device, list(self.info.input_size), num_classes,
+            "fp16" if self._half else "fp32",
+            f"CUDA graphs for batches {list(self._buckets)}" if self._use_graphs else "eager",
+        )
+
+    # -- loading checks ------------------------------------------------------------------------------------
+
+    def _forward(self, images: Tensor) -> Tensor:
+        return _first_tensor(self._module(images))
+
+    def _probe(self, input_size: tuple[int, int], names: tuple[str, ...] | None) -> Tensor:
+        x = torch.zeros((1, 3, *input_size), device=self.device)
+        try:
+            with torch.inference_mode():
+                out = self._forward(x)
+        except Exception as e:  # noqa: BLE001 - whatever the model raises, report it against the file
+            raise ModelError(
+                f"{self._source}: running the model on a (1, 3, {input_size[0]}, {input_size[1]}) input on "
+                f"{self.device} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
+        if not isinstance(out, Tensor):
+            raise ModelError(f"{self._source}: model returned {type(out).__name__}, expected a tensor")
+        num_classes = len(names) if names is not None else (out.shape[1] - 4 if out.ndim == 3 else -1)
+        check_output(out, num_classes, self._source)
+        if out.shape[0] != 1:
+            raise ModelError(f"{self._source}: batch-1 input gave an output batch of {out.shape[0]}")
+        return out
+
+    def _accepts_batch(self, input_size: tuple[int, int]) -> bool:
+        """Traced models often bake their batch size in; a batch-2 run tells."""
+        try:
+            with torch.inference_mode():
+                out = self._forward(torch.zeros((2, 3, *input_size), device=self.device))
+        except Exception as e:  # noqa: BLE001 - any failure means "not batch-dynamic"
+            log.info("%s: model does not accept batch 2 (%s); running it one image at a time",
+                     self._source, type(e).__name__)
+            return False
+        return out.shape[0] == 2
+
+    def _try_half(self, input_size: tuple[int, int], reference: Tensor) -> bool:
+        """Convert to FP16 unless the graph has FP32 constants that break (then stay FP32, with a warning)."""
+        self._module.half()
+        try:
+            with torch.inference_mode():
+                out = self._forward(torch.zeros((1, 3, *input_size), device=self.device, dtype=torch.float16))
+            if out.shape != reference.shape or not torch.isfinite(out.float()).all():
+                raise ValueError("FP16 output differs in shape or is not finite")
+        except Exception as e:  # noqa: BLE001 - any FP16 failure falls back to FP32
+            log.warning("%s: FP16 run failed (%s: %s); using FP32", self._source, type(e).__name__, e)
+            self._module.float()
+            return False
+        return True
+
+    # -- inference -----------------------------------------------------------------------------------------
+
+    def infer(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] on `self.device` -> (B, 4 + nc, N) float32 on `self.device`."""
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.info.input_size:
+            raise ValueError(
+                f"{self._source}: input of shape {list(images.shape)}, expected [B, 3, "
+                f"{self.info.input_size[0]}, {self.info.input_size[1]}]"
+            )
+        images = images.to(self.device, self.input_dtype, non_blocking=True)
+        with torch.inference_mode():
+            if self._use_graphs:
+                return self._infer_graphs(images)
+            if self.info.dynamic_batch:
+                return self._forward(images).float()
+            # Fixed-batch model: one image per call (no loop over boxes; the batch is small).
+            return torch.cat([self._forward(images[i : i + 1]).float() for i in range(images.shape[0])])
+
+    def _infer_graphs(self, images: Tensor) -> Tensor:
+        bsz = images.shape[0]
+        outputs = []
+        for start in range(0, bsz, self._max_batch):  # more than max_batch: in max_batch chunks
+            chunk = images[start : start + self._max_batch]
+            g = self._graph_for(pick_bucket(chunk.shape[0], self._buckets))
+            g.inputs[: chunk.shape[0]].copy_(chunk)
+            g.graph.replay()
+            # A fresh float32 tensor: the static output is overwritten by the next replay.
+            outputs.append(g.outputs[: chunk.shape[0]].to(torch.float32, copy=True))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _graph_for(self, bucket: int) -> _Graph:
+        g = self._graphs.get(bucket)
+        if g is None:
+            g = self._capture(bucket)
+            self._graphs[bucket] = g
+        return g
+
+    def _capture(self, bucket: int) -> _Graph:
+        inputs = torch.zeros((bucket, 3, *self.info.input_size), device=self.device, dtype=self.input_dtype)
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                self._forward(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # One memory pool for all buckets; outputs are copied out right after each replay, so a later
+        # bucket reusing an earlier one's freed capture memory cannot clobber a result anyone holds.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            outputs = self._forward(inputs)
+        self._pool = graph.pool()
+        log.info("%s: captured CUDA graph for batch %d", self._source, bucket)
+        return _Graph(graph, inputs, outputs)
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self._pool = None
