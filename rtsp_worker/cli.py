@@ -68,14 +68,24 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
     if cfg.metrics.port is not None:
         from rtsp_worker.metrics import serve_metrics
 
-        metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port)
+        try:
+            metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port)
+        except OSError as e:
+            pipeline.shutdown()
+            raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
+                       EXIT_RUNTIME) from None
     install_signal_handlers(pipeline.stop)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
-    pipeline.run(duration=duration)
-    if metrics is not None:
-        metrics.close()
+    try:
+        pipeline.run(duration=duration)  # drains and closes the sinks even when it raises
+    except Exception as e:
+        log.exception("pipeline failed")
+        raise fail(f"pipeline failed: {type(e).__name__}: {e}", EXIT_RUNTIME) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     log.info("stopped cleanly")
 
 

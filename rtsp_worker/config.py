@@ -34,7 +34,7 @@ class SourceOptions(_Model):
     open_timeout_s: float = Field(5.0, gt=0, le=120, description="Bound on connecting and probing a stream.")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is reconnected.")
     stall_timeout_s: float = Field(
-        5.0, gt=0, le=600, description="Watchdog: no decoded frame for this long -> reconnect."
+        3.0, gt=0, le=600, description="Watchdog: no decoded frame for this long -> reconnect."
     )
     backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     backoff_max_s: float = Field(10.0, gt=0, le=600, description="Cap on the reconnect delay.")
@@ -119,7 +119,7 @@ class TrackerConfig(_Model):
     report_lost: bool = Field(False, description="Also report shadow-tracked (unmatched) tracks.")
     duplicate_iou: float = Field(0.8, gt=0, le=1, description="New tracks overlapping a live one this much are dropped.")
     predict: bool = Field(True, description="Constant-velocity prediction before association.")
-    velocity_smoothing: float = Field(0.5, ge=0, le=1, description="EMA weight of the newest velocity.")
+    velocity_smoothing: float = Field(0.3, ge=0, le=1, description="EMA weight of the newest velocity.")
     max_tracks: int = Field(256, ge=1, le=10000, description="Track slots per camera.")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from rtsp_worker.config import CameraConfig, SourceOptions, mask_url
 from rtsp_worker.sources.camera import describe_error, open_container
 from rtsp_worker.sources.decoders import CpuDecoder
@@ -33,8 +35,8 @@ def probe_stream(url: str, timeout: float = 10.0) -> ProbeResult:
     safe = mask_url(url)
     try:
         cam = CameraConfig(name="probe", url=url)
-    except ValueError as e:
-        return ProbeResult(url=safe, error=str(e).splitlines()[-1].strip())
+    except ValidationError as e:
+        return ProbeResult(url=safe, error=str(e.errors()[0]["msg"]).removeprefix("Value error, "))
     options = SourceOptions(open_timeout_s=timeout, read_timeout_s=timeout)
     t0 = time.monotonic()
     try:

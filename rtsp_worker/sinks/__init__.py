@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -28,11 +29,15 @@ class Sink(Protocol):
 class SinkRunner:
     """One thread and one bounded queue per sink; a full queue drops the batch for that sink and counts it."""
 
-    def __init__(self, sinks: Sequence[Sink], queue_size: int = 256) -> None:
+    def __init__(self, sinks: Sequence[Sink], queue_size: int = 256, image_queue_size: int = 8) -> None:
         self.sinks = list(sinks)
         self.dropped = {s.name: 0 for s in self.sinks}
         self.errors = {s.name: 0 for s in self.sinks}
-        self._queues: list[queue.Queue] = [queue.Queue(maxsize=queue_size) for _ in self.sinks]
+        # Batches that carry full frames are big (16 x 1080p = 100 MB): a slow image sink may hold few.
+        self.bounds = [image_queue_size if s.wants_images else queue_size for s in self.sinks]
+        # Unbounded queues with the bound enforced in `submit` (the only producer): the end marker that
+        # `close` puts can then never block behind a stuck sink.
+        self._queues: list[queue.Queue] = [queue.Queue() for _ in self.sinks]
         self._threads = [
             threading.Thread(target=self._loop, args=(s, q), name=f"sink-{s.name}", daemon=True)
             for s, q in zip(self.sinks, self._queues)
@@ -45,10 +50,10 @@ class SinkRunner:
         return any(s.wants_images for s in self.sinks)
 
     def submit(self, results: Sequence[FrameResult]) -> None:
-        for sink, q in zip(self.sinks, self._queues):
-            try:
+        for sink, q, bound in zip(self.sinks, self._queues, self.bounds):
+            if q.qsize() < bound:
                 q.put_nowait(results)
-            except queue.Full:
+            else:
                 self.dropped[sink.name] += len(results)
                 if self.dropped[sink.name] == len(results):
                     log.warning("sink %s is too slow: dropping results (counted)", sink.name)
@@ -66,14 +71,18 @@ class SinkRunner:
                     log.error("sink %s: write failed (%d so far): %s", sink.name, self.errors[sink.name], e)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Drain every queue, then close every sink."""
+        """Drain every queue, then close every sink; `timeout` bounds the draining of all sinks together."""
         for q in self._queues:
-            q.put(None)
-        for t in self._threads:
-            t.join(timeout)
+            q.put_nowait(None)  # after what the queue holds: everything submitted is written first
+        deadline = time.monotonic() + timeout
+        for sink, q, t in zip(self.sinks, self._queues, self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
-                log.error("%s did not drain within %.0f s", t.name, timeout)
-        for s in self.sinks:
+                log.error("sink %s did not drain within %.0f s; %d batches left unwritten", sink.name, timeout,
+                          q.qsize())
+        for s, t in zip(self.sinks, self._threads):
+            if t.is_alive():
+                continue  # still inside write(): closing under it would corrupt its output
             try:
                 s.close()
             except Exception as e:

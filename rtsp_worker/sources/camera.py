@@ -12,7 +12,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -20,7 +20,7 @@ import av
 import torch
 
 from rtsp_worker.config import CameraConfig, SourceOptions, mask_url
-from rtsp_worker.sources.decoders import UnsupportedCodec, VideoDecoder, make_decoder
+from rtsp_worker.sources.decoders import DecodedImage, UnsupportedCodec, VideoDecoder, make_decoder
 from rtsp_worker.types import Frame
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,38 @@ class CameraStats:
     reconnects: int = 0  # connections (re)opened after the first
     failures: int = 0  # consecutive failed connects
     processed: int = 0  # frames that came out of the pipeline (updated by the pipeline)
+    stalls: int = 0  # times the stall watchdog saw no frame for `stall_timeout_s` while streaming
+    decode_errors: int = 0  # packets the decoder rejected (the stream goes on)
     state: CameraState = CameraState.CONNECTING
     last_error: str = ""
     last_frame_wall: float = 0.0
+    last_frame_mono: float = 0.0  # time.monotonic() of the newest frame, for the stall watchdog
     width: int = 0
     height: int = 0
     codec: str = ""
     decoder: str = ""
+
+
+    def __post_init__(self) -> None:
+        # STREAMING -> STALLED is decided by the watchdog on another thread than the camera's own
+        # transitions: both go through this lock so that neither overwrites the other's newer state.
+        self._lock = threading.Lock()
+
+    def set_state(self, state: CameraState) -> CameraState:
+        """Set the state; returns the previous one."""
+        with self._lock:
+            old, self.state = self.state, state
+        return old
+
+    def mark_stalled(self, now: float, stall_s: float) -> float | None:
+        """STREAMING with no frame for `stall_s` -> STALLED (counted). Returns the silence, or None."""
+        with self._lock:
+            silent = now - self.last_frame_mono
+            if self.state != CameraState.STREAMING or silent <= stall_s:
+                return None
+            self.state = CameraState.STALLED
+            self.stalls += 1
+            return silent
 
 
 class FrameSlot:
@@ -88,6 +113,19 @@ class Stalled(Exception):
     """Packets arrive but no frame was decoded for too long."""
 
 
+class HostUnresolved(OSError):
+    """The camera's host name does not resolve (FFmpeg only says "Input/output error")."""
+
+
+class OpenTimeout(TimeoutError):
+    """Connecting took the whole open timeout (FFmpeg then reports whatever the interruption broke)."""
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # PyAV's own timeouts interrupt FFmpeg, which then raises ExitError ("Immediate exit requested").
+    return isinstance(exc, (TimeoutError, av.error.TimeoutError, av.error.ExitError, socket.timeout))
+
+
 def describe_error(exc: BaseException) -> str:
     """One short reason an operator can act on."""
     if isinstance(exc, av.error.HTTPUnauthorizedError):
@@ -98,8 +136,10 @@ def describe_error(exc: BaseException) -> str:
         return "403 forbidden"
     if isinstance(exc, (ConnectionRefusedError, av.error.ConnectionRefusedError)):
         return "connection refused"
-    if isinstance(exc, (TimeoutError, av.error.TimeoutError, socket.timeout)):
-        return "timeout"
+    if _is_timeout(exc):
+        return f"timeout: {exc}" if isinstance(exc, OpenTimeout) else "timeout"
+    if isinstance(exc, HostUnresolved):
+        return f"host cannot be resolved: {exc}"
     if isinstance(exc, UnsupportedCodec):
         return f"unsupported codec: {exc}"
     if isinstance(exc, StreamEnded):
@@ -108,7 +148,7 @@ def describe_error(exc: BaseException) -> str:
         return f"stalled: {exc}"
     if isinstance(exc, av.error.InvalidDataError):
         return f"invalid data / decode error: {exc}"
-    if isinstance(exc, av.error.FileNotFoundError) or isinstance(exc, FileNotFoundError):
+    if isinstance(exc, (av.error.FileNotFoundError, FileNotFoundError)):
         return f"file not found: {getattr(exc, 'filename', '') or exc}"
     text = str(exc)
     if "resolve" in text.lower() or "name or service not known" in text.lower():
@@ -118,7 +158,20 @@ def describe_error(exc: BaseException) -> str:
 
 def _fatal(exc: BaseException) -> bool:
     """Errors that retrying cannot fix are still retried (a camera may be fixed remotely), but slower."""
-    return isinstance(exc, (UnsupportedCodec, av.error.HTTPNotFoundError, av.error.HTTPUnauthorizedError))
+    return isinstance(
+        exc, (UnsupportedCodec, HostUnresolved, av.error.HTTPNotFoundError, av.error.HTTPUnauthorizedError)
+    )
+
+
+def _check_host(url: str) -> None:
+    """Raise HostUnresolved when the URL's host does not resolve. Only called after a failed open."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return
+    try:
+        socket.getaddrinfo(parts.hostname, parts.port or 554, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise HostUnresolved(f"{parts.hostname}: {e.strerror}") from None
 
 
 def open_container(url: str, options: SourceOptions) -> av.container.InputContainer:
@@ -136,7 +189,21 @@ def open_container(url: str, options: SourceOptions) -> av.container.InputContai
         "analyzeduration": "500000",
         "probesize": "500000",
     }
-    return av.open(url, options=opts, timeout=(options.open_timeout_s, options.read_timeout_s))
+    t0 = time.monotonic()
+    try:
+        return av.open(url, options=opts, timeout=(options.open_timeout_s, options.read_timeout_s))
+    except av.error.FFmpegError as e:
+        # FFmpeg reports a failed name lookup as a bare EIO; say what it really is.
+        if type(e) is av.error.OSError:
+            _check_host(url)
+        # A server that accepts the connection but never answers (hung) ends in whatever error the
+        # interruption caused ("Invalid data", "Immediate exit"): call it what it is.
+        # (The handshake's reads are bounded by the read timeout, the connection by the open timeout.)
+        waited = time.monotonic() - t0
+        bound = min(options.open_timeout_s, options.read_timeout_s)
+        if waited >= 0.9 * bound and not isinstance(e, av.error.HTTPError):
+            raise OpenTimeout(f"no answer within {waited:.1f} s") from e
+        raise
 
 
 class CameraSource(threading.Thread):
@@ -161,6 +228,7 @@ class CameraSource(threading.Thread):
         self.stop_event = stop
         self.device = device
         self._seq = 0
+        self._conn_frames = 0  # frames decoded on the current connection
         self._rng = random.Random(hash(cfg.name))
         self._is_file = urlsplit(cfg.url).scheme == "file"
         self.safe_url = mask_url(cfg.url)
@@ -177,7 +245,8 @@ class CameraSource(threading.Thread):
     def run(self) -> None:
         first = True
         while not self.stop_event.is_set():
-            self.stats.state = CameraState.CONNECTING
+            self.stats.set_state(CameraState.CONNECTING)
+            self._conn_frames = 0
             if not first:
                 self.stats.reconnects += 1
             first = False
@@ -188,7 +257,7 @@ class CameraSource(threading.Thread):
                 if self._is_file:
                     if not self.cfg.loop:
                         log.info("camera %s: end of file, not looping", self.cfg.name)
-                        self.stats.state = CameraState.STOPPED
+                        self.stats.set_state(CameraState.STOPPED)
                         return
                     self.stats.failures = 0
                     continue  # loop the clip: reopen at once
@@ -198,10 +267,17 @@ class CameraSource(threading.Thread):
                     break
                 self.stats.failures += 1
                 reason = describe_error(e)
+                stalled = isinstance(e, Stalled) or (self._conn_frames > 0 and _is_timeout(e))
+                if stalled:
+                    # Counted once per episode (the watchdog may have flagged it already).
+                    self.stats.mark_stalled(time.monotonic(), 0.0)
+                    if not isinstance(e, Stalled):
+                        silent = time.monotonic() - self.stats.last_frame_mono
+                        reason = f"stalled: no frame for {silent:.1f} s (read timed out)"
                 self.stats.last_error = reason
                 limit = self.options.max_failures
                 if limit is not None and self.stats.failures >= limit:
-                    self.stats.state = CameraState.DISABLED
+                    self.stats.set_state(CameraState.DISABLED)
                     log.error("camera %s (%s): %s; disabled after %d failures", self.cfg.name, self.safe_url,
                               reason, self.stats.failures)
                     return
@@ -209,9 +285,24 @@ class CameraSource(threading.Thread):
                 delay = min(delay, self.options.backoff_max_s)
                 log.warning("camera %s (%s): %s; reconnecting in %.1f s (attempt %d)", self.cfg.name,
                             self.safe_url, reason, delay, self.stats.failures)
-                self.stats.state = CameraState.BACKOFF
+                # The wait after a stall shows as STALLED (why the camera is down); after a failed connect
+                # as BACKOFF.
+                self.stats.set_state(CameraState.STALLED if stalled else CameraState.BACKOFF)
                 self.stop_event.wait(delay)
-        self.stats.state = CameraState.STOPPED
+        self.stats.set_state(CameraState.STOPPED)
+
+    def check_stall(self, now: float | None = None) -> bool:
+        """Watchdog, called from the inference thread: flag a streaming camera that went silent.
+
+        The camera thread may be blocked in a read that only the read timeout ends; until then the
+        camera shows as STALLED (and the batcher stops waiting for it). Returns True on a new stall.
+        """
+        silent = self.stats.mark_stalled(time.monotonic() if now is None else now, self.options.stall_timeout_s)
+        if silent is None:
+            return False
+        log.warning("camera %s: stalled: no frame for %.1f s; reconnecting when the read times out (%.1f s)",
+                    self.cfg.name, silent, self.options.read_timeout_s)
+        return True
 
     def _stream_once(self) -> None:
         container = self._open()
@@ -223,12 +314,10 @@ class CameraSource(threading.Thread):
             decoder = make_decoder(self.cfg.decoder, stream, self.device, self.cfg.name)
             self.stats.codec = stream.codec_context.name
             self.stats.decoder = decoder.name
-            if self.stats.reconnects == 0 and self.stats.decoded == 0:
-                log.info("camera %s (%s): opened, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url,
-                         stream.codec_context.name, stream.codec_context.width, stream.codec_context.height,
-                         decoder.name)
-            else:
-                log.info("camera %s: reconnected", self.cfg.name)
+            ctx = stream.codec_context
+            what = "opened" if self.stats.reconnects == 0 and self.stats.decoded == 0 else "reconnected"
+            log.info("camera %s (%s): %s, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url, what,
+                     ctx.name, ctx.width, ctx.height, decoder.name)
             self._pump(container, stream, decoder)
         finally:
             if decoder is not None:
@@ -242,14 +331,17 @@ class CameraSource(threading.Thread):
         pts0 = 0.0
         last_frame = time.monotonic()
         stall = self.options.stall_timeout_s
-        for packet in container.demux(stream):
+        # Every stream is demuxed (not only the video one) so that a camera whose video froze while
+        # its audio goes on still reaches the stall check below.
+        for packet in container.demux():
             if self.stop_event.is_set():
                 return
-            images = decoder.decode(packet) if packet.size else []
+            images = self._decode(decoder, packet) if packet.stream.index == stream.index and packet.size else []
             now = time.monotonic()
             if not images:
                 if now - last_frame > stall:
-                    raise Stalled(f"no frame decoded for {now - last_frame:.1f} s")
+                    errors = f", {self.stats.decode_errors} decode errors so far" if self.stats.decode_errors else ""
+                    raise Stalled(f"no frame decoded for {now - last_frame:.1f} s{errors}")
                 continue
             last_frame = now
             for img in images:
@@ -262,10 +354,24 @@ class CameraSource(threading.Thread):
                 self._emit(img)
         # End of demux: a file ended (loop) or a live server went away (the caller decides).
 
-    def _emit(self, img) -> None:  # noqa: ANN001 - DecodedImage
+    def _decode(self, decoder: VideoDecoder, packet: av.Packet) -> list[DecodedImage]:
+        """Decode one packet; a corrupt packet is counted and skipped (the stall watchdog bounds a run of them)."""
+        try:
+            return decoder.decode(packet)
+        except av.error.InvalidDataError as e:
+            self.stats.decode_errors += 1
+            n = self.stats.decode_errors
+            if n in (1, 10, 100) or n % 1000 == 0:
+                log.warning("camera %s: decode error (%d so far): %s", self.cfg.name, n, e)
+            return []
+
+    def _emit(self, img: DecodedImage) -> None:
         st = self.stats
+        st.last_frame_mono = time.monotonic()
+        self._conn_frames += 1
         if st.state != CameraState.STREAMING:
-            st.state = CameraState.STREAMING
+            if st.set_state(CameraState.STREAMING) == CameraState.STALLED:
+                log.info("camera %s: frames resumed after a stall", self.cfg.name)
             st.failures = 0
         if (img.width, img.height) != (st.width, st.height):
             if st.width:

@@ -1,0 +1,182 @@
+"""Prometheus endpoint for one pipeline, on its own CollectorRegistry (never the process-global one).
+
+Per-camera counters and the state are read from `CameraStats` at scrape time (nothing to update on the hot
+path); latency and batch histograms are fed by a `Pipeline.batch_listeners` callback, one call per batch.
+GPU utilization and memory come from NVML when `pynvml` (nvidia-ml-py) imports and initialises; otherwise
+those series are simply absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rtsp_worker.sources.camera import CameraState
+
+if TYPE_CHECKING:
+    from rtsp_worker.pipeline import BatchReport, Pipeline
+
+log = logging.getLogger(__name__)
+
+NS = "rtsp_worker"
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+# (metric suffix, CameraStats attribute, help)
+_CAMERA_COUNTERS = (
+    ("frames_decoded", "decoded", "Frames decoded."),
+    ("frames_processed", "processed", "Frames that came out of the pipeline (sent to the sinks)."),
+    ("frames_dropped", "dropped", "Decoded frames replaced by a newer one before inference took them."),
+    ("reconnects", "reconnects", "Connection attempts after the first one (successful or not)."),
+    ("stalls", "stalls", "Times a streaming camera delivered no frame for source.stall_timeout_s."),
+    ("decode_errors", "decode_errors", "Packets the decoder rejected."),
+)
+
+
+class _Nvml:
+    """GPU utilization and memory through NVML; `available` is False when NVML cannot be used."""
+
+    def __init__(self, index: int) -> None:
+        self.available = False
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.available = True
+        except Exception as e:  # noqa: BLE001 - no package, no driver, no such device: the GPU series are left out
+            log.debug("NVML unavailable (%s): no GPU metrics", e)
+
+    def sample(self) -> tuple[float, float, float] | None:
+        """(utilization %, memory used bytes, memory total bytes), or None if the query fails."""
+        try:
+            util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
+            mem = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            return float(util.gpu), float(mem.used), float(mem.total)
+        except Exception:  # noqa: BLE001 - a failed query leaves the GPU series out of this scrape
+            return None
+
+
+class _StatsCollector(Collector):
+    """Builds the per-camera and pipeline counters from the pipeline's own counters on each scrape."""
+
+    def __init__(self, pipeline: Pipeline, nvml: _Nvml | None) -> None:
+        self.p = pipeline
+        self.nvml = nvml
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        p = self.p
+        names = [c.name for c in p.cameras]
+        for suffix, attr, doc in _CAMERA_COUNTERS:
+            fam = CounterMetricFamily(f"{NS}_{suffix}", doc, labels=["camera"])
+            for name, st in zip(names, p.stats):
+                fam.add_metric([name], getattr(st, attr))
+            yield fam
+        state = GaugeMetricFamily(f"{NS}_camera_state", "1 for the camera's current state, 0 for the others.",
+                                  labels=["camera", "state"])
+        for name, st in zip(names, p.stats):
+            current = st.state
+            for s in CameraState:
+                state.add_metric([name, s.value], 1.0 if s == current else 0.0)
+        yield state
+        failures = GaugeMetricFamily(f"{NS}_camera_consecutive_failures", "Failed connects in a row.",
+                                     labels=["camera"])
+        for name, st in zip(names, p.stats):
+            failures.add_metric([name], st.failures)
+        yield failures
+        yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
+        dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
+                                      "its own buffer overflowed (buffer).", labels=["sink", "where"])
+        errors = CounterMetricFamily(f"{NS}_sink_errors", "Failed sink writes (batches).", labels=["sink"])
+        runner = p.sinks
+        for sink in runner.sinks:
+            dropped.add_metric([sink.name, "queue"], runner.dropped[sink.name])
+            if hasattr(sink, "buffered"):
+                dropped.add_metric([sink.name, "buffer"], getattr(sink, "dropped", 0))
+            errors.add_metric([sink.name], runner.errors[sink.name])
+        yield dropped
+        yield errors
+        buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",
+                                     labels=["sink"])
+        for sink in runner.sinks:
+            if hasattr(sink, "buffered"):
+                buffered.add_metric([sink.name], sink.buffered)  # type: ignore[attr-defined]
+        yield buffered
+        if self.nvml is not None and self.nvml.available:
+            sample = self.nvml.sample()
+            if sample is not None:
+                util, used, total = sample
+                yield GaugeMetricFamily(f"{NS}_gpu_utilization_percent", "GPU busy time (NVML).", value=util)
+                yield GaugeMetricFamily(f"{NS}_gpu_memory_used_bytes", "GPU memory in use (NVML).", value=used)
+                yield GaugeMetricFamily(f"{NS}_gpu_memory_total_bytes", "GPU memory (NVML).", value=total)
+
+
+class PipelineMetrics:
+    """The registry and the batch listener; `serve_metrics` puts them behind an HTTP endpoint."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.registry = CollectorRegistry(auto_describe=True)
+        dev = pipeline.work_device
+        nvml = _Nvml(dev.index or 0) if dev.type == "cuda" else None
+        self.registry.register(_StatsCollector(pipeline, nvml))
+        self.latency = Histogram(f"{NS}_end_to_end_latency_seconds", "Decode to result ready, per frame.",
+                                 ["camera"], registry=self.registry, buckets=LATENCY_BUCKETS)
+        self.batch_size = Histogram(f"{NS}_batch_size", "Frames per batch.", registry=self.registry,
+                                    buckets=BATCH_BUCKETS)
+        self.stage = Histogram(f"{NS}_stage_seconds", "Time per batch in each stage.", ["stage"],
+                               registry=self.registry, buckets=STAGE_BUCKETS)
+        # Label children resolved once: the listener runs on the inference thread for every batch.
+        self._cam_latency = [self.latency.labels(c.name) for c in pipeline.cameras]
+        self._stages = {s: self.stage.labels(s) for s in ("preprocess", "inference", "postprocess", "tracker")}
+
+    def on_batch(self, r: BatchReport) -> None:
+        self.batch_size.observe(r.size)
+        if r.inferred:
+            self._stages["preprocess"].observe(r.preprocess_ms / 1e3)
+            self._stages["inference"].observe(r.infer_ms / 1e3)
+            self._stages["postprocess"].observe(r.postprocess_ms / 1e3)
+        self._stages["tracker"].observe(r.track_ms / 1e3)
+        for cam, seconds in r.latencies:
+            self._cam_latency[cam].observe(seconds)
+
+
+class MetricsServer:
+    """A running endpoint; `close()` stops it and detaches the listener."""
+
+    def __init__(self, metrics: PipelineMetrics, host: str, port: int) -> None:
+        self.metrics = metrics
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.host = host
+        self.port = self._server.server_port
+        metrics.pipeline.batch_listeners.append(metrics.on_batch)
+        self._closed = threading.Event()
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        listeners = self.metrics.pipeline.batch_listeners
+        if self.metrics.on_batch in listeners:
+            listeners.remove(self.metrics.on_batch)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def serve_metrics(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
+    """Serve the pipeline's metrics at http://host:port/metrics (port 0: any free port, see `.port`)."""
+    return MetricsServer(PipelineMetrics(pipeline), host, port)

@@ -1,0 +1,121 @@
+"""Redis Streams output: one stream per camera, the JSONL record in a `data` field.
+
+Entries go through a bounded in-memory buffer: while Redis is down (restart, network) the sink keeps up
+to `RedisConfig.buffer` entries, drops the oldest beyond that (counted), and sends the backlog in order
+once Redis is back. Delivery is at-least-once: a connection that breaks in the middle of a pipelined
+send may have stored part of it, which is sent again.
+
+Entry fields: `camera` (name), `frame` (per-camera frame number), `ts` (decode time, Unix seconds),
+`data` (the JSONL record as JSON). Stream key: `stream_prefix + camera`, trimmed with `XADD MAXLEN ~`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+
+import redis
+
+from rtsp_worker.config import RedisConfig, mask_url
+from rtsp_worker.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500  # entries per pipelined round trip
+
+
+class RedisSink:
+    """Writes every FrameResult to `<prefix><camera>` with XADD, buffering while Redis is unreachable."""
+
+    name = "redis"
+    wants_images = False
+
+    def __init__(self, cfg: RedisConfig, retry_initial_s: float = 0.5, retry_max_s: float = 5.0) -> None:
+        self.cfg = cfg
+        self.safe_url = mask_url(cfg.url)
+        self._client = redis.Redis.from_url(cfg.url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._buffer: deque[tuple[str, dict[str, str]]] = deque()
+        self._retry_initial = retry_initial_s
+        self._retry_max = retry_max_s
+        self._retry_delay = retry_initial_s
+        self._next_try = 0.0
+        self._down_since: float | None = None
+        self.sent = 0  # entries Redis acknowledged
+        self.dropped = 0  # entries dropped because the buffer was full
+        self.failed = 0  # entries Redis rejected with an error reply
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def connected(self) -> bool:
+        return self._down_since is None
+
+    def key(self, camera: str) -> str:
+        return f"{self.cfg.stream_prefix}{camera}"
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        for r in results:
+            record = r.to_json_dict()
+            fields = {"camera": r.camera, "frame": str(r.frame), "ts": f"{r.ts:.6f}",
+                      "data": json.dumps(record, separators=(",", ":"))}
+            self._buffer.append((self.key(r.camera), fields))
+        overflow = len(self._buffer) - self.cfg.buffer
+        if overflow > 0:
+            # The newest entries are the ones a live consumer wants: the oldest go.
+            for _ in range(overflow):
+                self._buffer.popleft()
+            self.dropped += overflow
+            if self.dropped == overflow or self.dropped % 10000 < overflow:
+                log.warning("redis %s: buffer full (%d entries): %d entries dropped so far", self.safe_url,
+                            self.cfg.buffer, self.dropped)
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Send the buffer; False if Redis is unreachable (the entries stay buffered). Retries back off."""
+        if not self._buffer:
+            return True
+        now = time.monotonic()
+        if not force and now < self._next_try:
+            return False
+        try:
+            while self._buffer:
+                chunk = [self._buffer[i] for i in range(min(_CHUNK, len(self._buffer)))]
+                pipe = self._client.pipeline(transaction=False)
+                for key, fields in chunk:
+                    pipe.xadd(key, fields, maxlen=self.cfg.maxlen, approximate=True)
+                pipe.execute()
+                for _ in chunk:
+                    self._buffer.popleft()
+                self.sent += len(chunk)
+        except redis.ResponseError as e:
+            # Redis refused the entries (e.g. the key holds another type): retrying cannot help.
+            for _ in chunk:
+                self._buffer.popleft()
+            self.failed += len(chunk)
+            log.error("redis %s: %d entries rejected: %s", self.safe_url, len(chunk), e)
+            return False
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if self._down_since is None:
+                self._down_since = now
+                log.error("redis %s: unreachable (%s); buffering up to %d entries", self.safe_url, e,
+                          self.cfg.buffer)
+            self._next_try = now + self._retry_delay
+            self._retry_delay = min(self._retry_max, self._retry_delay * 2)
+            return False
+        if self._down_since is not None:
+            log.info("redis %s: reconnected after %.1f s; backlog sent (%d dropped while down so far)",
+                     self.safe_url, now - self._down_since, self.dropped)
+            self._down_since = None
+        self._retry_delay = self._retry_initial
+        return True
+
+    def close(self) -> None:
+        if self._buffer and not self.flush(force=True):
+            log.error("redis %s: %d buffered entries could not be sent before exit", self.safe_url,
+                      len(self._buffer))
+        self._client.close()

@@ -1,0 +1,128 @@
+"""Annotated video per camera: boxes and `#track class conf` labels (supervision), an fps line, H.264 MP4.
+
+The sink asks for pixels (`wants_images`), so the pipeline attaches each frame as (H, W, 3) uint8 RGB on the
+CPU. Frames are timed from their decode timestamps (variable rate, like the camera delivered them) unless a
+fixed `fps` is given. A resolution change closes the file and starts `<camera>.<n>.mp4`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import supervision as sv
+
+from rtsp_worker.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+_MS = Fraction(1, 1000)
+
+
+@dataclass
+class _Writer:
+    container: av.container.OutputContainer
+    stream: av.video.stream.VideoStream
+    path: Path
+    size: tuple[int, int]  # (width, height) of the source frames
+    t0: float  # ts of the first frame
+    frames: int = 0
+    last_pts: int = -1
+    fps: float = 0.0  # smoothed rate at which results arrive, for the overlay
+    last_ts: float = 0.0
+
+
+class VideoSink:
+    """One H.264 MP4 per camera in `directory`, annotated with the tracks of each frame."""
+
+    name = "video"
+    wants_images = True
+
+    def __init__(self, directory: Path, fps: float = 0, crf: int = 23, preset: str = "veryfast") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fps = fps
+        self.options = {"crf": str(crf), "preset": preset}
+        self._writers: dict[str, _Writer] = {}
+        self._segments: dict[str, int] = {}
+        self.paths: list[Path] = []  # every file written, in order
+        self._boxes = sv.BoxAnnotator(color_lookup=sv.ColorLookup.TRACK)
+        self._labels = sv.LabelAnnotator(color_lookup=sv.ColorLookup.TRACK, text_scale=0.4, text_padding=3)
+
+    def _open(self, camera: str, width: int, height: int, ts: float) -> _Writer:
+        n = self._segments.get(camera, 0)
+        self._segments[camera] = n + 1
+        path = self.directory / (f"{camera}.mp4" if n == 0 else f"{camera}.{n}.mp4")
+        container = av.open(str(path), mode="w")
+        stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1000) if self.fps
+                                      else 30, options=self.options)
+        # yuv420p needs even sizes; the encoder's reformat scales odd ones by a pixel.
+        stream.width, stream.height = width - width % 2, height - height % 2
+        stream.pix_fmt = "yuv420p"
+        if not self.fps:
+            stream.codec_context.time_base = _MS
+            stream.time_base = _MS
+        self.paths.append(path)
+        log.info("camera %s: writing annotated video to %s (%dx%d)", camera, path, width, height)
+        return _Writer(container, stream, path, (width, height), ts)
+
+    def _annotate(self, r: FrameResult, w: _Writer) -> np.ndarray:
+        assert r.image is not None
+        scene = r.image.numpy().copy()  # the annotators draw in place; the frame may be shared with other sinks
+        if r.objects:
+            # A loop over the objects of one frame, on the sink's own thread, off the inference path.
+            dets = sv.Detections(
+                xyxy=np.array([o.box for o in r.objects], dtype=np.float32),
+                confidence=np.array([o.confidence for o in r.objects], dtype=np.float32),
+                class_id=np.array([o.class_id for o in r.objects], dtype=np.int64),
+                tracker_id=np.array([o.track_id for o in r.objects], dtype=np.int64),
+            )
+            labels = [f"#{o.track_id} {o.class_name} {o.confidence:.2f}" for o in r.objects]
+            scene = self._boxes.annotate(scene, dets)
+            scene = self._labels.annotate(scene, dets, labels=labels)
+        text = f"{r.camera} frame {r.frame}  {w.fps:.1f} fps"
+        return sv.draw_text(scene, text, sv.Point(8 + 4 * len(text), 14), text_color=sv.Color.WHITE,
+                            text_scale=0.45, text_padding=4, background_color=sv.Color.BLACK)
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        for r in results:
+            if r.image is None:
+                continue  # no pixels for this frame (should not happen when the pipeline honours wants_images)
+            w = self._writers.get(r.camera)
+            if w is not None and w.size != (r.width, r.height):
+                log.warning("camera %s: resolution changed to %dx%d; starting a new video file", r.camera,
+                            r.width, r.height)
+                self._finish(w)
+                w = None
+            if w is None:
+                w = self._writers[r.camera] = self._open(r.camera, r.width, r.height, r.ts)
+            if w.frames:
+                dt = r.ts - w.last_ts
+                if dt > 0:
+                    w.fps = 1 / dt if w.fps == 0 else 0.9 * w.fps + 0.1 / dt
+            w.last_ts = r.ts
+            frame = av.VideoFrame.from_ndarray(self._annotate(r, w), format="rgb24")
+            pts = w.frames if self.fps else round((r.ts - w.t0) * 1000)
+            frame.pts = max(pts, w.last_pts + 1)  # strictly increasing even if the clock steps back
+            frame.time_base = w.stream.codec_context.time_base
+            w.last_pts = frame.pts
+            w.container.mux(w.stream.encode(frame))
+            w.frames += 1
+
+    @staticmethod
+    def _finish(w: _Writer) -> None:
+        w.container.mux(w.stream.encode(None))
+        w.container.close()
+
+    def close(self) -> None:
+        for camera, w in self._writers.items():
+            try:
+                self._finish(w)
+            except Exception as e:  # noqa: BLE001 - one broken file must not keep the others from being closed
+                log.error("camera %s: closing %s failed: %s", camera, w.path, e)
+        self._writers.clear()
