@@ -75,6 +75,10 @@ class Pipeline:
         self.cfg = cfg
         self.cameras = cfg.enabled_cameras
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            # Postprocess and tracker ops are small: with several intra-op threads they mostly wait on each
+            # other and on ONNX Runtime's own pool (benchmarks/results/tracker.md measured 10-100x swings).
+            torch.set_num_threads(1)
         self.engine = engine or load_engine(cfg.model, self.device, cfg.batcher.max_batch)
         info = self.engine.info
         self.class_names = info.class_names

@@ -1,0 +1,399 @@
+"""IOU tracker with DeepStream / Bochinski et al. (2017) semantics, batched across cameras.
+
+All cameras' tracks live in fixed slots of ``(C, T, ...)`` tensors on the pipeline's device
+(``T = cfg.max_tracks``). One :meth:`IouTracker.update` call advances every camera in the batch:
+the rows' state is gathered, associated with that batch's detections in one vectorized pass
+(pairwise IoU of each detection with every slot of its own camera, masked, then greedy matching by
+descending IoU), updated with ``torch.where`` and scattered back. Nothing on the hot path loops over
+boxes or tracks in Python.
+
+Rules, in the order they apply to a camera whose frame was inferred:
+
+1. Prediction: every live track's box moves by its velocity (constant-velocity model, per tracker
+   step; ``predict=False`` keeps boxes still, i.e. plain IOU tracking).
+2. Detections below ``min_confidence`` are ignored (neither matched nor started).
+3. Association: pairs with IoU >= ``iou_threshold`` (and the same class when ``class_consistent``)
+   are matched greedily, highest IoU first; ties go to the lower detection row, then the lower slot.
+4. Matched tracks take the detection's (smoothed) box, score and class; their velocity is an EMA
+   (``velocity_smoothing`` = weight of the newest measurement) of the displacement per step since the
+   previous observation. A track is confirmed after ``min_hits`` consecutive matches and stays so.
+5. Unmatched tentative tracks are dropped (DeepStream's early termination); unmatched confirmed
+   tracks are shadow-tracked (state LOST) and dropped after more than ``max_age`` misses.
+6. Unmatched detections start tentative tracks, unless they overlap a live track by IoU >=
+   ``duplicate_iou`` (a second box on an object already tracked). Ids are per camera, from 1,
+   increasing, never reused. When a camera has no free slot the lowest-score detections are not
+   started (counted in :attr:`IouTracker.dropped_starts`).
+7. Start-up grace (SORT's rule, ``startup_grace=True``): tracks started during a camera's first
+   ``min_hits`` inferred frames (after creation or :meth:`IouTracker.reset_camera`) skip probation,
+   since everything in view is new then and probation would only hide it for ``min_hits`` frames.
+
+Reported boxes of matched tracks are the detection smoothed towards the prediction
+(``BOX_GAIN_CENTER``, ``BOX_GAIN_SIZE``); ``det_index`` gives the raw detection.
+
+Frame skipping (``inferred[b] == False``): the camera's tracks only move by prediction. Skipped
+frames are not misses (the detector did not look, so nothing was missed): ``max_age`` and the
+probation count inferred frames only. Confirmed tracks that were matched on the camera's last
+inferred frame are reported with their predicted box (state CONFIRMED, ``det_index`` -1).
+
+Host syncs: on CUDA :meth:`update` syncs once, to size its output (``nonzero`` of the report mask),
+which the pipeline needs anyway for its one device-to-host copy. The greedy matching runs a fixed
+number of rounds there (``CUDA_GREEDY_ROUNDS``) instead of checking for convergence, and every slot
+is looked at. On CPU, where reading a value costs nothing, the greedy runs to convergence (exactly
+sequential greedy) and only the leading slots that can hold a live or new track are processed.
+
+One call is one frame step for each camera in the batch: frames the batcher dropped in between are
+not known here, so a camera's velocity is per processed frame.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from rtsp_worker.config import TrackerConfig
+from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
+
+log = logging.getLogger(__name__)
+
+# Rounds of mutual-best matching on CUDA. Each round takes every pair that is the best of both its
+# detection and its track, which is exactly what sequential greedy would take; chains of conflicts
+# longer than this (strictly increasing IoUs across 8+ overlapping boxes) are practically absent.
+CUDA_GREEDY_ROUNDS = 8
+
+# Reported boxes are smoothed (an alpha filter on the prediction): box = pred + gain * (det - pred),
+# separately for centre and size. Detector boxes jitter, above all in size, and the smoothed box fits
+# the object better (MOT15: +3-6 MOTA points); the raw box is still reachable through det_index.
+BOX_GAIN_CENTER = 0.7
+BOX_GAIN_SIZE = 0.5
+
+_FLOAT_FIELDS = {"boxes": 4, "obs": 4, "vel": 4, "scores": 0}
+_INT_FIELDS = ("classes", "ids", "age", "hits", "streak", "misses", "since_obs")
+_BOOL_FIELDS = ("active", "confirmed")
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of xyxy boxes ``a`` and ``b`` broadcast against each other (``(..., 4)`` -> ``(...)``)."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
+
+
+def greedy_match(
+    iou: Tensor, candidate: Tensor, row: Tensor, num_rows: int, max_rounds: int | None = None
+) -> Tensor:
+    """Greedy assignment by descending IoU, vectorized over all cameras.
+
+    ``iou`` and ``candidate`` are ``(N, T)``: detection ``n`` against slot ``t`` of the camera in batch
+    row ``row[n]``; a slot is one column per row, so two detections of different rows never compete.
+    Returns ``(N,)`` int64: the matched slot of each detection, -1 if none. The order is IoU
+    descending, then detection index, then slot, the same as sorting all candidate pairs and taking
+    them one by one. ``max_rounds=None`` runs until no candidate is left (needs one host read per
+    round: use it on CPU only).
+    """
+    n_det, n_slots = iou.shape
+    device = iou.device
+    match = torch.full((n_det,), -1, dtype=torch.int64, device=device)
+    if n_det == 0 or n_slots == 0:
+        return match
+    # Candidates keep their IoU (> 0 because iou_threshold > 0); everything else is -1.
+    w = torch.where(candidate, iou, torch.full_like(iou, -1.0))
+    col = (row[:, None] * n_slots + torch.arange(n_slots, device=device)).reshape(-1)  # (N*T,)
+    det_ids = torch.arange(n_det, device=device)
+    n_cols = num_rows * n_slots
+    rounds = min(n_det, n_slots) if max_rounds is None else max_rounds
+    for _ in range(rounds):
+        best_t = w.argmax(dim=1)  # first maximum: lower slot wins ties
+        best_w = w.gather(1, best_t[:, None]).squeeze(1)
+        flat_w = w.reshape(-1)
+        col_max = torch.full((n_cols,), -1.0, device=device).scatter_reduce(0, col, flat_w, "amax")
+        # Among the detections reaching a column's maximum, the lowest index wins the tie.
+        at_max = flat_w == col_max.index_select(0, col)
+        key = torch.where(at_max, det_ids[:, None].expand(n_det, n_slots).reshape(-1), n_det)
+        col_winner = torch.full((n_cols,), n_det, dtype=torch.int64, device=device).scatter_reduce(
+            0, col, key, "amin"
+        )
+        best_col = row * n_slots + best_t
+        take = (best_w > 0) & (col_winner.index_select(0, best_col) == det_ids)
+        match = torch.where(take, best_t, match)
+        col_taken = torch.zeros(n_cols + 1, dtype=torch.bool, device=device)
+        col_taken.index_fill_(0, torch.where(take, best_col, n_cols), True)
+        col_taken = col_taken[:-1]
+        drop = take[:, None] | col_taken.index_select(0, col).view(n_det, n_slots)
+        w = w.masked_fill(drop, -1.0)
+        if max_rounds is None and not bool((w > 0).any()):
+            break
+    return match
+
+
+class IouTracker:
+    """Multi-camera IOU tracker; see the module docstring for the rules."""
+
+    def __init__(
+        self, cfg: TrackerConfig, num_cameras: int, device: torch.device | str, startup_grace: bool = True
+    ) -> None:
+        if num_cameras < 0:
+            raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.startup_grace = startup_grace
+        # Host reads of device values (window trimming, greedy convergence) are free on CPU only.
+        self._host_reads = self.device.type == "cpu"
+        self._state: dict[str, Tensor] = {}
+        self._next_id = torch.ones((0,), dtype=torch.int64, device=self.device)
+        self._frames = torch.zeros((0,), dtype=torch.int64, device=self.device)  # inferred frames seen
+        # Detections not started because their camera had no free slot, per camera (device counter).
+        self.dropped_starts = torch.zeros((0,), dtype=torch.int64, device=self.device)
+        self._alloc(num_cameras)
+
+    @property
+    def num_cameras(self) -> int:
+        return int(self._next_id.shape[0])
+
+    def _alloc(self, n: int) -> None:
+        t, dev = self.cfg.max_tracks, self.device
+        new: dict[str, Tensor] = {}
+        for name, width in _FLOAT_FIELDS.items():
+            shape = (n, t, width) if width else (n, t)
+            new[name] = torch.zeros(shape, dtype=torch.float32, device=dev)
+        for name in _INT_FIELDS:
+            new[name] = torch.zeros((n, t), dtype=torch.int64, device=dev)
+        for name in _BOOL_FIELDS:
+            new[name] = torch.zeros((n, t), dtype=torch.bool, device=dev)
+        if self._state:
+            self._state = {k: torch.cat([v, new[k]]) for k, v in self._state.items()}
+        else:
+            self._state = new
+        self._next_id = torch.cat([self._next_id, torch.ones(n, dtype=torch.int64, device=dev)])
+        self._frames = torch.cat([self._frames, torch.zeros(n, dtype=torch.int64, device=dev)])
+        self.dropped_starts = torch.cat([self.dropped_starts, torch.zeros(n, dtype=torch.int64, device=dev)])
+
+    def add_cameras(self, n: int) -> None:
+        """Grow the state by ``n`` cameras (indices after the existing ones); existing tracks and ids stay."""
+        if n < 0:
+            raise ValueError(f"add_cameras: n must be >= 0, got {n}")
+        self._alloc(n)
+
+    def reset_camera(self, camera: int) -> None:
+        """Drop a camera's tracks (e.g. after a reconnect); its ids keep counting up, never reused."""
+        if not 0 <= camera < self.num_cameras:
+            raise ValueError(f"reset_camera: camera {camera} out of range (have {self.num_cameras})")
+        self._state["active"][camera] = False
+        self._state["confirmed"][camera] = False
+        self._frames[camera] = 0
+
+    def update(
+        self,
+        cameras: Tensor,
+        dets: Detections,
+        inferred: Tensor | None = None,
+        include_tentative: bool = False,
+    ) -> Tracks:
+        """Advance the cameras in ``cameras`` by one frame and return the tracks to report.
+
+        ``cameras``: ``(B,)`` int64 camera index of each batch row, each camera at most once.
+        ``dets``: the whole batch's detections (``batch_index`` = batch row).
+        ``inferred``: ``(B,)`` bool, False for rows whose frame was not run through the detector
+        (their detections, if any, are ignored); None means all True.
+        ``include_tentative``: also report tracks still on probation (state TENTATIVE).
+        """
+        cfg, dev = self.cfg, self.device
+        cams = cameras.to(dev, torch.int64)
+        n_rows = int(cams.shape[0])
+        if n_rows == 0:
+            return Tracks.empty(dev)
+        dets = dets.to(dev)
+        inf = (
+            torch.ones(n_rows, dtype=torch.bool, device=dev)
+            if inferred is None
+            else inferred.to(dev, torch.bool)
+        )
+        n_live, n_slots = self._window(cams, dets.batch_index, n_rows)
+        s = {k: v.index_select(0, cams)[:, :n_slots] for k, v in self._state.items()}
+        active, inf_col = s["active"], inf[:, None]
+
+        # 1. Constant-velocity prediction (every live track, inferred row or not).
+        step = s["vel"] if cfg.predict else torch.zeros_like(s["vel"])
+        pred = torch.where(active[..., None], s["boxes"] + step, s["boxes"])
+
+        # 2-3. Association of each detection with the slots of its own camera.
+        n_det = len(dets)
+        row = dets.batch_index
+        valid = (dets.scores >= cfg.min_confidence) & inf.index_select(0, row)
+        # Only the first n_live slots can hold a live track; the rest of the window is for new ones.
+        iou = pairwise_iou(dets.boxes[:, None, :], pred[:, :n_live].index_select(0, row))  # (N, L)
+        cand = valid[:, None] & active[:, :n_live].index_select(0, row) & (iou >= cfg.iou_threshold)
+        if cfg.class_consistent:
+            cand &= dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row)
+        rounds = None if self._host_reads else CUDA_GREEDY_ROUNDS
+        det_slot = greedy_match(iou, cand, row, n_rows, rounds)
+
+        # Detection row matched by each slot; row n_det is a dummy so empty batches need no branch.
+        flat_slot = torch.where(det_slot >= 0, row * n_slots + det_slot, n_rows * n_slots)
+        track_det = torch.full((n_rows * n_slots + 1,), n_det, dtype=torch.int64, device=dev)
+        track_det.index_copy_(0, flat_slot, torch.arange(n_det, device=dev))
+        track_det = track_det[:-1].view(n_rows, n_slots)
+        matched = track_det < n_det
+        boxes_p = torch.cat([dets.boxes, dets.boxes.new_zeros(1, 4)])
+        scores_p = torch.cat([dets.scores, dets.scores.new_zeros(1)])
+        classes_p = torch.cat([dets.class_ids, dets.class_ids.new_zeros(1)])
+        det_of_slot = track_det.reshape(-1)
+        dbox = boxes_p.index_select(0, det_of_slot).view(n_rows, n_slots, 4)
+
+        # 4. Matched tracks take the detection; velocity from the displacement since last observed.
+        m3 = matched[..., None]
+        since = (s["since_obs"] + 1).to(torch.float32)[..., None]
+        v_meas = (dbox - s["obs"]) / since
+        a = cfg.velocity_smoothing
+        v_smooth = torch.where((s["hits"] <= 1)[..., None], v_meas, a * v_meas + (1 - a) * s["vel"])
+        s["vel"] = torch.where(m3, v_smooth, s["vel"])
+        s["boxes"] = torch.where(m3, _blend(pred, dbox, BOX_GAIN_CENTER, BOX_GAIN_SIZE), pred)
+        s["obs"] = torch.where(m3, dbox, s["obs"])
+        det_score = scores_p.index_select(0, det_of_slot).view_as(matched)
+        det_class = classes_p.index_select(0, det_of_slot).view_as(matched)
+        s["scores"] = torch.where(matched, det_score, s["scores"])
+        s["classes"] = torch.where(matched, det_class, s["classes"])
+        s["since_obs"] = torch.where(matched, 0, s["since_obs"] + active.long())
+        s["hits"] = s["hits"] + matched.long()
+        missed = active & inf_col & ~matched
+        s["streak"] = torch.where(matched, s["streak"] + 1, torch.where(missed, 0, s["streak"]))
+        s["misses"] = torch.where(matched, 0, s["misses"] + missed.long())
+        s["age"] = s["age"] + active.long()
+        s["confirmed"] = s["confirmed"] | (active & (s["streak"] >= cfg.min_hits))
+
+        # 5. Probation failures and expired shadow tracks end.
+        dead = missed & (~s["confirmed"] | (s["misses"] > cfg.max_age))
+        active = active & ~dead
+        s["active"] = active
+        s["confirmed"] = s["confirmed"] & active
+
+        # 6. New tracks from unmatched detections that do not duplicate a live track.
+        new = valid & (det_slot < 0)
+        live_iou = pairwise_iou(dets.boxes[:, None, :], s["boxes"][:, :n_live].index_select(0, row))
+        dup = active[:, :n_live].index_select(0, row) & (live_iou >= cfg.duplicate_iou)
+        if cfg.class_consistent:
+            dup &= dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row)
+        new &= ~dup.any(dim=1)
+        rank = self._rank_within_row(new, row, dets.scores, n_rows)
+        free = ~active
+        n_free = free.sum(dim=1)
+        free_slots = torch.argsort((~free).to(torch.int8), dim=1, stable=True)  # free slots first
+        start = new & (rank < n_free.index_select(0, row))
+        slot = free_slots.reshape(-1).index_select(0, row * n_slots + rank.clamp(0, n_slots - 1))
+        n_new = torch.zeros(n_rows, dtype=torch.int64, device=dev).index_add_(0, row, new.long())
+        n_start = torch.minimum(n_new, n_free)
+        self.dropped_starts.index_add_(0, cams, n_new - n_start)
+        target = torch.where(start, row * n_slots + slot, n_rows * n_slots)  # dummy for the rest
+        next_id = self._next_id.index_select(0, cams)
+        grace = cfg.min_hits if self.startup_grace else 0
+        in_grace = (self._frames.index_select(0, cams) < grace).index_select(0, row)
+        det_rows = torch.arange(n_det, device=dev)
+        init: dict[str, Tensor] = {
+            "boxes": dets.boxes,
+            "obs": dets.boxes,
+            "vel": torch.zeros_like(dets.boxes),
+            "scores": dets.scores,
+            "classes": dets.class_ids,
+            "ids": next_id.index_select(0, row) + rank,
+            "age": torch.zeros_like(rank),
+            "hits": torch.ones_like(rank),
+            "streak": torch.ones_like(rank),
+            "misses": torch.zeros_like(rank),
+            "since_obs": torch.zeros_like(rank),
+            "active": torch.ones_like(start),
+            "confirmed": in_grace | (cfg.min_hits <= 1),
+        }
+        for name, value in init.items():
+            s[name] = _scatter_rows(s[name], target, value)
+        track_det = _scatter_rows(torch.where(matched, track_det, -1), target, det_rows)
+        self._next_id.index_copy_(0, cams, next_id + n_start)
+        self._frames.index_add_(0, cams, inf.long())
+
+        for name, value in s.items():
+            self._state[name][:, :n_slots].index_copy_(0, cams, value)
+
+        return self._report(s, track_det, inf_col, include_tentative)
+
+    def _window(self, cams: Tensor, row: Tensor, n_rows: int) -> tuple[int, int]:
+        """How many leading slots may hold a live track, and how many this batch may touch.
+
+        New tracks take the lowest free slots, so live tracks sit at the front. On CPU, reading the
+        last live slot and the most detections of one row costs nothing (no device to wait for), and
+        associating with ``last live`` slots and updating ``last live + most new`` instead of all
+        ``max_tracks`` is several times faster. On CUDA the full width is used: reading it would be
+        a host sync.
+        """
+        n_slots = self.cfg.max_tracks
+        if not self._host_reads:
+            return n_slots, n_slots
+        live = self._state["active"].index_select(0, cams).any(dim=0)
+        last_live = int(torch.where(live, torch.arange(1, n_slots + 1), 0).max())
+        most_dets = int(torch.bincount(row, minlength=n_rows).max()) if row.numel() else 0
+        return last_live, max(1, min(n_slots, last_live + most_dets))
+
+    @staticmethod
+    def _rank_within_row(new: Tensor, row: Tensor, scores: Tensor, n_rows: int) -> Tensor:
+        """Rank of each new detection among its row's new detections, highest score first."""
+        by_score = torch.argsort(scores, descending=True, stable=True)
+        order = by_score[torch.argsort(row[by_score], stable=True)]
+        new_sorted = new[order].long()
+        counts = torch.zeros(n_rows, dtype=torch.int64, device=new.device).index_add_(0, row, new.long())
+        row_start = torch.cumsum(counts, 0) - counts
+        rank_sorted = torch.cumsum(new_sorted, 0) - 1 - row_start[row[order]]
+        rank = torch.empty_like(rank_sorted)
+        rank.index_copy_(0, order, rank_sorted)
+        return rank
+
+    def _report(
+        self, s: dict[str, Tensor], track_det: Tensor, inf_col: Tensor, tentative: bool
+    ) -> Tracks:
+        cfg = self.cfg
+        active, confirmed = s["active"], s["confirmed"]
+        lost = confirmed & (s["misses"] > 0)
+        now = (track_det >= 0) | (~inf_col & (s["misses"] == 0))
+        report = active & confirmed & now
+        if cfg.report_lost:
+            report |= active & lost
+        if tentative:
+            report |= active & ~confirmed
+        flat = report.reshape(-1).nonzero().squeeze(1)  # the one host sync: output size
+
+        def take(x: Tensor) -> Tensor:
+            return x.reshape(-1, *x.shape[2:]).index_select(0, flat)
+
+        state = torch.where(
+            confirmed, torch.where(lost, LOST, CONFIRMED), torch.full_like(s["misses"], TENTATIVE)
+        )
+        return Tracks(
+            batch_index=torch.div(flat, report.shape[1], rounding_mode="floor"),
+            track_ids=take(s["ids"]),
+            boxes=take(s["boxes"]),
+            scores=take(s["scores"]),
+            class_ids=take(s["classes"]),
+            det_index=take(track_det),
+            age=take(s["age"]),
+            hits=take(s["hits"]),
+            state=take(state).to(torch.int8),
+        )
+
+
+def _blend(pred: Tensor, meas: Tensor, gain_center: float, gain_size: float) -> Tensor:
+    """``pred + gain * (meas - pred)`` on box centres and sizes (xyxy in, xyxy out)."""
+    pc, ps = (pred[..., :2] + pred[..., 2:]) / 2, pred[..., 2:] - pred[..., :2]
+    mc, ms = (meas[..., :2] + meas[..., 2:]) / 2, meas[..., 2:] - meas[..., :2]
+    c = pc + gain_center * (mc - pc)
+    sz = ps + gain_size * (ms - ps)
+    return torch.cat([c - sz / 2, c + sz / 2], dim=-1)
+
+
+def _scatter_rows(field: Tensor, target: Tensor, value: Tensor) -> Tensor:
+    """Write ``value[i]`` into flat slot ``target[i]`` of a ``(B, T, ...)`` field; target B*T is a dummy."""
+    b, t = field.shape[:2]
+    flat = torch.cat([field.reshape(b * t, *field.shape[2:]), field.new_zeros(1, *field.shape[2:])])
+    flat.index_copy_(0, target, value.to(flat.dtype))  # duplicates only hit the dummy
+    return flat[:-1].view(field.shape)
