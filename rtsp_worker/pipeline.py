@@ -153,6 +153,9 @@ class Pipeline:
         cols = [tracks.batch_index, tracks.track_ids, tracks.class_ids, tracks.scores, tracks.boxes]
         packed = torch.cat([(c.unsqueeze(1) if c.ndim == 1 else c).double() for c in cols], dim=1)
         host = packed.cpu().numpy()  # the one device-to-host copy of the batch
+        # Tracker boxes are smoothed with a motion prediction and may overshoot the frame edge.
+        limits = np.array([[f.width, f.height, f.width, f.height] for f in frames], dtype=np.float64)
+        np.clip(host[:, 4:8], 0.0, limits[host[:, 0].astype(np.int64)], out=host[:, 4:8])
         order = np.argsort(host[:, 0], kind="stable")
         host = host[order]
         counts = np.bincount(host[:, 0].astype(np.int64), minlength=len(frames))
