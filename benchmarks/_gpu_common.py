@@ -19,8 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtsp_worker.sources.decoders import DecodedImage, nvdec_unavailable_reason  # noqa: E402
-from rtsp_worker.types import NV12  # noqa: E402
+from rtsp_worker.sources.decoders import CpuDecoder, DecodedImage, nvdec_unavailable_reason  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "synth_det.torchscript"
@@ -31,41 +30,9 @@ def gpu_unavailable_reason() -> str | None:
     return nvdec_unavailable_reason()
 
 
-class PyAvNv12Decoder:
-    """Simulation only: PyAV decoding to NV12 on the CPU, shaped like NvdecDecoder's output."""
-
-    name = "pyav-nv12"
-
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
-        self.device = torch.device("cpu")
-        self._ctx = av.CodecContext.create(stream.codec_context.name, "r")
-        if stream.codec_context.extradata:
-            self._ctx.extradata = stream.codec_context.extradata
-        self._tb = stream.time_base
-
-    def _convert(self, frames: list) -> list[DecodedImage]:
-        out = []
-        for f in frames:
-            arr = torch.from_numpy(f.to_ndarray(format="nv12"))
-            out.append(DecodedImage(arr, NV12, f.height, f.width, float(f.pts * self._tb) if f.pts is not None else None))
-        return out
-
-    def decode(self, packet: av.Packet) -> list[DecodedImage]:
-        return self._convert(self._ctx.decode(packet))
-
-    def flush(self) -> list[DecodedImage]:
-        try:
-            return self._convert(self._ctx.decode(None))
-        except av.error.EOFError:
-            return []
-
-    def close(self) -> None:
-        self._ctx = None
-
-
 def nv12_decoder(stream: av.video.stream.VideoStream, device: torch.device, simulate: bool):
-    if simulate:
-        return PyAvNv12Decoder(stream)
+    if simulate:  # PyAV decoding to NV12 on the CPU, shaped like NvdecDecoder's output
+        return CpuDecoder(stream, pixel_format="nv12")
     from rtsp_worker.sources.nvdec import NvdecDecoder
 
     return NvdecDecoder(stream, device)

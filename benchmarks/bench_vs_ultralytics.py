@@ -43,8 +43,9 @@ def run_contender(name: str, source: Path, model: Path, imgsz: tuple[int, int], 
     """`name`: "worker", "ultralytics", or "worker-torchN" (the worker with N torch intra-op threads)."""
     out = workdir / f"{name}-{len(list(workdir.glob(name + '-*')))}.json"
     kind, _, threads = name.partition("-torch")
-    if name.startswith("worker-ort"):  # same worker, the config with model.threads set (see main)
-        kind, threads, source = "worker", "", source.with_name(f"cameras-{name}.yaml")
+    variant = source.with_name(f"cameras-{name}.yaml")
+    if variant.exists():  # same worker, another config (see main)
+        kind, threads, source = "worker", "", variant
     cmd = [sys.executable, str(HERE / "_contender.py"), kind, str(source), "--model", str(model),
            "--imgsz", str(imgsz[0]), str(imgsz[1]), "--warmup", str(warmup), "--seconds", str(seconds),
            "--out", str(out), "--torch-threads", threads or "0"]
@@ -75,12 +76,17 @@ def main() -> None:
                     help="experiment: also run the worker with torch limited to this many intra-op threads")
     ap.add_argument("--worker-ort-threads", type=int, default=0,
                     help="experiment: also run the worker with `model.threads` (ONNX Runtime intra-op threads) set")
+    ap.add_argument("--worker-spin", action="store_true",
+                    help="experiment: also run the worker with `model.spin: true` (ONNX Runtime's pool busy-waits)")
     args = ap.parse_args()
     common.setup(args)
-    if importlib.util.find_spec("ultralytics") is None:
-        print("ultralytics not installed: skipping (optional benchmark dependency: .venv/bin/pip install ultralytics)")
+    # ultralytics' trackers import `lap`, which it would otherwise try to pip-install at run time.
+    missing = [m for m in ("ultralytics", "lap") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"{' and '.join(missing)} not installed: skipping (optional benchmark dependencies: "
+              ".venv/bin/pip install ultralytics lap)")
         common.write_json(args.json, {"benchmark": "vs_ultralytics", **common.metadata(args),
-                                      "skipped": "ultralytics not installed"})
+                                      "skipped": f"{' and '.join(missing)} not installed"})
         return
     cams = 2 if args.smoke else args.cameras
     rounds = 1 if args.smoke else args.rounds
@@ -110,8 +116,12 @@ def main() -> None:
             if args.worker_ort_threads:
                 name = f"worker-ort{args.worker_ort_threads}"
                 variants.append(name)
-                cfg["model"]["threads"] = args.worker_ort_threads
-                (work / f"cameras-{name}.yaml").write_text(yaml.safe_dump(cfg))
+                (work / f"cameras-{name}.yaml").write_text(
+                    yaml.safe_dump({**cfg, "model": {**cfg["model"], "threads": args.worker_ort_threads}}))
+            if args.worker_spin:
+                variants.append("worker-spin")
+                (work / "cameras-worker-spin.yaml").write_text(
+                    yaml.safe_dump({**cfg, "model": {**cfg["model"], "spin": True}}))
             streams = work / "cameras.streams"
             streams.write_text("\n".join(urls) + "\n")
             for r in range(rounds):

@@ -84,6 +84,9 @@ class ModelConfig(_Model):
         False, description="TensorRT: build `<path>.engine` from the ONNX on first start if missing or stale."
     )
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: library default).")
+    spin: bool = Field(
+        False, description="ONNX Runtime: let idle pool threads spin-wait between runs (burns CPU that decode needs)."
+    )
 
     @field_validator("input_size")
     @classmethod

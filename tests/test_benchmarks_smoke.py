@@ -76,11 +76,12 @@ def test_bench_postprocess(tmp_path: Path, cache: Path) -> None:
     check_metadata(result, "postprocess")
     assert result["cases"], "no case measured"
     for case in result["cases"]:
-        for key in ("loop_ms_per_batch", "vectorized_ms_per_batch", "ratio", "offset_nms_ms_per_batch",
+        for key in ("loop_ms_per_batch", "vectorized_ms_per_batch", "ratio", "previous_ms_per_batch",
                     "candidates_per_image"):
             assert positive(case[key]), (key, case[key])
         # The loop is the reference: the vectorized version must compute the same detections.
         assert case["same_detections"] is True, case
+        assert case["previous_same"] is True, case
     assert positive(result["min_ratio"])
 
 
@@ -130,10 +131,11 @@ def test_bench_scaling(tmp_path: Path, cache: Path) -> None:
 def test_bench_vs_ultralytics(tmp_path: Path, cache: Path) -> None:
     result, stdout = run_smoke("bench_vs_ultralytics.py", tmp_path, cache)
     check_metadata(result, "vs_ultralytics")
-    if importlib.util.find_spec("ultralytics") is None:
-        # Optional dependency: the benchmark must degrade to a message and exit 0.
-        assert "ultralytics not installed" in stdout
-        assert result["skipped"] == "ultralytics not installed"
+    missing = [m for m in ("ultralytics", "lap") if importlib.util.find_spec(m) is None]
+    if missing:
+        # Optional dependencies: the benchmark must degrade to a message and exit 0.
+        assert "not installed: skipping" in stdout
+        assert result["skipped"] == f"{' and '.join(missing)} not installed"
         return
     require_rtsp()
     assert {r["contender"] for r in result["runs"]} == {"worker", "ultralytics"}

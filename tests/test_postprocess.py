@@ -47,7 +47,8 @@ def random_raw(bsz, nc, n, seed):
     return torch.cat([centers, wh, scores], dim=1)
 
 
-@pytest.mark.parametrize(("bsz", "nc", "n", "max_det"), [(1, 1, 50, 300), (3, 4, 200, 300), (2, 3, 300, 5)])
+@pytest.mark.parametrize(("bsz", "nc", "n", "max_det"),
+                         [(1, 1, 50, 300), (3, 4, 200, 300), (2, 3, 300, 5), (6, 80, 400, 300)])
 def test_nms_matches_reference(bsz, nc, n, max_det):
     raw = random_raw(bsz, nc, n, seed=bsz * 100 + nc)
     got = decode_predictions(raw, conf=0.5, iou=0.45, max_det=max_det)
@@ -62,6 +63,31 @@ def test_nms_matches_reference(bsz, nc, n, max_det):
         assert gb == rb and gc == rc
         assert gs == pytest.approx(rs, abs=1e-6)
         assert gbox == pytest.approx(rbox, abs=1e-3)
+
+
+def test_one_call_nms_matches_per_group_nms_at_scale():
+    """64 images x 80 classes, 1280-px boxes, >1000 boxes: the coordinate offsets must not blur IoUs."""
+    from torchvision.ops import nms
+
+    from rtsp_worker.postprocess import nms_per_image_and_class
+
+    g = torch.Generator().manual_seed(3)
+    m = 6000
+    image = torch.randint(0, 64, (m,), generator=g)
+    cls = torch.randint(0, 80, (m,), generator=g)
+    xy = (torch.rand((m, 2), generator=g) * 1280 / 64).round() * 64 + torch.randn((m, 2), generator=g) * 3 - 20
+    boxes = torch.cat([xy, xy + 10 + torch.rand((m, 2), generator=g) * 60], 1)
+    scores = torch.rand(m, generator=g)
+    got = nms_per_image_and_class(boxes, scores, image, cls, 0.45)
+    expected = []
+    for grp in torch.unique(image * 80 + cls):  # the straightforward way: one nms per (image, class) group
+        idx = ((image * 80 + cls) == grp).nonzero().squeeze(1)
+        expected.append(idx[nms(boxes[idx], scores[idx], 0.45)])
+    expected = torch.cat(expected)
+    assert 1000 < len(got) < m  # NMS suppressed some boxes, and many survive
+    assert sorted(got.tolist()) == sorted(expected.tolist())
+    assert bool((scores[got][1:] <= scores[got][:-1]).all())  # decreasing score order
+    assert len(nms_per_image_and_class(boxes[:0], scores[:0], image[:0], cls[:0], 0.45)) == 0
 
 
 def test_max_det_caps_each_image_independently():

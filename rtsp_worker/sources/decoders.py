@@ -14,7 +14,7 @@ import av
 import torch
 from torch import Tensor
 
-from rtsp_worker.types import RGB
+from rtsp_worker.types import NV12, RGB
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,17 @@ class VideoDecoder(Protocol):
 
 
 class CpuDecoder:
-    """FFmpeg (PyAV) decoding to RGB on the CPU; the decode call releases the GIL."""
+    """FFmpeg (PyAV) decoding on the CPU; the decode call releases the GIL.
+
+    Frames come out as RGB; `pixel_format="nv12"` gives NVDEC's layout instead (the GPU path's parity
+    checks and its simulation on a CPU use it).
+    """
 
     name = "cpu"
 
-    def __init__(self, stream: av.video.stream.VideoStream, threads: int = 1) -> None:
+    def __init__(self, stream: av.video.stream.VideoStream, threads: int = 1, pixel_format: str = "rgb24") -> None:
+        if pixel_format not in ("rgb24", "nv12"):
+            raise ValueError(f"pixel_format must be rgb24 or nv12, not {pixel_format!r}")
         if stream.codec_context.name not in SUPPORTED_CODECS:
             raise UnsupportedCodec(
                 f"codec {stream.codec_context.name!r} is not supported (supported: {', '.join(SUPPORTED_CODECS)})"
@@ -64,13 +70,14 @@ class CpuDecoder:
             self._ctx.extradata = stream.codec_context.extradata
         self._ctx.thread_count = threads
         self._time_base = stream.time_base
+        self._format = pixel_format
 
     def _convert(self, frames: list[av.VideoFrame]) -> list[DecodedImage]:
         out = []
         for f in frames:
-            arr = f.to_ndarray(format="rgb24")
+            arr = torch.from_numpy(f.to_ndarray(format=self._format))
             pts = float(f.pts * self._time_base) if f.pts is not None and self._time_base else None
-            out.append(DecodedImage(torch.from_numpy(arr), RGB, arr.shape[0], arr.shape[1], pts))
+            out.append(DecodedImage(arr, RGB if self._format == "rgb24" else NV12, f.height, f.width, pts))
         return out
 
     def decode(self, packet: av.Packet) -> list[DecodedImage]:
