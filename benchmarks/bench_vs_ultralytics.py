@@ -65,6 +65,24 @@ def run_contender(name: str, source: Path, model: Path, imgsz: tuple[int, int], 
     }
 
 
+def variant_config(cfg: dict, spec: str) -> dict:
+    """`NAME:a.b=v,c=w` -> a copy of `cfg` with those keys set (values parsed as YAML scalars)."""
+    import copy
+
+    name, _, changes = spec.partition(":")
+    if not name or not changes:
+        raise SystemExit(f"--worker-variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+    out = copy.deepcopy(cfg)
+    for change in changes.split(","):
+        key, _, value = change.partition("=")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--cameras", type=int, default=4)
@@ -74,10 +92,9 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the replayed camera clips")
     ap.add_argument("--worker-torch-threads", type=int, default=0,
                     help="experiment: also run the worker with torch limited to this many intra-op threads")
-    ap.add_argument("--worker-ort-threads", type=int, default=0,
-                    help="experiment: also run the worker with `model.threads` (ONNX Runtime intra-op threads) set")
-    ap.add_argument("--worker-spin", action="store_true",
-                    help="experiment: also run the worker with `model.spin: true` (ONNX Runtime's pool busy-waits)")
+    ap.add_argument("--worker-variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="experiment: also run the worker with config keys changed, e.g. "
+                         "`spin:model.spin=true` or `serial:batcher.overlap=false` (repeatable)")
     args = ap.parse_args()
     common.setup(args)
     # ultralytics' trackers import `lap`, which it would otherwise try to pip-install at run time.
@@ -113,15 +130,10 @@ def main() -> None:
             variants = []
             if args.worker_torch_threads:
                 variants.append(f"worker-torch{args.worker_torch_threads}")
-            if args.worker_ort_threads:
-                name = f"worker-ort{args.worker_ort_threads}"
+            for spec in args.worker_variant:
+                name = "worker-" + spec.partition(":")[0]
                 variants.append(name)
-                (work / f"cameras-{name}.yaml").write_text(
-                    yaml.safe_dump({**cfg, "model": {**cfg["model"], "threads": args.worker_ort_threads}}))
-            if args.worker_spin:
-                variants.append("worker-spin")
-                (work / "cameras-worker-spin.yaml").write_text(
-                    yaml.safe_dump({**cfg, "model": {**cfg["model"], "spin": True}}))
+                (work / f"cameras-{name}.yaml").write_text(yaml.safe_dump(variant_config(cfg, spec)))
             streams = work / "cameras.streams"
             streams.write_text("\n".join(urls) + "\n")
             for r in range(rounds):

@@ -109,6 +109,9 @@ class DetectionConfig(_Model):
 class BatcherConfig(_Model):
     max_batch: int = Field(16, ge=1, le=256)
     max_wait_ms: float = Field(10.0, ge=0, le=10000, description="Wait at most this long to fill a batch.")
+    overlap: bool = Field(
+        True, description="Postprocess, track and write one batch while the next is preprocessed and inferred."
+    )
 
 
 class TrackerConfig(_Model):

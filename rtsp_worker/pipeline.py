@@ -1,12 +1,15 @@
 """Wires the stages: camera threads -> batcher -> preprocess -> engine -> postprocess -> tracker -> sinks.
 
-The calling thread is the inference thread: it owns the engine and the device work. Per batch there is one
+The calling thread is the inference thread: it batches, preprocesses and runs the engine. With
+`batcher.overlap` (the default) a second thread postprocesses, tracks and hands one batch to the sinks
+while the next batch is preprocessed and inferred: two batches in flight, in order. Per batch there is one
 device-to-host copy (the packed tracks), after which results are split per camera for the sinks.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +51,20 @@ class BatchReport:
     postprocess_ms: float
     track_ms: float
     latencies: tuple[tuple[int, float], ...]  # (camera index, seconds from decode to result)
+
+
+@dataclass(slots=True)
+class _Inferred:
+    """A batch between the two halves of a step: engine output not yet postprocessed."""
+
+    frames: Sequence[Frame]
+    flags: list[bool]  # frame was inferred (infer_interval)
+    rows: list[int]  # indices of the inferred frames
+    raw: torch.Tensor | None
+    letterbox: object
+    t0: float
+    t1: float
+    t2: float
 
 
 def build_sinks(cfg: Config, class_names: Sequence[str]) -> list[Sink]:
@@ -105,30 +122,48 @@ class Pipeline:
         self.batches = 0
         self.frames_out = 0
         self._started = False
+        self._finisher: _Finisher | None = None
 
     # -- one batch ------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> list[FrameResult]:
         """Run one batch through every stage and hand the results to the sinks."""
+        return self._finish(self._infer(batch))
+
+    def _infer(self, batch: Batch, own_output: bool = False) -> _Inferred:
+        """First half of a step: preprocess and run the engine (frames due for inference only).
+
+        `own_output`: the result must survive the engine's next call. Engines with preallocated outputs
+        (TensorRT slots) reuse them, so with two batches in flight a device copy is taken (on the same
+        stream, so it is ordered before the next call's writes).
+        """
         frames = batch.frames
-        dev = self.work_device
         t0 = time.perf_counter()
         flags = [f.seq % self._intervals[f.camera] == 0 for f in frames]
         rows = [i for i, f in enumerate(flags) if f]
-        det = self.cfg.detection
-        t1 = t2 = t0
+        raw = letterbox = None
+        t1 = t0
         if rows:
             images, letterbox = self.preprocess([frames[i] for i in rows])
             t1 = time.perf_counter()
             raw = self.engine.infer(images)
-            t2 = time.perf_counter()
-            dets = postprocess(raw, letterbox, det.confidence, det.iou, max_det=det.max_detections,
+            if own_output and raw.is_cuda:
+                raw = raw.clone()
+        return _Inferred(frames, flags, rows, raw, letterbox, t0, t1, time.perf_counter())
+
+    def _finish(self, inf: _Inferred) -> list[FrameResult]:
+        """Second half: postprocess, track, pack (the one device-to-host copy), submit to the sinks."""
+        frames, flags, rows = inf.frames, inf.flags, inf.rows
+        dev = self.work_device
+        t2 = time.perf_counter()
+        if inf.raw is not None:
+            det = self.cfg.detection
+            dets = postprocess(inf.raw, inf.letterbox, det.confidence, det.iou, max_det=det.max_detections,
                                max_candidates=det.max_candidates, classes=self._classes)
             if len(rows) != len(frames):  # rows of the inferred subset -> rows of the batch
                 row_map = torch.tensor(rows, device=dets.batch_index.device)
                 dets = Detections(dets.boxes, dets.scores, dets.class_ids, row_map[dets.batch_index])
         else:
             dets = Detections.empty(dev)
-            t1 = t2 = time.perf_counter()
         t3 = time.perf_counter()
         cams = torch.tensor([f.camera for f in frames], dtype=torch.int64, device=dev)
         inferred = torch.tensor(flags, dtype=torch.bool, device=dev)
@@ -141,12 +176,13 @@ class Pipeline:
             self.stats[f.camera].processed += 1
         self.batches += 1
         self.frames_out += len(frames)
+        pre_ms, infer_ms = (inf.t1 - inf.t0) * 1e3, (inf.t2 - inf.t1) * 1e3
         if self.batch_listeners:
-            report = BatchReport(len(frames), len(rows), (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
-                                 (t4 - t3) * 1e3, tuple((r.camera_index, r.done_ts - r.ts) for r in results))
+            report = BatchReport(len(frames), len(rows), pre_ms, infer_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3,
+                                 tuple((r.camera_index, r.done_ts - r.ts) for r in results))
             for listener in self.batch_listeners:
                 listener(report)
-        self._last_report = (len(frames), (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)
+        self._last_report = (len(frames), infer_ms, (t3 - t2) * 1e3, (t4 - t3) * 1e3)
         return results
 
     def _results(self, frames: Sequence[Frame], tracks: Tracks) -> list[FrameResult]:
@@ -202,19 +238,27 @@ class Pipeline:
             self.start()
         end = None if duration is None else time.monotonic() + duration
         reporter = _PeriodicLog(self, self.cfg.log_interval)
+        self._finisher = _Finisher(self) if self.cfg.batcher.overlap else None
         try:
             while not self.stop_event.is_set():
                 if end is not None and time.monotonic() >= end:
                     break
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
-                    self.step(batch)
+                    self._dispatch(batch)
                 now = time.monotonic()
                 for source in self.sources:  # stall watchdog: a few comparisons per camera
                     source.check_stall(now)
                 reporter.maybe_log()
         finally:
             self.shutdown(reporter)
+
+    def _dispatch(self, batch: Batch) -> None:
+        finisher = self._finisher
+        if finisher is None:
+            self.step(batch)
+        else:
+            finisher.submit(self._infer(batch, own_output=True))
 
     def shutdown(self, reporter: _PeriodicLog | None = None, join_timeout: float = 5.0) -> None:
         """Stop the cameras, process what they decoded, drain and close the sinks: bounded in time.
@@ -229,13 +273,66 @@ class Pipeline:
             if s.is_alive():
                 log.warning("camera %s: thread did not stop within %.0f s; leaving it", s.cfg.name, join_timeout)
         # Frames decoded before the stop are still processed: nothing produced is lost.
-        leftover = self.batcher.next_batch(threading.Event(), timeout=0)
-        if leftover is not None and len(leftover):
-            self.step(leftover)
+        error: BaseException | None = None
+        try:
+            leftover = self.batcher.next_batch(threading.Event(), timeout=0)
+            if leftover is not None and len(leftover):
+                self._dispatch(leftover)
+        except BaseException as e:  # noqa: BLE001 - raised below, after the sinks are closed
+            error = e
+        finisher, self._finisher = self._finisher, None
+        if finisher is not None:
+            try:
+                finisher.close()  # every batch handed over is finished before the sinks close
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
         self.sinks.close()
         if reporter is not None:
             reporter.log_now(final=True)
         self.engine.close()
+        if error is not None:
+            raise error
+
+
+class _Finisher:
+    """The second half of every step on its own thread, batches in order, at most one waiting.
+
+    An error there stops the pipeline and is raised again in the inference thread.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+        self.q: queue.Queue[_Inferred | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="finish", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.p._finish(item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the inference thread
+                    self.error = e
+                    self.p.stop()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"postprocess/tracker/sinks failed: {self.error!r}") from self.error
+
+    def submit(self, item: _Inferred) -> None:
+        while True:  # bounded waits, so a dead finisher cannot block the inference thread
+            self._raise()
+            try:
+                self.q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        self._raise()
 
 
 class _PeriodicLog:

@@ -2,17 +2,20 @@
 
 `(B, 4 + nc, N)` raw output -> per-box confidence filter -> top-k candidates -> class- and image-aware NMS
 in one `nms` call -> at most `max_det` boxes per image -> boxes mapped back to source pixels.
-No Python loop over images, anchors or boxes, and no `.item()`: the only host syncs are the ones that
-variable-length outputs force (the candidate mask and NMS), once per batch, never per frame.
+No Python loop over anchors or boxes, and no `.item()`: the only host syncs are the ones that
+variable-length outputs force (the candidate mask and NMS), once per batch, never per frame. (On the CPU with
+more than 1000 candidates NMS runs per (image, class) group, see `nms_per_image_and_class`.)
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import batched_nms, nms
 
 from rtsp_worker.types import Detections, Letterbox
+
+CPU_GROUPED_NMS_ABOVE = 1000  # boxes; see nms_per_image_and_class
 
 
 def cxcywh_to_xyxy(b: Tensor) -> Tensor:
@@ -20,16 +23,23 @@ def cxcywh_to_xyxy(b: Tensor) -> Tensor:
     return torch.cat((b[..., 0:2] - half, b[..., 0:2] + half), dim=-1)
 
 
-def nms_per_image_and_class(boxes: Tensor, scores: Tensor, image: Tensor, cls: Tensor, iou: float) -> Tensor:
+def nms_per_image_and_class(
+    boxes: Tensor, scores: Tensor, image: Tensor, cls: Tensor, iou: float, num_classes: int
+) -> Tensor:
     """Indices of the boxes kept by NMS within each (image, class) group, in decreasing score order.
 
     One `nms` call for the whole batch: each image is shifted along x and each class along y by more than
     the largest coordinate, so boxes of different groups never overlap. Two axes instead of one group id
-    keep the offsets small (float32 stays exact to ~0.01 px for 64 images x 80 classes at 1280 px), and
-    unlike `torchvision.ops.batched_nms` there is no per-group Python loop on CPU above 1000 boxes.
+    keep the offsets small (float32 stays exact to ~0.01 px for 64 images x 80 classes at 1280 px).
+    The single call compares every box with every other, so on the CPU above `CPU_GROUPED_NMS_ABOVE`
+    boxes NMS runs per group instead (torchvision's `batched_nms`, which loops over the groups there):
+    4 x 3000 boxes over 80 classes took 18 ms in one call against 9 ms per group
+    (benchmarks/bench_postprocess.py). On CUDA one call is always best.
     """
     if boxes.shape[0] == 0:  # the shape is known on the host: no sync
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if boxes.device.type == "cpu" and boxes.shape[0] > CPU_GROUPED_NMS_ABOVE:
+        return batched_nms(boxes, scores, image * num_classes + cls, iou)
     span = boxes.max() - torch.clamp(boxes.min(), max=0) + 1  # tensor: stays on the device
     shift = torch.stack((image, cls, image, cls), dim=1).to(boxes.dtype) * span
     return nms(boxes + shift, scores, iou)
@@ -71,7 +81,7 @@ def decode_predictions(
     cand_scores = top_scores.reshape(-1)[flat_keep]
     cand_cls = class_scores[bi, anchor].argmax(dim=1)  # class ids for the candidates only
 
-    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou)  # sorted by decreasing score
+    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou, class_scores.shape[2])  # sorted by decreasing score
 
     # Cap per image: rank each kept box within its image (stable sort keeps score order).
     kb = bi[kept]

@@ -54,7 +54,7 @@ def test_nms_matches_reference(bsz, nc, n, max_det):
     got = decode_predictions(raw, conf=0.5, iou=0.45, max_det=max_det)
     ref = reference(raw, 0.5, 0.45, max_det)
     assert len(got) == len(ref) > 0
-    key = lambda t: (t[0], -t[1])  # noqa: E731
+    key = lambda t: (t[0], -t[1], t[2], t[3])  # noqa: E731 - class and box break score ties (80 classes)
     ref_sorted = sorted(ref, key=key)
     got_rows = sorted(
         zip(got.batch_index.tolist(), got.scores.tolist(), got.class_ids.tolist(), got.boxes.tolist()), key=key
@@ -67,9 +67,9 @@ def test_nms_matches_reference(bsz, nc, n, max_det):
 
 def test_one_call_nms_matches_per_group_nms_at_scale():
     """64 images x 80 classes, 1280-px boxes, >1000 boxes: the coordinate offsets must not blur IoUs."""
-    from torchvision.ops import nms
+    from torchvision.ops import batched_nms, nms
 
-    from rtsp_worker.postprocess import nms_per_image_and_class
+    from rtsp_worker.postprocess import CPU_GROUPED_NMS_ABOVE, nms_per_image_and_class
 
     g = torch.Generator().manual_seed(3)
     m = 6000
@@ -78,7 +78,10 @@ def test_one_call_nms_matches_per_group_nms_at_scale():
     xy = (torch.rand((m, 2), generator=g) * 1280 / 64).round() * 64 + torch.randn((m, 2), generator=g) * 3 - 20
     boxes = torch.cat([xy, xy + 10 + torch.rand((m, 2), generator=g) * 60], 1)
     scores = torch.rand(m, generator=g)
-    got = nms_per_image_and_class(boxes, scores, image, cls, 0.45)
+    got = nms_per_image_and_class(boxes, scores, image, cls, 0.45, 80)
+    if torch.cuda.is_available():  # the one-call path with offsets (the CPU takes it up to 1000 boxes)
+        on_gpu = nms_per_image_and_class(boxes.cuda(), scores.cuda(), image.cuda(), cls.cuda(), 0.45, 80)
+        assert sorted(on_gpu.cpu().tolist()) == sorted(got.tolist())
     expected = []
     for grp in torch.unique(image * 80 + cls):  # the straightforward way: one nms per (image, class) group
         idx = ((image * 80 + cls) == grp).nonzero().squeeze(1)
@@ -87,7 +90,12 @@ def test_one_call_nms_matches_per_group_nms_at_scale():
     assert 1000 < len(got) < m  # NMS suppressed some boxes, and many survive
     assert sorted(got.tolist()) == sorted(expected.tolist())
     assert bool((scores[got][1:] <= scores[got][:-1]).all())  # decreasing score order
-    assert len(nms_per_image_and_class(boxes[:0], scores[:0], image[:0], cls[:0], 0.45)) == 0
+    assert len(nms_per_image_and_class(boxes[:0], scores[:0], image[:0], cls[:0], 0.45, 80)) == 0
+    # The one-call path on the CPU, at its size limit, with the same large offsets.
+    few = torch.arange(0, m, m // CPU_GROUPED_NMS_ABOVE)[:CPU_GROUPED_NMS_ABOVE]
+    one_call = nms_per_image_and_class(boxes[few], scores[few], image[few], cls[few], 0.45, 80)
+    grouped = batched_nms(boxes[few], scores[few], image[few] * 80 + cls[few], 0.45)
+    assert sorted(one_call.tolist()) == sorted(grouped.tolist())
 
 
 def test_max_det_caps_each_image_independently():
