@@ -9,7 +9,8 @@ batcher, ONNX Runtime, postprocess, tracker, JSONL sink), waits until every came
 warm up, then measures for `--seconds`. It stops adding cameras once the aggregate rate has not grown
 (< 5% over the best so far) at two points in a row: the machine is saturated. Where the time goes, per
 point: CPU cores used by the decode threads, by the inference thread (Python side), by everything else
-in the process (ONNX Runtime's pool, sinks) and by the server; how busy the inference thread is; frames
+in the process (ONNX Runtime's pool, the finish thread, sinks) and by the server; how busy the inference
+thread (preprocess + inference) and the finish thread (postprocess + tracker) are; frames
 dropped (a camera's newest frame replaced before inference took it).
 """
 
@@ -48,8 +49,11 @@ def bottleneck(row: dict, cores: int) -> str:
     if row["fps_per_camera_min"] >= 0.95 * SOURCE_FPS:
         return "none: keeps up with every camera"
     if row["inference_busy_%"] >= 85:
-        stage = max(("preprocess", "inference", "postprocess", "tracker"), key=lambda s: row[f"{s}_ms_per_frame"])
+        stage = max(("preprocess", "inference"), key=lambda s: row[f"{s}_ms_per_frame"])
         return f"inference thread ({stage} dominates)"
+    if row["finish_busy_%"] >= 85:
+        stage = max(("postprocess", "tracker"), key=lambda s: row[f"{s}_ms_per_frame"])
+        return f"finish thread ({stage} dominates)"
     if row["cpu_cores_total"] >= 0.9 * cores:
         return "CPU: decode and inference compete for the cores"
     return "waiting (below CPU saturation)"
@@ -89,8 +93,9 @@ def measure_point(n: int, clips: list[Path], model: Path, warmup: float, seconds
         "fps_per_camera_min": min(fps), "fps_per_camera_max": max(fps), "spread_%": common.fps_spread(fps),
         "decoded_fps": decoded / dt, "dropped_%": 100 * dropped / max(decoded, 1),
         "mean_batch": frames / max(len(window), 1),
-        "inference_busy_%": 100 * sum(r.preprocess_ms + r.infer_ms + r.postprocess_ms + r.track_ms
-                                      for r in window) / 1e3 / dt,
+        # With `batcher.overlap` postprocess and tracker run on the finish thread, beside the inference thread.
+        "inference_busy_%": 100 * sum(r.preprocess_ms + r.infer_ms for r in window) / 1e3 / dt,
+        "finish_busy_%": 100 * sum(r.postprocess_ms + r.track_ms for r in window) / 1e3 / dt,
         "latency_ms_p50": 1e3 * common.percentile(latencies, 50),
         "latency_ms_p90": 1e3 * common.percentile(latencies, 90),
         "cpu_cores_decode": (b["cpu_decode"] - a["cpu_decode"]) / dt,
@@ -139,7 +144,7 @@ def main() -> None:
                 saturated_at, flat = None, 0
     common.print_table(f"Scaling with RTSP cameras ({model.description}; {SOURCE_FPS:g} fps 640x360 sources)", rows,
                        ["cameras", "aggregate_fps", "fps_per_camera_mean", "spread_%", "dropped_%", "mean_batch",
-                        "inference_busy_%", "latency_ms_p50", "cpu_cores_decode", "cpu_cores_inference_thread",
+                        "inference_busy_%", "finish_busy_%", "latency_ms_p50", "cpu_cores_decode", "cpu_cores_inference_thread",
                         "cpu_cores_other", "cpu_cores_server"])
     common.print_table("Per-frame stage times inside the pipeline (ms)", rows,
                        ["cameras", "preprocess_ms_per_frame", "inference_ms_per_frame", "postprocess_ms_per_frame",

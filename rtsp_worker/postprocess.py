@@ -65,7 +65,7 @@ def decode_predictions(
     if classes is not None:
         class_scores = class_scores * classes.to(class_scores.dtype)
     # Best score per anchor without its class index: `max(dim)` also computes indices for every anchor,
-    # which cost 97% of this function on an 80-class model (benchmarks/results/benchmarks.md).
+    # which cost 97% of this function on an 80-class model (OPTIMIZATION_SUMMARY.md).
     scores = class_scores.amax(dim=2)  # (B, N)
 
     # Untrained or badly calibrated models can leave thousands of candidates; NMS cost is quadratic.
