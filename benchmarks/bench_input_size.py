@@ -46,23 +46,10 @@ def trained_at(size: tuple[int, int]) -> Path | None:
     except Exception as e:  # noqa: BLE001
         print(f"trained weights do not fit SynthDet() ({str(e).splitlines()[0]}); using the untrained model")
         return None
-    import onnx
-
+    from rtsp_worker.export import export_onnx
     from rtsp_worker.synthetic import CLASS_NAMES
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.rand(1, 3, *size),), str(tmp), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}})
-    m = onnx.load(str(tmp))
-    for key, value in (("names", str(dict(enumerate(CLASS_NAMES)))), ("imgsz", str(list(size)))):
-        prop = m.metadata_props.add()
-        prop.key, prop.value = key, value
-    onnx.save(m, str(tmp))
-    tmp.replace(out)
-    return out
+    return export_onnx(model, out, size, {"names": str(dict(enumerate(CLASS_NAMES))), "imgsz": str(list(size))})
 
 
 def main() -> None:

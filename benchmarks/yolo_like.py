@@ -120,22 +120,10 @@ class YoloLike(nn.Module):
 
 def export_yolo_like(path: Path, input_size: tuple[int, int], scale: str = "n", nc: int = 80, seed: int = 0) -> Path:
     """Export an untrained YoloLike to ONNX: dynamic batch, fixed input size, class names in metadata."""
-    import onnx
+    from rtsp_worker.export import export_onnx
 
     torch.manual_seed(seed)
     model = YoloLike(nc, scale).eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(model, (torch.rand(1, 3, *input_size),), str(tmp), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}})
-    m = onnx.load(str(tmp))
     props = {"names": str({i: str(i) for i in range(nc)}), "imgsz": str(list(input_size)), "stride": "32",
              "task": "detect", "batch": "1", "description": f"untrained YOLOv8{scale}-like (benchmarks/yolo_like.py)"}
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
-    return path
+    return export_onnx(model, path, input_size, props)

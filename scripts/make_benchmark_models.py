@@ -47,9 +47,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def export(variant: str, size: tuple[int, int], out: Path) -> Path:
-    import onnx
     import torch
     from ultralytics import YOLO
+
+    sys.path.insert(0, str(ROOT))
+    from rtsp_worker.export import export_onnx
 
     torch.manual_seed(0)
     yolo = YOLO(f"yolov8{variant}.yaml", task="detect")  # architecture only: random weights, no download
@@ -68,22 +70,10 @@ def export(variant: str, size: tuple[int, int], out: Path) -> Path:
 
     h, w = size
     path = out / f"yolov8{variant}_{h}x{w}.onnx"
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(Wrap(model), (torch.zeros(1, 3, h, w),), str(tmp), input_names=["images"],
-                          output_names=["output0"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}})
-    m = onnx.load(str(tmp))
     names = {int(k): str(v) for k, v in model.names.items()}
     props = {"names": str(names), "imgsz": str([h, w]), "stride": str(int(max(model.stride))), "task": "detect",
              "batch": "1", "description": f"untrained YOLOv8{variant} (ultralytics yolov8{variant}.yaml, random init)"}
-    del m.metadata_props[:]
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(m, str(tmp))
-    tmp.replace(path)
-    return path
+    return export_onnx(Wrap(model), path, (h, w), props)
 
 
 def main() -> None:

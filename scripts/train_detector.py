@@ -302,22 +302,10 @@ def sample_batch(
 
 
 def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
-    import onnx
+    from rtsp_worker.export import export_onnx
 
     model = model.eval().float()
     dummy = torch.rand(1, 3, *INPUT_HW)
-    onnx_path = out / "synth_det.onnx"
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(onnx_path),
-        input_names=["images"],
-        output_names=["output0"],
-        opset_version=17,
-        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
-        dynamo=False,
-    )
-    m = onnx.load(str(onnx_path))
     names = "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(synthetic.CLASS_NAMES)) + "}"
     props = {
         "names": names,
@@ -327,11 +315,7 @@ def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
         "task": "detect",
         "batch": "1",
     }
-    del m.metadata_props[:]
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(m, str(onnx_path))
+    onnx_path = export_onnx(model, out / "synth_det.onnx", INPUT_HW, props)
     ts_path = out / "synth_det.torchscript"
     with torch.no_grad():
         traced = torch.jit.trace(model, dummy, check_trace=False)

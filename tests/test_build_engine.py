@@ -32,6 +32,7 @@ from rtsp_worker.engine_build.trt_builder import TRT_MISSING, plan_precision
 from rtsp_worker.engine_build.validate import compare_raw, match_detections, run_onnxruntime
 from rtsp_worker.engines import ModelError, load_engine
 from rtsp_worker.engines.tensorrt import load_tensorrt_engine, torch_dtype
+from rtsp_worker.export import export_onnx
 from rtsp_worker.engines.trt_plan import (
     MAGIC,
     EngineMetadata,
@@ -94,10 +95,7 @@ class TinyUpsampleDet(nn.Module):
 def upsample_onnx(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("fp16") / "tiny_up.onnx"
-    torch.onnx.export(TinyUpsampleDet().eval(), (torch.rand(2, 3, 64, 96),), str(path), input_names=["images"],
-                      output_names=["output0"], opset_version=17, dynamo=False,
-                      dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}})
-    return path
+    return export_onnx(TinyUpsampleDet().eval(), path, (64, 96), example_batch=2)
 
 
 def run(path: Path | onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rtsp_worker.export import export_onnx
+
 
 class TinyYolo(nn.Module):
     """A conv net with the ultralytics output layout (B, 4 + nc, N): boxes in input pixels, sigmoid scores."""
@@ -33,16 +35,6 @@ def export_tiny(path: Path, size=(64, 96), nc: int = 3, dynamic_batch: bool = Tr
                 bad_layout: bool = False, fixed_batch: int = 1) -> Path:
     torch.manual_seed(0)
     model = TinyYolo(nc, bad_layout).eval()
-    x = torch.rand(fixed_batch if not dynamic_batch else 2, 3, *size)
-    torch.onnx.export(
-        model, (x,), str(path), input_names=["images"], output_names=["output0"], opset_version=17,
-        dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}} if dynamic_batch else None, dynamo=False,
-    )
-    if names is not None:
-        import onnx
-
-        m = onnx.load(str(path))
-        prop = m.metadata_props.add()
-        prop.key, prop.value = "names", str(dict(enumerate(names)))
-        onnx.save(m, str(path))
-    return path
+    meta = {"names": str(dict(enumerate(names)))} if names is not None else None
+    return export_onnx(model, path, size, meta, dynamic_batch=dynamic_batch,
+                       example_batch=fixed_batch if not dynamic_batch else 2)
