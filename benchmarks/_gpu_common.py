@@ -19,7 +19,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtsp_worker.sources.decoders import CpuDecoder, DecodedImage, nvdec_unavailable_reason  # noqa: E402
+from common import decode_file  # noqa: E402, F401 - shared with the CPU benchmarks
+from rtsp_worker.sources.decoders import CpuDecoder, nvdec_unavailable_reason  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "synth_det.torchscript"
@@ -36,21 +37,6 @@ def nv12_decoder(stream: av.video.stream.VideoStream, device: torch.device, simu
     from rtsp_worker.sources.nvdec import NvdecDecoder
 
     return NvdecDecoder(stream, device)
-
-
-def decode_file(path: Path, make_decoder: Callable, max_frames: int | None = None) -> list[DecodedImage]:
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        dec = make_decoder(stream)
-        out: list[DecodedImage] = []
-        for p in c.demux(stream):
-            out += dec.decode(p)
-            if max_frames is not None and len(out) >= max_frames:
-                break
-        else:
-            out += dec.flush()
-        dec.close()
-    return out[:max_frames] if max_frames is not None else out
 
 
 class StandInDetector(nn.Module):

@@ -87,7 +87,7 @@ def previous_postprocess(raw: torch.Tensor, letterbox, conf: float, iou: float, 
     """
     from torchvision.ops import batched_nms
 
-    from rtsp_worker.postprocess import cxcywh_to_xyxy, to_source_pixels
+    from rtsp_worker.postprocess import cap_per_image, cxcywh_to_xyxy, to_source_pixels
     from rtsp_worker.types import Detections
 
     bsz, _, n = raw.shape
@@ -99,13 +99,7 @@ def previous_postprocess(raw: torch.Tensor, letterbox, conf: float, iou: float, 
     bi = flat // k
     anchor = top_idx.reshape(-1)[flat]
     boxes, cand_scores, cls = cxcywh_to_xyxy(pred[bi, anchor, :4]), top_scores.reshape(-1)[flat], class_ids[bi, anchor]
-    kept = batched_nms(boxes, cand_scores, bi * (raw.shape[1] - 4) + cls, iou)
-    kb = bi[kept]
-    order = torch.sort(kb, stable=True).indices
-    kept, kb = kept[order], kb[order]
-    counts = torch.bincount(kb, minlength=bsz)
-    rank = torch.arange(kept.shape[0]) - (torch.cumsum(counts, 0) - counts)[kb]
-    kept = kept[rank < max_det]
+    kept = cap_per_image(batched_nms(boxes, cand_scores, bi * (raw.shape[1] - 4) + cls, iou), bi, bsz, max_det)
     return to_source_pixels(Detections(boxes[kept], cand_scores[kept], cls[kept], bi[kept]), letterbox)
 
 

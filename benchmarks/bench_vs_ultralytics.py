@@ -16,8 +16,8 @@ for the same measured window (after start-up and a warm-up):
 Same thresholds (conf 0.25, IoU 0.45), same input size, both on ONNX Runtime's CPU provider.
 Reported per contender: aggregate fps, per-camera fps spread ((max - min) / mean), CPU cores used by
 the process (and CPU ms per frame, the fair comparison on a shared machine), decode-to-result latency.
-ultralytics is optional (`.venv/bin/pip install ultralytics`): without it this prints
-"ultralytics not installed" and exits 0. Target on a 2-core CPU, 4 cameras: rtsp-worker >= 2x the
+ultralytics and lap are optional (`.venv/bin/pip install ultralytics lap`, or the `bench` extra): without
+them this prints "... not installed: skipping" and exits 0. Target on a 2-core CPU, 4 cameras: rtsp-worker >= 2x the
 aggregate fps of ultralytics, with per-camera spread < 10%.
 """
 
@@ -40,7 +40,8 @@ TARGET_RATIO, TARGET_SPREAD = 2.0, 10.0
 
 def run_contender(name: str, source: Path, model: Path, imgsz: tuple[int, int], warmup: float, seconds: float,
                   workdir: Path) -> dict:
-    """`name`: "worker", "ultralytics", or "worker-torchN" (the worker with N torch intra-op threads)."""
+    """`name`: "worker", "ultralytics", "worker-torchN" (the worker with N torch intra-op threads), or a
+    `--worker-variant` name (the worker with `cameras-<name>.yaml` next to `source`)."""
     out = workdir / f"{name}-{len(list(workdir.glob(name + '-*')))}.json"
     kind, _, threads = name.partition("-torch")
     variant = source.with_name(f"cameras-{name}.yaml")

@@ -257,22 +257,29 @@ def synthetic_clip(index: int, seconds: float, size: tuple[int, int] = (640, 360
     return video
 
 
-def decode_clip(path: Path, max_frames: int | None = None) -> list[torch.Tensor]:
-    """All frames of a clip (or the first `max_frames`) as RGB (H, W, 3) uint8, by the project's decoder."""
+def decode_file(path: Path, make_decoder: Callable, max_frames: int | None = None) -> list:
+    """Decoded frames (`DecodedImage`) of a clip, or its first `max_frames`, by `make_decoder(stream)`."""
     import av
 
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        dec = make_decoder(stream)
+        out: list = []
+        for p in c.demux(stream):
+            out += dec.decode(p)
+            if max_frames is not None and len(out) >= max_frames:
+                break
+        else:
+            out += dec.flush()
+        dec.close()
+    return out[:max_frames] if max_frames is not None else out
+
+
+def decode_clip(path: Path, max_frames: int | None = None) -> list[torch.Tensor]:
+    """All frames of a clip (or the first `max_frames`) as RGB (H, W, 3) uint8, by the project's decoder."""
     from rtsp_worker.sources.decoders import CpuDecoder
 
-    images: list[torch.Tensor] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        dec = CpuDecoder(stream)
-        for packet in container.demux(stream):
-            for img in dec.decode(packet) if packet.size else dec.flush():
-                images.append(img.image)
-            if max_frames is not None and len(images) >= max_frames:
-                break
-    return images[:max_frames] if max_frames is not None else images
+    return [img.image for img in decode_file(path, CpuDecoder, max_frames)]
 
 
 def make_frame(camera: int, seq: int, image: torch.Tensor):

@@ -26,7 +26,7 @@ from rtsp_worker.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.sinks import Sink, SinkRunner
 from rtsp_worker.sources.camera import CameraSource, CameraStats, FrameSlot
 from rtsp_worker.tracking import IouTracker
-from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, TrackedObject, Tracks
+from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class _Inferred:
     flags: list[bool]  # frame was inferred (infer_interval)
     rows: list[int]  # indices of the inferred frames
     raw: torch.Tensor | None
-    letterbox: object
+    letterbox: Letterbox | None
     t0: float
     t1: float
     t2: float

@@ -45,6 +45,20 @@ def nms_per_image_and_class(
     return nms(boxes + shift, scores, iou)
 
 
+def cap_per_image(kept: Tensor, image: Tensor, bsz: int, max_det: int) -> Tensor:
+    """The first `max_det` of `kept` (indices in decreasing score order) for each image, grouped by image.
+
+    Ranks each kept box within its image (a stable sort by image keeps the score order), no loop over images.
+    """
+    kb = image[kept]
+    order = torch.sort(kb, stable=True).indices
+    kept, kb = kept[order], kb[order]
+    counts = torch.bincount(kb, minlength=bsz)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(kept.shape[0], device=kept.device) - starts[kb]
+    return kept[rank < max_det]
+
+
 def decode_predictions(
     raw: Tensor,
     conf: float,
@@ -81,16 +95,8 @@ def decode_predictions(
     cand_scores = top_scores.reshape(-1)[flat_keep]
     cand_cls = class_scores[bi, anchor].argmax(dim=1)  # class ids for the candidates only
 
-    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou, class_scores.shape[2])  # sorted by decreasing score
-
-    # Cap per image: rank each kept box within its image (stable sort keeps score order).
-    kb = bi[kept]
-    order = torch.sort(kb, stable=True).indices
-    kept, kb = kept[order], kb[order]
-    counts = torch.bincount(kb, minlength=bsz)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(kept.shape[0], device=raw.device) - starts[kb]
-    kept = kept[rank < max_det]
+    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou, class_scores.shape[2])
+    kept = cap_per_image(kept, bi, bsz, max_det)
 
     return Detections(
         boxes=boxes[kept],
