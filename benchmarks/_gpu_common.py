@@ -20,6 +20,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import decode_file  # noqa: E402, F401 - shared with the CPU benchmarks
+
 from rtsp_worker.sources.decoders import CpuDecoder, nvdec_unavailable_reason  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,11 +38,11 @@ from _gpu_common import (  # noqa: E402
     time_ms,
 )
 
-from rtsp_worker.clips import write_test_clip  # noqa: E402
 from rtsp_worker.config import ModelConfig  # noqa: E402
+from rtsp_worker.detection.postprocess import postprocess  # noqa: E402
+from rtsp_worker.detection.preprocess import Preprocessor  # noqa: E402
 from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
-from rtsp_worker.postprocess import postprocess  # noqa: E402
-from rtsp_worker.preprocess import Preprocessor  # noqa: E402
+from rtsp_worker.sim.clips import write_test_clip  # noqa: E402
 from rtsp_worker.types import Frame  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu-bench.json"

@@ -19,8 +19,8 @@ from pathlib import Path
 import common
 import torch
 
-from rtsp_worker.postprocess import postprocess
-from rtsp_worker.preprocess import Preprocessor
+from rtsp_worker.detection.postprocess import postprocess  # noqa: E402
+from rtsp_worker.detection.preprocess import Preprocessor
 
 SIZES = ((640, 640), (384, 640))
 CONF, IOU = 0.25, 0.45
@@ -46,8 +46,8 @@ def trained_at(size: tuple[int, int]) -> Path | None:
     except Exception as e:  # noqa: BLE001
         print(f"trained weights do not fit SynthDet() ({str(e).splitlines()[0]}); using the untrained model")
         return None
-    from rtsp_worker.export import export_onnx
-    from rtsp_worker.synthetic import CLASS_NAMES
+    from rtsp_worker.engine_build.export import export_onnx
+    from rtsp_worker.sim.synthetic import CLASS_NAMES
 
     return export_onnx(model, out, size, {"names": str(dict(enumerate(CLASS_NAMES))), "imgsz": str(list(size))})
 

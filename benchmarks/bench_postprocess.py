@@ -1,4 +1,4 @@
-"""Postprocessing: a per-anchor Python loop with `.item()` calls vs `rtsp_worker.postprocess.postprocess`.
+"""Postprocessing: a per-anchor Python loop with `.item()` calls vs `rtsp_worker.detection.postprocess.postprocess`.
 
     .venv/bin/python benchmarks/bench_postprocess.py [--batch 4] [--smoke] [--json FILE]
 
@@ -21,8 +21,8 @@ import time
 import common
 import torch
 
-from rtsp_worker.postprocess import postprocess
-from rtsp_worker.preprocess import Preprocessor
+from rtsp_worker.detection.postprocess import postprocess
+from rtsp_worker.detection.preprocess import Preprocessor
 
 CONF, IOU, MAX_DET, MAX_CAND = 0.25, 0.45, 300, 3000
 TARGET_RATIO = 50.0
@@ -87,7 +87,7 @@ def previous_postprocess(raw: torch.Tensor, letterbox, conf: float, iou: float, 
     """
     from torchvision.ops import batched_nms
 
-    from rtsp_worker.postprocess import cap_per_image, cxcywh_to_xyxy, to_source_pixels
+    from rtsp_worker.detection.postprocess import cap_per_image, cxcywh_to_xyxy, to_source_pixels
     from rtsp_worker.types import Detections
 
     bsz, _, n = raw.shape

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtsp_worker.config import TrackerConfig
-from rtsp_worker.tracking import IouTracker
+from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import Detections
 
 OBJECTS = 20

@@ -237,7 +237,7 @@ def named_thread_ids(prefix: str) -> list[int]:
 
 def synthetic_clip(index: int, seconds: float, size: tuple[int, int] = (640, 360), fps: float = 15.0) -> Path:
     """An H.264 clip of synthetic scene `index` (objects with ground truth), rendered once and cached."""
-    from rtsp_worker.synthetic import write_sequence
+    from rtsp_worker.sim.synthetic import write_sequence
 
     frames = max(2, round(seconds * fps))
     name = f"scene{index:02d}_{size[0]}x{size[1]}_{fps:g}fps_{frames}f"
@@ -292,7 +292,7 @@ def make_frame(camera: int, seq: int, image: torch.Tensor):
 @contextlib.contextmanager
 def rtsp_server(mounts: dict[str, Path]) -> Iterator[Any]:
     """The project's real GStreamer RTSP server replaying each clip (looping) on its own mount."""
-    from rtsp_worker.devserver import RtspServerProcess, available
+    from rtsp_worker.sim.devserver import RtspServerProcess, available
 
     reason = available()
     if reason is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtsp_worker.config import TrackerConfig
-from rtsp_worker.evaluation import (
+from rtsp_worker.tracking.evaluation import (
     load_mot_detections,
     load_mot_gt,
     read_seqinfo,

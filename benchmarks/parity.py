@@ -5,7 +5,7 @@
 CPU path: PyAV/FFmpeg decode to RGB -> torch preprocessing on the CPU -> TorchScript FP32 on the CPU.
 GPU path: NVDEC decode to NV12 -> NV12->RGB + preprocessing on the GPU -> TorchScript (FP16 + CUDA graphs
 unless --fp32) on the GPU. Both postprocess with the same thresholds. The clip is a synthetic scene with
-objects (rtsp_worker.synthetic); the model defaults to models/synth_det.torchscript.
+objects (rtsp_worker.sim.synthetic); the model defaults to models/synth_det.torchscript.
 Prints "needs CUDA" and exits 0 where CUDA or PyNvVideoCodec is missing.
 """
 
@@ -26,9 +26,9 @@ from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_de
 
 from rtsp_worker import synthetic  # noqa: E402
 from rtsp_worker.config import ModelConfig  # noqa: E402
+from rtsp_worker.detection.postprocess import postprocess
+from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402
 from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
-from rtsp_worker.postprocess import postprocess  # noqa: E402
-from rtsp_worker.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402
 from rtsp_worker.sources.decoders import CpuDecoder  # noqa: E402
 from rtsp_worker.types import Detections, Frame  # noqa: E402
 

@@ -14,18 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from rtsp_worker.batcher import Batcher
-from rtsp_worker.config import Config
+from rtsp_worker.config import Config, ModelConfig
+from rtsp_worker.detection.postprocess import class_mask, postprocess
+from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import Engine, load_engine
-from rtsp_worker.postprocess import class_mask, postprocess
-from rtsp_worker.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.sinks import Sink, SinkRunner
 from rtsp_worker.sources.camera import CameraSource, CameraStats, FrameSlot
-from rtsp_worker.tracking import IouTracker
+from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     return dev
+
+
+def _build_on_start(model: ModelConfig, device: torch.device, max_batch: int) -> Path:
+    """`model.build_engine`: the builder is imported only when an engine has to be built or checked."""
+    from rtsp_worker.engine_build.on_start import ensure_engine
+
+    return ensure_engine(model, device, max_batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +104,7 @@ class Pipeline:
             # Postprocess and tracker ops are small: with several intra-op threads they mostly wait on each
             # other and on ONNX Runtime's own pool (benchmarks/results/tracker.md measured 10-100x swings).
             torch.set_num_threads(1)
-        self.engine = engine or load_engine(cfg.model, self.device, cfg.batcher.max_batch)
+        self.engine = engine or load_engine(cfg.model, self.device, cfg.batcher.max_batch, build=_build_on_start)
         info = self.engine.info
         self.class_names = info.class_names
         self.work_device = self.engine.device

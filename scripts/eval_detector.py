@@ -1,7 +1,7 @@
 """mAP@0.5 of an ONNX detector on held-out synthetic scenes (seeds 90_000 + i, never used for training).
 
 Frames go through H.264 encode/decode like camera frames, are letterboxed and run with ONNX Runtime, and
-the raw output is decoded with the project's own `rtsp_worker.postprocess` (conf 0.001, NMS IoU 0.6).
+the raw output is decoded with the project's own `rtsp_worker.detection.postprocess` (conf 0.001, NMS IoU 0.6).
 AP per class is VOC all-point interpolated; a detection that matches no gt but overlaps (IoU >= 0.5) a gt
 less than 30 % visible is ignored rather than counted as a false positive ("map50"). "map50_all" counts
 every gt row with any visible pixel as a must-find.
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtsp_worker import synthetic
+from rtsp_worker.detection.postprocess import decode_predictions, to_source_pixels
+from rtsp_worker.detection.preprocess import PAD_VALUE, letterbox_geometry
 from rtsp_worker.engines.base import parse_names
-from rtsp_worker.postprocess import decode_predictions, to_source_pixels
-from rtsp_worker.preprocess import PAD_VALUE, letterbox_geometry
 from rtsp_worker.types import Letterbox
 
 EVAL_SEED_BASE = 90_000

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtsp_worker.synthetic import write_sequence
+from rtsp_worker.sim.synthetic import write_sequence
 
 
 def main(argv: list[str] | None = None) -> None:

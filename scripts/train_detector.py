@@ -7,7 +7,7 @@ GIoU loss, positives chosen by FCOS center sampling with per-level size ranges. 
 decodes to the ultralytics YOLOv8 output layout (B, 4 + nc, N): cx, cy, w, h in input pixels, then
 class scores, no objectness, so every engine of the pipeline can run it unchanged.
 
-Training data: scenes from `rtsp_worker.synthetic` (seeds 10_000 + i), encoded to H.264 and decoded
+Training data: scenes from `rtsp_worker.sim.synthetic` (seeds 10_000 + i), encoded to H.264 and decoded
 again so the detector sees the same compression artefacts as the pipeline, letterboxed 640x360 ->
 384x640 (12 px grey bars), random crops, flips and photometric jitter.
 
@@ -302,7 +302,7 @@ def sample_batch(
 
 
 def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
-    from rtsp_worker.export import export_onnx
+    from rtsp_worker.engine_build.export import export_onnx
 
     model = model.eval().float()
     dummy = torch.rand(1, 3, *INPUT_HW)
@@ -427,7 +427,7 @@ def main() -> None:
     ema.eval()
     desc = (
         f"rtsp-worker synthetic-scene detector (person/car/bike), trained by scripts/train_detector.py "
-        f"seed={args.seed} steps={step} on rtsp_worker.synthetic scenes"
+        f"seed={args.seed} steps={step} on rtsp_worker.sim.synthetic scenes"
     )
     onnx_path, ts_path = export(ema, args.out, desc)
     log.info(

@@ -14,8 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from rtsp_worker.clips import write_test_clip
-from rtsp_worker.devserver import RtspServerProcess, available
+from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.sim.devserver import RtspServerProcess, available
 
 # In CI a missing dependency must fail the run, not quietly skip the integration tests.
 IN_CI = os.environ.get("CI", "").lower() == "true"

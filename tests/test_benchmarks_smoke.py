@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, skip_or_fail
 
-from rtsp_worker.devserver import available
+from rtsp_worker.sim.devserver import available
 
 BENCH = REPO_ROOT / "benchmarks"
 

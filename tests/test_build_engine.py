@@ -22,17 +22,17 @@ from torch import nn
 from typer.testing import CliRunner
 
 from rtsp_worker.cli import app
-from rtsp_worker.clips import write_test_clip
 from rtsp_worker.config import ModelConfig, parse_config
+from rtsp_worker.detection.preprocess import PAD_VALUE
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engine_build.calibration import letterbox_frames, load_frames, sample_folder, sample_video
+from rtsp_worker.engine_build.export import export_onnx
 from rtsp_worker.engine_build.fp16 import convert_file_to_fp16, convert_to_fp16
 from rtsp_worker.engine_build.profile import derive_profile, input_size_for, inspect_onnx, probe_resolution
 from rtsp_worker.engine_build.trt_builder import TRT_MISSING, plan_precision
 from rtsp_worker.engine_build.validate import compare_raw, match_detections, run_onnxruntime
 from rtsp_worker.engines import ModelError, load_engine
 from rtsp_worker.engines.tensorrt import load_tensorrt_engine, torch_dtype
-from rtsp_worker.export import export_onnx
 from rtsp_worker.engines.trt_plan import (
     MAGIC,
     EngineMetadata,
@@ -41,7 +41,7 @@ from rtsp_worker.engines.trt_plan import (
     stale_reasons,
     write_plan,
 )
-from rtsp_worker.preprocess import PAD_VALUE
+from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.types import Detections
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -366,7 +366,7 @@ def test_cli_without_tensorrt_says_how_to_install(tmp_path):
 
 
 def test_import_stays_light():
-    code = ("import sys, rtsp_worker.build_engine, rtsp_worker.engines.tensorrt; "
+    code = ("import sys, rtsp_worker.engine_build.cli, rtsp_worker.engines.tensorrt; "
             "print(sorted(m for m in ('tensorrt', 'onnxruntime', 'av') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent, check=True)
@@ -522,7 +522,7 @@ def test_fp16_conversion_of_tiny_yolo_keeps_names_and_batches(tmp_path):
 
 
 def test_accuracy_guard_passes_fp16_and_rejects_a_different_model(tmp_path):
-    from rtsp_worker.build_engine import check_accuracy, synthetic_frames
+    from rtsp_worker.engine_build.cli import check_accuracy, synthetic_frames
 
     src = export_tiny(tmp_path / "m.onnx", names=["a", "b", "c"])
     half = convert_file_to_fp16(src, tmp_path / "m16.onnx")
@@ -557,8 +557,8 @@ FP16_MIN_IOU, FP16_MAX_SCORE_DIFF, CONF = 0.95, 0.02, 0.25
 @pytest.mark.slow
 @pytest.mark.skipif(not SYNTH_DET.is_file(), reason="models/synth_det.onnx not trained yet")
 def test_fp16_synth_det_detections_match_fp32(tmp_path):
-    from rtsp_worker.postprocess import decode_predictions
-    from rtsp_worker.synthetic import make_scene, render_frame
+    from rtsp_worker.detection.postprocess import decode_predictions
+    from rtsp_worker.sim.synthetic import make_scene, render_frame
 
     info = inspect_onnx(SYNTH_DET)
     h, w = info.input_shape[2] or 384, info.input_shape[3] or 640
@@ -702,7 +702,7 @@ def fake_trt(monkeypatch):
     ("10.13.3.9", "fp32", [], 0, False),
 ])
 def test_build_orchestration_per_version(tmp_path, fake_trt, version, precision, flags, strong_bit, parsed_fp16):
-    from rtsp_worker.build_engine import BuildOptions, build_engine
+    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
 
     rec = fake_trt(version)
     src = export_tiny(tmp_path / "m.onnx", names=["a", "b", "c"])
@@ -726,7 +726,7 @@ def test_build_orchestration_per_version(tmp_path, fake_trt, version, precision,
 
 
 def test_build_int8_on_tensorrt_11_fails_before_building(tmp_path, fake_trt):
-    from rtsp_worker.build_engine import BuildOptions, build_engine
+    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
 
     rec = fake_trt("11.1.0.4")
     src = export_tiny(tmp_path / "m.onnx")

@@ -1,4 +1,4 @@
-"""The generic test-clip writer (rtsp_worker.clips)."""
+"""The generic test-clip writer (rtsp_worker.sim.clips)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from rtsp_worker.clips import write_test_clip
+from rtsp_worker.sim.clips import write_test_clip
 
 
 @pytest.mark.parametrize("codec", ["h264", "hevc"])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import av
 import pytest
-
 from conftest import skip_or_fail
-from rtsp_worker.devserver import available
+
+from rtsp_worker.sim.devserver import available
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

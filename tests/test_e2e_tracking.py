@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import skip_or_fail
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
@@ -88,7 +87,7 @@ def unwrap_gt(gt: np.ndarray, frames: np.ndarray, offset: int, n: int) -> np.nda
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
-    from rtsp_worker.synthetic import write_sequence
+    from rtsp_worker.sim.synthetic import write_sequence
 
     root = tmp_path_factory.mktemp("scenes")
     return [write_sequence(root, f"seq{i}", seed=9000 + i, frames=CLIP_FRAMES, size=(640, 360), fps=15)
@@ -97,7 +96,7 @@ def scenes(tmp_path_factory):
 
 def test_tracking_quality_end_to_end(tmp_path, rtsp_server_factory, scenes):
     pytest.importorskip("motmetrics")
-    from rtsp_worker.evaluation import score
+    from rtsp_worker.tracking.evaluation import score
 
     if not MODEL.exists():
         skip_or_fail(f"{MODEL} is missing")

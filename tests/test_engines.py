@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from tiny_models import export_tiny
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.engines import ModelError, choose_backend, load_engine
-
-from tiny_models import export_tiny
 
 
 def load(path, **kw):

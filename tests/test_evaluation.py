@@ -1,4 +1,4 @@
-"""MOT loading and scoring helpers (rtsp_worker.evaluation) on tiny hand-made sequences."""
+"""MOT loading and scoring helpers (rtsp_worker.tracking.evaluation) on tiny hand-made sequences."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtsp_worker.config import TrackerConfig
-from rtsp_worker.evaluation import (
+from rtsp_worker.tracking.evaluation import (
     load_mot_detections,
     load_mot_gt,
     read_seqinfo,

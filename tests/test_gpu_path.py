@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from rtsp_worker.config import ModelConfig
+from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
 from rtsp_worker.engines.torchscript import TorchScriptEngine, batch_buckets, pick_bucket
-from rtsp_worker.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.sources.decoders import CpuDecoder, UnsupportedCodec, make_decoder, nvdec_unavailable_reason
 from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed
 from rtsp_worker.types import NV12, RGB, Frame
@@ -247,7 +247,7 @@ def test_nv12_to_rgb_matches_ffmpeg_rgb24(clips):
     full_range_y = y.unsqueeze(-1).expand(-1, -1, -1, 3)
     assert psnr(full_range_y.clamp(0, 255), ref) < NV12_PARITY_PSNR_DB
     bt709 = torch.tensor([[1.164383, 0.0, 1.792741], [1.164383, -0.213249, -0.532909], [1.164383, 2.112402, 0.0]])
-    import rtsp_worker.preprocess as pp
+    import rtsp_worker.detection.preprocess as pp
 
     original = pp._YUV2RGB
     try:
@@ -458,7 +458,7 @@ def test_nvdec_decodes_like_ffmpeg(clips, clip):
 def test_nvdec_and_gpu_preprocess_match_cpu_path(clips, tmp_path):
     from torchvision.ops import box_iou
 
-    from rtsp_worker.postprocess import postprocess
+    from rtsp_worker.detection.postprocess import postprocess
 
     path, _ = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [256, 320]})
     dev = torch.device("cuda")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import skip_or_fail
+
 from rtsp_worker.config import parse_config
 from rtsp_worker.pipeline import Pipeline
 
@@ -31,7 +31,7 @@ def model() -> Path:
 
 @pytest.fixture(scope="module")
 def scene_clip(tmp_path_factory) -> Path:
-    from rtsp_worker.synthetic import write_sequence
+    from rtsp_worker.sim.synthetic import write_sequence
 
     seq = write_sequence(tmp_path_factory.mktemp("scenes"), "scene", seed=4242, frames=90, size=(640, 360), fps=15)
     return seq / "video.mp4"

@@ -9,8 +9,8 @@ from ops_support import PipelineThread, make_config, small_clip, tiny_model, wai
 from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port
 
-from rtsp_worker.metrics import PipelineMetrics, serve_metrics
 from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.service.metrics import PipelineMetrics, serve_metrics
 
 FIXTURES = (small_clip, tiny_model)  # pytest finds fixtures by their module-level name
 

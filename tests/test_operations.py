@@ -33,8 +33,8 @@ from ops_support import (
 )
 from redis_fixture import free_port, redis_server_factory
 
-from rtsp_worker.clips import write_test_clip
 from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sources.camera import CameraState
 

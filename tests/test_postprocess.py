@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rtsp_worker.postprocess import class_mask, decode_predictions, postprocess, to_source_pixels
-from rtsp_worker.preprocess import letterbox_geometry
+from rtsp_worker.detection.postprocess import class_mask, decode_predictions, postprocess, to_source_pixels
+from rtsp_worker.detection.preprocess import letterbox_geometry
 from rtsp_worker.types import Detections, Letterbox
 
 
@@ -69,7 +69,7 @@ def test_one_call_nms_matches_per_group_nms_at_scale():
     """64 images x 80 classes, 1280-px boxes, >1000 boxes: the coordinate offsets must not blur IoUs."""
     from torchvision.ops import batched_nms, nms
 
-    from rtsp_worker.postprocess import CPU_GROUPED_NMS_ABOVE, nms_per_image_and_class
+    from rtsp_worker.detection.postprocess import CPU_GROUPED_NMS_ABOVE, nms_per_image_and_class
 
     g = torch.Generator().manual_seed(3)
     m = 6000

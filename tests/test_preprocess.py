@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rtsp_worker.postprocess import to_source_pixels
-from rtsp_worker.preprocess import PAD_VALUE, Preprocessor, letterbox_geometry
+from rtsp_worker.detection.postprocess import to_source_pixels
+from rtsp_worker.detection.preprocess import PAD_VALUE, Preprocessor, letterbox_geometry
 from rtsp_worker.types import Detections, Frame
 
 

@@ -10,7 +10,7 @@ import pytest
 from ops_support import REPO, small_clip
 from redis_fixture import free_port
 
-from rtsp_worker.probe import probe_stream
+from rtsp_worker.sources.probe import probe_stream
 
 pytestmark = pytest.mark.rtsp
 FIXTURES = (small_clip,)  # pytest finds fixtures by their module-level name

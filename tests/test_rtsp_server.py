@@ -1,4 +1,4 @@
-"""The real GStreamer RTSP server (rtsp_worker/rtsp_server.py via RtspServerProcess), read with PyAV."""
+"""The real GStreamer RTSP server (rtsp_worker/sim/rtsp_server.py via RtspServerProcess), read with PyAV."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import av
 import av.error
 import pytest
 
-from rtsp_worker.clips import write_test_clip
-from rtsp_worker.devserver import RtspServerError, RtspServerProcess
+from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.sim.devserver import RtspServerError, RtspServerProcess
 
 pytestmark = pytest.mark.rtsp
 

@@ -1,4 +1,4 @@
-"""Synthetic cameras (rtsp_worker.synthetic, scripts/make_scenes.py) and the detector trained on them."""
+"""Synthetic cameras (rtsp_worker.sim.synthetic, scripts/make_scenes.py) and the detector trained on them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rtsp_worker import synthetic
-from rtsp_worker.synthetic import CLASS_NAMES, MOT_CLASS_IDS, make_scene, render, write_sequence
+from rtsp_worker.sim.synthetic import CLASS_NAMES, MOT_CLASS_IDS, make_scene, render, write_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "synth_det.onnx"

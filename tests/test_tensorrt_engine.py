@@ -62,7 +62,7 @@ def test_built_engine_matches_onnxruntime_for_every_batch(tiny, tmp_path, precis
 def test_validate_flag_passes_on_fp32(tiny, tmp_path):
     frames = tmp_path / "frames"
     frames.mkdir()
-    from rtsp_worker.clips import write_test_clip
+    from rtsp_worker.sim.clips import write_test_clip
 
     write_test_clip(frames / "a.mp4", seconds=1, fps=10, size=(192, 128))
     build(tiny, tmp_path / "v.engine", "-p", "fp32", "--validate", "--calib-data", str(frames))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rtsp_worker.config import TrackerConfig
-from rtsp_worker.tracking import CUDA_GREEDY_ROUNDS, IouTracker, greedy_match, pairwise_iou
+from rtsp_worker.tracking.tracker import CUDA_GREEDY_ROUNDS, IouTracker, greedy_match, pairwise_iou
 from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
 
 A = (100.0, 100.0, 150.0, 200.0)

@@ -2,7 +2,7 @@
 
 Frames come from a video file, a folder (images and/or videos) or the configured cameras, spread over
 the source rather than taken from its first second, and are letterboxed exactly as the worker does it
-(`rtsp_worker.preprocess.Preprocessor`), so calibration sees the pixels inference will see.
+(`rtsp_worker.detection.preprocess.Preprocessor`), so calibration sees the pixels inference will see.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import Config, mask_url
+from rtsp_worker.detection.preprocess import Preprocessor
 from rtsp_worker.engine_build import BuildError
-from rtsp_worker.preprocess import Preprocessor
 from rtsp_worker.types import Frame
 
 log = logging.getLogger(__name__)

@@ -23,23 +23,14 @@ from typing import Any
 
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engine_build.profile import ProfileShape
+from rtsp_worker.engines.trt_plan import MIN_TRT_MAJOR, TRT_MISSING
+from rtsp_worker.engines.trt_plan import import_tensorrt as _import_tensorrt
 
 log = logging.getLogger(__name__)
 
-TRT_MISSING = "TensorRT is not installed: pip install 'rtsp-worker[tensorrt]'"
-MIN_TRT_MAJOR = 10
-
-
 def import_tensorrt(error: type[Exception] = BuildError) -> Any:
-    """`import tensorrt`, or `error` with the install hint (ModelError for the runtime, BuildError here)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise error(TRT_MISSING) from None
-    except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
-        raise error(f"TensorRT cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                    "check the CUDA driver and pip install 'rtsp-worker[tensorrt]'") from None
-    return trt
+    """`import tensorrt`, or BuildError with the install hint."""
+    return _import_tensorrt(error)
 
 
 def trt_major(version: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,8 +34,13 @@ def choose_backend(cfg: ModelConfig, device: torch.device) -> str:
     return "onnxruntime"
 
 
-def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> Engine:
-    """Load the configured model on `device`; raises ModelError naming the file on any problem."""
+def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
+                build: Callable[[ModelConfig, torch.device, int], Path] | None = None) -> Engine:
+    """Load the configured model on `device`; raises ModelError naming the file on any problem.
+
+    `build`: turns an ONNX into a TensorRT plan for `model.build_engine` (the builder lives above the
+    engines, so the caller passes it in).
+    """
     backend = choose_backend(cfg, device)
     if backend in ("onnxruntime", "torch") and not cfg.path.exists():
         raise ModelError(f"{cfg.path}: model file not found")
@@ -49,7 +55,7 @@ def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> Engin
     if backend == "tensorrt":
         from rtsp_worker.engines.tensorrt import load_tensorrt_engine
 
-        return load_tensorrt_engine(cfg, device=device, max_batch=max_batch)
+        return load_tensorrt_engine(cfg, device=device, max_batch=max_batch, build=build)
     raise ModelError(f"{cfg.path}: unknown backend {backend!r}")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names
-from rtsp_worker.engines.trt_plan import check_compatible, file_sha256, read_plan, stale_reasons
+from rtsp_worker.engines.trt_plan import check_compatible, import_tensorrt, read_plan
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ _TORCH_DTYPE = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfl
 
 
 def _import_trt() -> Any:
-    from rtsp_worker.engine_build.trt_builder import import_tensorrt
-
     return import_tensorrt(ModelError)
 
 
@@ -218,50 +217,22 @@ def engine_path_for(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".engine")
 
 
-def ensure_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> Path:
-    """Build `<onnx>.engine` when it is missing or stale (other TensorRT/GPU, changed ONNX, too small)."""
-    from rtsp_worker.build_engine import BuildOptions, build_engine
-    from rtsp_worker.engine_build import BuildError
-
-    trt = _import_trt()
-    onnx_path = cfg.path
-    if not onnx_path.is_file():
-        raise ModelError(f"{onnx_path}: model file not found")
-    engine_path = engine_path_for(onnx_path)
-    index = device.index if device.index is not None else 0
-    cc = tuple(torch.cuda.get_device_capability(index))
-    if engine_path.is_file():
-        try:
-            meta = read_plan(engine_path)[0]
-        except ModelError as e:
-            meta, why = None, [str(e)]
-        else:
-            why = stale_reasons(meta, file_sha256(onnx_path), trt.__version__, cc, max_batch, cfg.input_size)
-        if not why:
-            return engine_path
-        log.warning("%s: rebuilding (%s)", engine_path, "; ".join(why))
-    else:
-        log.warning("%s: no engine yet; building it from %s (this takes minutes, once)", engine_path, onnx_path)
-    size = cfg.input_size
-    opts = BuildOptions(onnx=onnx_path, output=engine_path, max_batch=max_batch, opt_batch=max_batch,
-                        height=size[0] if size else None, width=size[1] if size else None,
-                        precision="fp16" if cfg.fp16 else "fp32", progress=False)
-    try:
-        with torch.cuda.device(index):
-            build_engine(opts, echo=log.info)
-    except BuildError as e:
-        raise ModelError(f"{onnx_path}: building the TensorRT engine failed: {e}") from None
-    return engine_path
+# Builds (or reuses) `<onnx>.engine` for a config and returns its path. The runtime never imports the
+# builder: whoever loads the engine hands one in (`engine_build.on_start.ensure_engine`).
+BuildFn = Callable[[ModelConfig, torch.device, int], Path]
 
 
-def load_tensorrt_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> TensorRTEngine:
-    """The factory `engines.load_engine` calls: a plan, or an ONNX with `build_engine: true`."""
+def load_tensorrt_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
+                         build: BuildFn | None = None) -> TensorRTEngine:
+    """The factory `engines.load_engine` calls: a plan, or an ONNX with `build_engine: true` (built by `build`)."""
     path = cfg.path
     if path.suffix.lower() == ".onnx":
         if cfg.build_engine:
             if device.type != "cuda" or not torch.cuda.is_available():
                 raise ModelError(f"{path}: model.build_engine needs a CUDA GPU (device is {device})")
-            return TensorRTEngine(cfg, device, max_batch, plan_path=ensure_engine(cfg, device, max_batch))
+            if build is None:
+                raise ModelError(f"{path}: model.build_engine is set but no engine builder was provided")
+            return TensorRTEngine(cfg, device, max_batch, plan_path=build(cfg, device, max_batch))
         built = engine_path_for(path)
         if not built.is_file():
             raise ModelError(f"{path}: the TensorRT backend runs engines, not ONNX: run `rtsp-worker build-engine "

@@ -6,8 +6,8 @@ We therefore write one small JSON header in front of the plan:
 
     b"RTSPWTRT" | uint32 little-endian header length | UTF-8 JSON header | TensorRT plan bytes
 
-Plain plans (trtexec, other tools) load too, without the checks. Nothing here imports TensorRT, so all
-of it is tested on machines without a GPU.
+Plain plans (trtexec, other tools) load too, without the checks. Nothing here imports TensorRT at module
+level (`import_tensorrt` does, when called), so all of it is tested on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rtsp_worker.engines.base import ModelError
 
@@ -25,6 +26,20 @@ MAGIC = b"RTSPWTRT"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 _HEADER_LIMIT = 16 * 1024 * 1024  # a header larger than this is a corrupt file, not metadata
+TRT_MISSING = "TensorRT is not installed: pip install 'rtsp-worker[tensorrt]'"
+MIN_TRT_MAJOR = 10
+
+
+def import_tensorrt(error: type[Exception] = ModelError) -> Any:
+    """`import tensorrt`, or `error` with the install hint (ModelError for the runtime, BuildError for builds)."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise error(TRT_MISSING) from None
+    except Exception as e:
+        raise error(f"TensorRT cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                    "check the CUDA driver and pip install 'rtsp-worker[tensorrt]'") from None
+    return trt
 
 
 @dataclass(frozen=True, slots=True)

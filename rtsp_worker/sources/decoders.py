@@ -7,45 +7,19 @@ changes: FFmpeg on the CPU (`CpuDecoder`) or NVDEC on the GPU (`rtsp_worker.sour
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
 
 import av
 import torch
-from torch import Tensor
 
+from rtsp_worker.sources.base import (
+    SUPPORTED_CODECS,
+    DecodedImage,
+    UnsupportedCodec,
+    VideoDecoder,
+)
 from rtsp_worker.types import NV12, RGB
 
 log = logging.getLogger(__name__)
-
-# Codecs the worker accepts; anything else is reported as unsupported instead of half-working.
-SUPPORTED_CODECS = ("h264", "hevc")
-
-
-class UnsupportedCodec(RuntimeError):
-    """The stream's codec is not one the worker decodes."""
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedImage:
-    image: Tensor  # RGB (H, W, 3) uint8 or NV12 (H*3/2, W) uint8, on the decoder's device
-    pixel_format: str
-    height: int
-    width: int
-    pts: float | None  # seconds
-
-
-class VideoDecoder(Protocol):
-    """Turns demuxed packets of one video stream into images."""
-
-    name: str  # "cpu" or "nvdec"
-    device: torch.device
-
-    def decode(self, packet: av.Packet) -> list[DecodedImage]: ...
-
-    def flush(self) -> list[DecodedImage]: ...
-
-    def close(self) -> None: ...
 
 
 class CpuDecoder:

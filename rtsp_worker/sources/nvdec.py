@@ -23,7 +23,7 @@ import av
 import av.bitstream
 import torch
 
-from rtsp_worker.sources.decoders import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec
+from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec
 from rtsp_worker.types import NV12
 
 log = logging.getLogger(__name__)

@@ -112,7 +112,7 @@ def run_tracker_on_detections(
     frames, tracked by prediction). Returns ``(M, 7)`` rows ``frame, track_id, left, top, width,
     height, score`` for every reported track.
     """
-    from rtsp_worker.tracking import IouTracker  # late: keeps this module importable standalone
+    from rtsp_worker.tracking.tracker import IouTracker  # late: keeps this module importable standalone
 
     rows = _as_rows(rows)
     frames = rows[:, 0].astype(np.int64)

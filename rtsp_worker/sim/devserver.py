@@ -1,4 +1,4 @@
-"""Run the real RTSP server (`rtsp_worker/rtsp_server.py`) as a child process, for tests and demos.
+"""Run the real RTSP server (`rtsp_worker/sim/rtsp_server.py`) as a child process, for tests and demos.
 
 The server needs GStreamer's Python bindings (`gi`), which exist only under Debian's /usr/bin/python3, so
 it runs in that interpreter in its own process group; this module is pure stdlib and works from any venv.

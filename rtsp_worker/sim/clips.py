@@ -2,7 +2,7 @@
 
 The clips are made for low replay latency: no B-frames and one key frame per second (gop = fps), so a
 client that joins a looping replay waits at most one second for a picture.
-For scenes with ground truth (objects to detect and track) see `rtsp_worker.synthetic`.
+For scenes with ground truth (objects to detect and track) see `rtsp_worker.sim.synthetic`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ batch range and input size from flags or `cameras.yaml` (`profile`), pick how th
 the precision (`trt_builder.plan_precision`), convert to FP16 ONNX when it needs that (`fp16`), sample
 calibration frames for INT8 (`calibration`), build (`trt_builder`), write plan + metadata
 (`engines.trt_plan`), and optionally check the engine against ONNX Runtime (`validate`).
-`import rtsp_worker.build_engine` stays light: TensorRT is imported only when a build starts.
+`import rtsp_worker.engine_build.cli` stays light: TensorRT is imported only when a build starts.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def synthetic_frames(count: int, input_size: tuple[int, int]) -> torch.Tensor:
     """Frames of the project's synthetic scene (objects on textured backgrounds), letterboxed: the
     accuracy guard's default when neither --calib-data nor --config gives real frames."""
     from rtsp_worker.engine_build.calibration import letterbox_frames
-    from rtsp_worker.synthetic import make_scene, render_frame
+    from rtsp_worker.sim.synthetic import make_scene, render_frame
 
     scene = make_scene(seed=7, frames=max(2, count * 10), width=640, height=360)
     return letterbox_frames([render_frame(scene, i * 10)[0] for i in range(count)], input_size)

@@ -13,7 +13,7 @@ import typer
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = Path("models/synth_det.onnx")
 
 
@@ -27,7 +27,7 @@ def find_model(path: Path) -> Path:
 
 def make_clips(directory: Path, count: int, seconds: float, fps: float = 15.0) -> list[Path]:
     """Render (once, then reuse) `count` synthetic scenes with ground truth; returns their sequence folders."""
-    from rtsp_worker.synthetic import write_sequence
+    from rtsp_worker.sim.synthetic import write_sequence
 
     frames = max(1, int(seconds * fps))
     seqs = []
@@ -81,9 +81,9 @@ def demo(
     clips: Annotated[Optional[Path], typer.Option(help="Where synthetic clips are cached.")] = None,
 ) -> None:
     """Run the worker on local synthetic cameras (GStreamer RTSP server + a file:// camera)."""
-    from rtsp_worker.cli import EXIT_CONFIG, EXIT_RUNTIME, fail, run_pipeline, setup_logging
     from rtsp_worker.config import ConfigError, parse_config
-    from rtsp_worker.devserver import RtspServerProcess, available
+    from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_RUNTIME, fail, run_pipeline, setup_logging
+    from rtsp_worker.sim.devserver import RtspServerProcess, available
 
     setup_logging("INFO")
     model = find_model(model)

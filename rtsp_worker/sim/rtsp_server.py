@@ -2,9 +2,9 @@
 """A real RTSP server for tests and demos (GStreamer's GstRtspServer), run as a standalone script.
 
 It imports only the standard library and `gi`, because `gi` exists only under Debian's /usr/bin/python3;
-the worker's own code starts it as a child process through `rtsp_worker.devserver.RtspServerProcess`.
+the worker's own code starts it as a child process through `rtsp_worker.sim.devserver.RtspServerProcess`.
 
-    /usr/bin/python3 rtsp_worker/rtsp_server.py --port 0 --mount cam0=file:clip.mp4 \
+    /usr/bin/python3 rtsp_worker/sim/rtsp_server.py --port 0 --mount cam0=file:clip.mp4 \
         --mount live=testsrc:640x360@15 --mount jpeg=mjpeg:320x240@10 [--auth user:pass]
 
 Mount specs:

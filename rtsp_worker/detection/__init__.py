@@ -1,0 +1,1 @@
+"""Pixels in, Detections out: batched letterbox preprocessing and vectorized box decoding + NMS."""

@@ -1,0 +1,1 @@
+"""Around the pipeline: metrics and the process-level services."""

@@ -1,0 +1,1 @@
+"""Camera sources: connect, demux and decode (CPU FFmpeg or NVDEC), one thread per camera."""

@@ -1,0 +1,1 @@
+"""Tracks from detections: the batched IOU tracker and MOT scoring."""
