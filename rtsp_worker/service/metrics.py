@@ -13,10 +13,11 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rtsp_worker.service.server import HttpServer, Request, Response
 from rtsp_worker.sources.camera import CameraState
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class _Nvml:
             self._nvml = pynvml
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self.available = True
-        except Exception as e:  # noqa: BLE001 - no package, no driver, no such device: the GPU series are left out
+        except Exception as e:
             log.debug("NVML unavailable (%s): no GPU metrics", e)
 
     def sample(self) -> tuple[float, float, float] | None:
@@ -150,16 +151,24 @@ class PipelineMetrics:
 
 
 class MetricsServer:
-    """A running endpoint; `close()` stops it and detaches the listener."""
+    """`/metrics` on the worker's HTTP server (`server.HttpServer`); other endpoints register on `.http`.
+
+    `close()` stops the server and detaches the listener.
+    """
 
     def __init__(self, metrics: PipelineMetrics, host: str, port: int) -> None:
         self.metrics = metrics
-        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.http = HttpServer(host, port)
+        self.http.route("GET", "/metrics", self._scrape)
+        self.http.start()
         self.host = host
-        self.port = self._server.server_port
+        self.port = self.http.port
         metrics.pipeline.batch_listeners.append(metrics.on_batch)
         self._closed = threading.Event()
         log.info("metrics on http://%s:%d/metrics", host, self.port)
+
+    def _scrape(self, _req: Request) -> Response:
+        return Response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
 
     @property
     def url(self) -> str:
@@ -172,9 +181,7 @@ class MetricsServer:
         listeners = self.metrics.pipeline.batch_listeners
         if self.metrics.on_batch in listeners:
             listeners.remove(self.metrics.on_batch)
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self.http.close()
 
 
 def serve_metrics(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
