@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rtsp_worker import synthetic
+from rtsp_worker.sim import synthetic
 
 log = logging.getLogger("train_detector")
 
@@ -47,6 +47,19 @@ MIN_VISIBILITY = 0.3  # gt rows less visible than this are "ignore": neither pos
 
 
 # -------------------------------------------------------------------------------------------------- model
+
+
+def anchor_grid(input_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Centres (N, 2) x, y in input pixels and strides (N, 1) of every output point, levels in order."""
+    points, strides = [], []
+    for s in STRIDES:
+        h, w = -(-input_hw[0] // s), -(-input_hw[1] // s)  # ceil: stride-2 convs with padding 1
+        ys = (torch.arange(h, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, dtype=torch.float32) + 0.5) * s
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1))
+        strides.append(torch.full((h * w, 1), float(s)))
+    return torch.cat(points, 0), torch.cat(strides, 0)
 
 
 class ConvBnAct(nn.Sequential):
@@ -115,20 +128,31 @@ class SynthDet(nn.Module):
         n5 = self.bu5(t5 + self.down4(n4))
         return [t3, n4, n5]
 
+    def freeze_grid(self, input_hw: tuple[int, int]) -> SynthDet:
+        """Store the anchor-point grid of `input_hw` as buffers, for export.
+
+        Computed in forward, the grid would be traced as `arange(..., device=<export device>)` constants
+        that `map_location` / a device move never touch (the first CUDA run of a CPU export fails); as
+        buffers it moves with the weights. Non-persistent: the state dict (and checkpoints) stay the same.
+        """
+        points, strides = anchor_grid(input_hw)
+        self.register_buffer("grid_points", points, persistent=False)
+        self.register_buffer("grid_strides", strides, persistent=False)
+        self.grid_hw = tuple(input_hw)
+        return self
+
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-point class logits (B, N, nc), ltrb distances (B, N, 4), points (N, 2), strides (N, 1)."""
-        logits, dists, points, strides = [], [], [], []
+        logits, dists = [], []
         for feat, head, s in zip(self.features(x), self.heads, STRIDES):
             f = head["stem"](feat)
-            h, w = f.shape[2:]
             logits.append(head["cls"](f).flatten(2).transpose(1, 2))
             dists.append(F.softplus(head["reg"](f)).flatten(2).transpose(1, 2) * s)
-            ys = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) * s
-            xs = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) * s
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1))
-            strides.append(torch.full((h * w, 1), float(s), dtype=x.dtype, device=x.device))
-        return torch.cat(logits, 1), torch.cat(dists, 1), torch.cat(points, 0), torch.cat(strides, 0)
+        if getattr(self, "grid_hw", None) == tuple(x.shape[2:]):
+            points, strides = self.grid_points, self.grid_strides
+        else:  # training crops of any size
+            points, strides = (t.to(x.device, x.dtype) for t in anchor_grid(tuple(x.shape[2:])))
+        return torch.cat(logits, 1), torch.cat(dists, 1), points, strides
 
     def forward(self, images: Tensor) -> Tensor:
         logits, dists, points, _ = self.raw(images)

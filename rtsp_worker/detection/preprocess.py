@@ -47,6 +47,16 @@ def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
     return rgb.clamp_(0, 255)
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`, asynchronously only where that is safe to read.
+
+    A copy to a device is ordered on its stream, so it may be asynchronous. A copy to the host with
+    `non_blocking=True` returns before the data has arrived, and the CPU reads it at once (ONNX Runtime
+    on NVDEC frames would see stale or zero pixels): it must be a synchronous copy.
+    """
+    return t.to(device, non_blocking=device.type != "cpu")
+
+
 def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
     """Same-size frames -> (G, 3, H, W) float32 in [0, 255]."""
     first = frames[0]
@@ -88,7 +98,7 @@ class Preprocessor:
             groups.setdefault((f.height, f.width, f.pixel_format), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
-            imgs = _to_chw_float([frames[i] for i in idx]).to(self.device, non_blocking=True)
+            imgs = to_device(_to_chw_float([frames[i] for i in idx]), self.device)
             if imgs.shape[-2:] != (new_h, new_w):
                 imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False)
             region = imgs.mul_(1 / 255).clamp_(0, 1).to(self.dtype)
