@@ -1,4 +1,4 @@
-"""GPU data path benchmark: NVDEC decode, GPU preprocessing, TorchScript engine, end to end.
+"""GPU data path benchmark: NVDEC decode, GPU preprocessing, torch engine, end to end.
 
     python benchmarks/bench_gpu.py [--smoke] [--json FILE] [--model PATH] [--streams 1,4,16]
 
@@ -137,7 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="short run; exit 0 where no GPU exists")
     ap.add_argument("--json", type=Path, default=None, help=f"results file (default {RESULTS} on a GPU)")
-    ap.add_argument("--model", type=Path, default=None, help="TorchScript model (default models/synth_det.torchscript)")
+    ap.add_argument("--model", type=Path, default=None, help=".pt2 or TorchScript model (default models/synth_det.pt2)")
     ap.add_argument("--streams", default="1,4,16", help="stream counts for the decode benchmark")
     ap.add_argument("--seconds", type=float, default=10.0, help="clip length (30 fps 1080p)")
     ap.add_argument("--fp32", action="store_true", help="run the engine in FP32 instead of FP16")

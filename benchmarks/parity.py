@@ -5,7 +5,7 @@
 CPU path: PyAV/FFmpeg decode to RGB -> torch preprocessing on the CPU -> TorchScript FP32 on the CPU.
 GPU path: NVDEC decode to NV12 -> NV12->RGB + preprocessing on the GPU -> TorchScript (FP16 + CUDA graphs
 unless --fp32) on the GPU. Both postprocess with the same thresholds. The clip is a synthetic scene with
-objects (rtsp_worker.sim.synthetic); the model defaults to models/synth_det.torchscript.
+objects (rtsp_worker.sim.synthetic); the model defaults to models/synth_det.pt2.
 Prints "needs CUDA" and exits 0 where CUDA or PyNvVideoCodec is missing.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_decoder  # noqa: E402
 
-from rtsp_worker import synthetic  # noqa: E402
+from rtsp_worker.sim import synthetic  # noqa: E402
 from rtsp_worker.config import ModelConfig  # noqa: E402
 from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402

@@ -325,11 +325,11 @@ def sample_batch(
 # -------------------------------------------------------------------------------------------- export
 
 
-def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
-    from rtsp_worker.engine_build.export import export_onnx
+def export(model: SynthDet, out: Path, description: str, onnx: bool = True) -> tuple[Path | None, Path]:
+    """models/synth_det.onnx (ONNX Runtime, TensorRT) and models/synth_det.pt2 (the torch engine)."""
+    from rtsp_worker.engine_build.export import export_onnx, export_program
 
-    model = model.eval().float()
-    dummy = torch.rand(1, 3, *INPUT_HW)
+    model = model.eval().float().freeze_grid(INPUT_HW)  # the anchor grid as buffers: device-independent
     names = "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(synthetic.CLASS_NAMES)) + "}"
     props = {
         "names": names,
@@ -339,12 +339,25 @@ def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
         "task": "detect",
         "batch": "1",
     }
-    onnx_path = export_onnx(model, out / "synth_det.onnx", INPUT_HW, props)
-    ts_path = out / "synth_det.torchscript"
-    with torch.no_grad():
-        traced = torch.jit.trace(model, dummy, check_trace=False)
-    torch.jit.save(traced, str(ts_path), _extra_files={"config.txt": json.dumps(props)})
-    return onnx_path, ts_path
+    onnx_path = export_onnx(model, out / "synth_det.onnx", INPUT_HW, props) if onnx else None
+    pt2_path = export_program(model, out / "synth_det.pt2", INPUT_HW, props)
+    return onnx_path, pt2_path
+
+
+def reexport(weights: Path, out: Path) -> Path:
+    """Write synth_det.pt2 again from the weights of an earlier export (.pt2, or the old .torchscript)."""
+    if weights.suffix == ".pt2":
+        extra = {"config.txt": ""}
+        program = torch.export.load(str(weights), extra_files=extra)
+        state = program.state_dict
+        description = json.loads(extra["config.txt"] or "{}").get("description", "")
+    else:
+        module = torch.jit.load(str(weights), map_location="cpu", _extra_files=(extra := {"config.txt": ""}))
+        state = module.state_dict()
+        description = json.loads(extra["config.txt"] or "{}").get("description", "")
+    model = SynthDet(len(synthetic.CLASS_NAMES))
+    model.load_state_dict(state)
+    return export(model, out, description, onnx=False)[1]
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -376,7 +389,12 @@ def main() -> None:
         help="torch threads; 1 is ~10x faster than 2 when other jobs share the 2 cores (OpenMP spin)",
     )
     ap.add_argument("--eval-scenes", type=int, default=8)
+    ap.add_argument("--reexport", type=Path, default=None, metavar="WEIGHTS",
+                    help="no training: write OUT/synth_det.pt2 from the weights of an earlier export")
     args = ap.parse_args()
+    if args.reexport is not None:
+        print(reexport(args.reexport, args.out))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -453,13 +471,13 @@ def main() -> None:
         f"rtsp-worker synthetic-scene detector (person/car/bike), trained by scripts/train_detector.py "
         f"seed={args.seed} steps={step} on rtsp_worker.sim.synthetic scenes"
     )
-    onnx_path, ts_path = export(ema, args.out, desc)
+    onnx_path, pt2_path = export(ema, args.out, desc)
     log.info(
         "exported %s (%.2f MB) and %s (%.2f MB)",
         onnx_path,
         onnx_path.stat().st_size / 1e6,
-        ts_path,
-        ts_path.stat().st_size / 1e6,
+        pt2_path,
+        pt2_path.stat().st_size / 1e6,
     )
     summary = {
         "steps": step,

@@ -22,7 +22,16 @@ from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
-from rtsp_worker.engines.torchscript import TorchScriptEngine, batch_buckets, pick_bucket
+from rtsp_worker.engine_build.export import export_program
+from rtsp_worker.engines.torchscript import (
+    TorchScriptEngine,
+    batch_buckets,
+    device_copies,
+    device_literals,
+    load_module,
+    pick_bucket,
+    torchscript_device_constants,
+)
 from rtsp_worker.sources.decoders import CpuDecoder, UnsupportedCodec, make_decoder, nvdec_unavailable_reason
 from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed
 from rtsp_worker.types import NV12, RGB, Frame
@@ -32,9 +41,50 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-needs_nvdec = pytest.mark.skipif(
-    nvdec_unavailable_reason() is not None, reason=f"NVDEC unavailable: {nvdec_unavailable_reason()}"
+
+
+def nvdec_gate(cuda: bool, nvdec_reason: str | None) -> tuple[str, str]:
+    """("skip" | "fail" | "run", why) for an NVDEC test.
+
+    Without CUDA an NVDEC test cannot run: skip. With CUDA, a missing NVDEC (no PyNvVideoCodec, no
+    libnvcuvid from the driver) is exactly what the GPU tests are there to find: fail with the reason,
+    never skip, or a GPU run passes without NVDEC ever decoding a frame.
+    """
+    if not cuda:
+        return "skip", "needs a CUDA device"
+    if nvdec_reason is not None:
+        return "fail", f"CUDA is present but NVDEC cannot run: {nvdec_reason}"
+    return "run", ""
+
+
+@pytest.fixture
+def nvdec() -> None:
+    """Gate for tests that decode on NVDEC (see `nvdec_gate`)."""
+    action, why = nvdec_gate(CUDA, nvdec_unavailable_reason() if CUDA else None)
+    if action == "skip":
+        pytest.skip(why)
+    if action == "fail":
+        pytest.fail(why)
+
+
+needs_nvdec = pytest.mark.usefixtures("nvdec")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "reason", "action"),
+    [
+        (False, None, "skip"),
+        (False, "no CUDA device", "skip"),
+        (True, None, "run"),
+        (True, "PyNvVideoCodec unavailable: RuntimeError: libnvcuvid.so.1 not found", "fail"),
+        (True, "PyNvVideoCodec unavailable: ModuleNotFoundError: No module named 'PyNvVideoCodec'", "fail"),
+    ],
 )
+def test_nvdec_tests_fail_not_skip_when_cuda_is_there(cuda, reason, action):
+    got, why = nvdec_gate(cuda, reason)
+    assert got == action
+    if action == "fail":
+        assert reason in why
 
 # Measured 46.0-46.1 dB on the clip below (PyAV 18.1 / FFmpeg 8.1 swscale rgb24 vs nv12_to_rgb, max error 3
 # levels); the bound keeps 6 dB of margin. A wrong matrix or range lands far below (checked in the test).
@@ -276,33 +326,115 @@ def test_preprocessor_nv12_frames_match_rgb_frames(clips):
 
 
 class TinyYolo(nn.Module):
-    """Ultralytics output layout (B, 4 + nc, N): cx, cy, w, h in input pixels, then sigmoid class scores."""
+    """Ultralytics output layout (B, 4 + nc, N): cx, cy, w, h in input pixels, then sigmoid class scores.
 
-    def __init__(self, nc: int = 2, fixed_batch: bool = False) -> None:
+    The output grid is a buffer for `size`, so exports of it move to any device with the weights.
+    """
+
+    def __init__(self, nc: int = 2, fixed_batch: bool = False, size: tuple[int, int] = (64, 96)) -> None:
         super().__init__()
         self.nc, self.fixed_batch = nc, fixed_batch
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 4, 1), nn.SiLU(),
                                   nn.Conv2d(16, 4 + nc, 1))
+        h, w = -(-size[0] // 8), -(-size[1] // 8)
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        self.register_buffer("grid", torch.stack((gx.flatten(), gy.flatten())), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
         _, _, h, w = y.shape
         y = y.view(1, 4 + self.nc, h * w) if self.fixed_batch else y.flatten(2)
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
-        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
-        cxcy = (grid + 0.5 + y[:, :2].tanh()) * 8
+        cxcy = (self.grid + 0.5 + y[:, :2].tanh()) * 8
         wh = y[:, 2:4].sigmoid() * 64
         return torch.cat((cxcy, wh, y[:, 4:].sigmoid()), 1)
 
 
+class GridInForward(TinyYolo):
+    """The old way: the grid made in forward and moved with `.to(x.device)` (a trace bakes the device in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x).flatten(2)
+        h, w = -(-x.shape[2] // 8), -(-x.shape[3] // 8)
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
+        return torch.cat(((grid + 0.5 + y[:, :2].tanh()) * 8, y[:, 2:4].sigmoid() * 64, y[:, 4:].sigmoid()), 1)
+
+
 def save_tiny(path: Path, size=(64, 96), nc=2, fixed_batch=False, meta: dict | None = None) -> tuple[Path, nn.Module]:
+    """`.pt2` paths are exported with torch.export (the project's format), others traced to TorchScript."""
     torch.manual_seed(0)
-    model = TinyYolo(nc, fixed_batch).eval()
+    model = TinyYolo(nc, fixed_batch, size).eval()
+    if path.suffix == ".pt2" and not fixed_batch:
+        export_program(model, path, size, {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()})
+        return path, model
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.rand(1, 3, *size), check_trace=False)
     extra = {"config.txt": json.dumps(meta)} if meta is not None else {}
     torch.jit.save(traced, str(path), _extra_files=extra)
     return path, model
+
+
+# ------------------------------------------------------------------------------------------------ device independence
+
+
+def test_exported_program_names_no_device_and_loads_for_meta(tmp_path):
+    """Defect: a model traced on the CPU kept `device=cpu` constants; the first CUDA forward failed."""
+    path, model = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+    program = torch.export.load(str(path))
+    assert device_copies(program) == []
+    assert not [n for n in program.graph.nodes if n.op == "get_attr" and "_tensor_constant" in str(n.target)]
+    module, _ = load_module(path, torch.device("meta"))
+    out = module(torch.zeros(3, 3, 64, 96, device="meta"))
+    assert out.device.type == "meta" and tuple(out.shape) == (3, 6, 96)
+    assert all(t.device.type == "meta" for t in [*module.parameters(), *module.buffers()])
+    eng = TorchScriptEngine(ModelConfig(path=path), torch.device("meta"), max_batch=4)  # the whole engine
+    assert eng.info.class_names == ("a", "b") and eng.infer(torch.zeros(2, 3, 64, 96, device="meta")).is_meta
+
+
+def test_shipped_model_is_device_independent():
+    path = Path(__file__).resolve().parents[1] / "models" / "synth_det.pt2"
+    program = torch.export.load(str(path))
+    assert device_copies(program) == []
+    from torch.export.passes import move_to_device_pass
+
+    moved = move_to_device_pass(program, "meta")
+    assert set(device_literals(moved).values()) == {"meta"}
+    eng = TorchScriptEngine(ModelConfig(path=path), torch.device("meta"), max_batch=2)
+    assert eng.info.input_size == (384, 640) and eng.info.class_names == ("person", "car", "bike")
+    assert tuple(eng.infer(torch.zeros(2, 3, 384, 640, device="meta")).shape) == (2, 7, 5040)
+
+
+def test_export_refuses_a_forward_that_copies_between_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"copies tensors between devices.*buffers"):
+        export_program(GridInForward().eval(), tmp_path / "bad.pt2", (64, 96))
+    assert not (tmp_path / "bad.pt2").exists()
+
+
+def test_torchscript_traced_on_cpu_is_refused_for_another_device(tmp_path):
+    old = torch.jit.trace(GridInForward().eval(), torch.rand(1, 3, 64, 96), check_trace=False)
+    assert torchscript_device_constants(old) == ["cpu"]  # what made the first CUDA forward fail
+    path = tmp_path / "old.torchscript"
+    torch.jit.save(old, str(path))
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    assert torchscript_device_constants(loaded) == ["cpu"]  # map_location does not move it
+    fixed = torch.jit.trace(TinyYolo().eval(), torch.rand(1, 3, 64, 96), check_trace=False)
+    assert torchscript_device_constants(fixed) == []
+    # Refused with the reason instead of the cryptic first-forward failure ("cuda:0" stands for any other).
+    with pytest.raises(ModelError, match=r"old\.torchscript: TorchScript graph was traced with tensors on cpu"):
+        _refuse_for(path, torch.device("cuda", 0))
+
+
+def _refuse_for(path: Path, device: torch.device) -> None:
+    """load_module's TorchScript check for `device`, with the file mapped to the CPU (no GPU needed)."""
+    import rtsp_worker.engines.torchscript as ts
+
+    real_load = torch.jit.load
+    try:
+        torch.jit.load = lambda f, map_location=None, _extra_files=None: real_load(f, "cpu", _extra_files)
+        ts.load_module(path, device)
+    finally:
+        torch.jit.load = real_load
 
 
 def test_metadata_from_ultralytics_style_config_txt(tmp_path):
@@ -356,9 +488,10 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
         TorchScriptEngine(ModelConfig(path=bad, input_size=(64, 96), class_names=["a", "b"]), torch.device("cpu"), 2)
 
 
+@pytest.mark.parametrize("suffix", [".pt2", ".torchscript"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cpu_engine_matches_eager_model(tmp_path, batch):
-    path, model = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+def test_cpu_engine_matches_eager_model(tmp_path, batch, suffix):
+    path, model = save_tiny(tmp_path / f"m{suffix}", meta={"names": ["a", "b"], "imgsz": [64, 96]})
     eng = TorchScriptEngine(ModelConfig(path=path), torch.device("cpu"), max_batch=4)
     x = torch.rand(batch, 3, 64, 96)
     out = eng.infer(x)
@@ -406,7 +539,7 @@ def test_pick_bucket_rejects_oversized_batch():
 @needs_cuda
 @pytest.mark.parametrize("fp16", [False, True])
 def test_cuda_graph_engine_matches_eager(tmp_path, fp16):
-    path, model = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+    path, model = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
     dev = torch.device("cuda")
     graphs = TorchScriptEngine(ModelConfig(path=path, fp16=fp16, cuda_graphs=True), dev, max_batch=8)
     eager = TorchScriptEngine(ModelConfig(path=path, fp16=fp16, cuda_graphs=False), dev, max_batch=8)
@@ -460,7 +593,7 @@ def test_nvdec_and_gpu_preprocess_match_cpu_path(clips, tmp_path):
 
     from rtsp_worker.detection.postprocess import postprocess
 
-    path, _ = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [256, 320]})
+    path, _ = save_tiny(tmp_path / "m.pt2", size=(256, 320), meta={"names": ["a", "b"], "imgsz": [256, 320]})
     dev = torch.device("cuda")
     gpu_imgs = nvdec_decode(clips["h264_mp4"])[:4]
     cpu_imgs = decode_all(clips["h264_mp4"], "rgb24")[:4]
@@ -479,3 +612,56 @@ def test_nvdec_and_gpu_preprocess_match_cpu_path(clips, tmp_path):
     best, idx = (iou * same_image).max(1)
     assert float(best.median()) >= 0.95
     assert float((d_cpu.scores - d_gpu.scores[idx])[best > 0.9].abs().max()) <= 0.02
+
+
+# ------------------------------------------------------------------------------------------------ devices of a CPU engine
+
+
+def test_cameras_decode_on_the_engines_device_not_the_configured_one(tmp_path, monkeypatch):
+    """Defect: `device: cuda` with an ONNX model (ONNX Runtime on the CPU) decoded on NVDEC and copied the
+    frames back to the host every batch. Cameras must decode where the engine works."""
+    import rtsp_worker.pipeline as pipeline_mod
+    from rtsp_worker.config import parse_config
+
+    onnx = Path(__file__).resolve().parents[1] / "models" / "synth_det.onnx"
+    cfg = parse_config({
+        "cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}, {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
+        "model": {"path": str(onnx)}, "device": "cpu", "output": {"dir": str(tmp_path)},
+    })
+    engine = load_engine(cfg.model, torch.device("cpu"), cfg.batcher.max_batch)
+    # As if `device: cuda` resolved on a GPU machine; the ONNX Runtime engine stays on the CPU.
+    monkeypatch.setattr(pipeline_mod, "resolve_device", lambda name: torch.device("cuda", 0))
+    p = pipeline_mod.Pipeline(cfg, engine=engine, sinks=[])
+    assert p.device == torch.device("cuda", 0) and p.work_device.type == "cpu"
+    assert [s.device for s in p.sources] == [torch.device("cpu")] * 2
+    p.engine.close()
+
+
+def test_copies_read_on_the_host_are_synchronous():
+    """Defect: the preprocessor copied CUDA batches to the host with non_blocking=True and read them at
+    once. Every copy whose destination is the host must be synchronous; copies to a device may be async."""
+    from torch.overrides import TorchFunctionMode
+
+    from rtsp_worker.detection.preprocess import to_device
+
+    class RecordTo(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, bool]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to:
+                dest = next((a for a in args[1:] if isinstance(a, (torch.device, str))), kwargs.get("device"))
+                if dest is not None:
+                    self.calls.append((torch.device(dest).type, bool(kwargs.get("non_blocking", False))))
+            return func(*args, **kwargs)
+
+    nv12 = torch.randint(0, 256, (2, 72, 64), dtype=torch.uint8)
+    frames = [Frame(0, i, 0.0, nv12[i], 48, 64, NV12) for i in range(2)]
+    with RecordTo() as rec:
+        Preprocessor((64, 96), max_batch=2, device=torch.device("cpu"))(frames)
+        to_device(torch.zeros(2), torch.device("meta"))
+    host = [nb for dev, nb in rec.calls if dev == "cpu"]
+    assert host and not any(host), rec.calls  # the batch's copy to the host: blocking
+    assert ("meta", True) in rec.calls  # to a device: stream-ordered, asynchronous

@@ -67,7 +67,7 @@ def export_program(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.stem + ".tmp.pt2")  # the archive writer wants the .pt2 suffix
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     example = torch.rand(2, 3, *input_size)  # 2, not 1: export specializes size-1 dimensions
     with torch.no_grad():
