@@ -7,13 +7,17 @@ resized together in one `interpolate` call; the loop is over distinct frame size
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.types import NV12, RGB, Frame, Letterbox
+
+log = logging.getLogger(__name__)
 
 PAD_VALUE = 114 / 255  # the grey ultralytics models are trained with
 
@@ -84,14 +88,22 @@ class Preprocessor:
         self.device = device
         self.dtype = dtype
         self._buffer = torch.empty((max_batch, 3, *input_size), dtype=dtype, device=device)
+        self._fused: Any = None  # the cupy kernel (detection.kernels), False where it cannot be used
 
     def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
         bsz = len(frames)
         if bsz > self._buffer.shape[0]:
             raise ValueError(f"batch of {bsz} exceeds the preallocated {self._buffer.shape[0]}")
         out = self._buffer[:bsz]
-        out.fill_(PAD_VALUE)
         geo = [letterbox_geometry(f.height, f.width, self.input_size) for f in frames]
+        if self._fused_ok(frames):  # NVDEC frames on the GPU: one cupy launch for the whole batch
+            from rtsp_worker.detection.kernels import ImageGeometry
+
+            self._fused(  # type: ignore[misc]
+                [f.image for f in frames],
+                [ImageGeometry(f.height, f.width, g[4], g[3], g[1], g[2]) for f, g in zip(frames, geo)], out)
+            return out, self._letterbox(frames, geo)
+        out.fill_(PAD_VALUE)
 
         groups: dict[tuple[int, int, str], list[int]] = {}
         for i, f in enumerate(frames):
@@ -108,6 +120,25 @@ class Preprocessor:
             else:
                 out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
 
+        return out, self._letterbox(frames, geo)
+
+    def _fused_ok(self, frames: Sequence[Frame]) -> bool:
+        """Use the fused kernel: CUDA, NV12 frames on this device, and cupy importable (once decided)."""
+        if self.device.type != "cuda" or not all(f.pixel_format == NV12 and f.image.device == self.device
+                                                 for f in frames):
+            return False
+        if self._fused is None:
+            try:
+                from rtsp_worker.detection.input_spec import InputSpec
+                from rtsp_worker.detection.kernels import FusedPreprocess
+
+                self._fused = FusedPreprocess(InputSpec(self.input_size), self.dtype, self.device)
+            except Exception as e:  # noqa: BLE001 - no cupy, or it cannot compile: the torch path works
+                log.warning("fused preprocessing kernel unavailable (%s: %s); using torch", type(e).__name__, e)
+                self._fused = False
+        return self._fused is not False
+
+    def _letterbox(self, frames: Sequence[Frame], geo: list[tuple[float, int, int, int, int]]) -> Letterbox:
         letterbox = Letterbox(
             scale=torch.tensor([g[0] for g in geo], dtype=torch.float32),
             pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
@@ -116,4 +147,4 @@ class Preprocessor:
         if self.device.type != "cpu":
             letterbox = Letterbox(*(t.to(self.device, non_blocking=True) for t in
                                     (letterbox.scale, letterbox.pad, letterbox.source_size)))
-        return out, letterbox
+        return letterbox
