@@ -20,9 +20,9 @@ from torch import nn
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
+from rtsp_worker.engine_build.export import export_program
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
-from rtsp_worker.engine_build.export import export_program
 from rtsp_worker.engines.torchscript import (
     TorchScriptEngine,
     batch_buckets,
@@ -380,7 +380,7 @@ def save_tiny(path: Path, size=(64, 96), nc=2, fixed_batch=False, meta: dict | N
 
 def test_exported_program_names_no_device_and_loads_for_meta(tmp_path):
     """Defect: a model traced on the CPU kept `device=cpu` constants; the first CUDA forward failed."""
-    path, model = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+    path, _ = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
     program = torch.export.load(str(path))
     assert device_copies(program) == []
     assert not [n for n in program.graph.nodes if n.op == "get_attr" and "_tensor_constant" in str(n.target)]

@@ -19,12 +19,12 @@ def test_fp32_engines_clear_tf32(version):
 
 
 @pytest.mark.parametrize(("precision", "version", "text"), [
-    ("fp16", "10.13.3.9", "TensorRT 10.13.3.9 (major 10): fp16 via weakly typed network (TensorRT 10 path): "
-                          "builder flags FP16"),
-    ("fp32", "10.16.1.11", "TensorRT 10.16.1.11 (major 10): fp32 via weakly typed network (TensorRT 10 path): "
-                           "builder flags none, TF32 cleared"),
-    ("fp16", "11.4.0.106", "TensorRT 11.4.0.106 (major 11): fp16 via strongly typed network (TensorRT 11 path): "
-                           "precision from the ONNX's own types, built from an FP16 copy of the ONNX"),
+    ("fp16", "10.13.3.9", ("TensorRT 10.13.3.9 (major 10): fp16 via weakly typed network (TensorRT 10 path): "
+                          "builder flags FP16")),
+    ("fp32", "10.16.1.11", ("TensorRT 10.16.1.11 (major 10): fp32 via weakly typed network (TensorRT 10 path): "
+                           "builder flags none, TF32 cleared")),
+    ("fp16", "11.4.0.106", ("TensorRT 11.4.0.106 (major 11): fp16 via strongly typed network (TensorRT 11 path): "
+                           "precision from the ONNX's own types, built from an FP16 copy of the ONNX")),
     ("int8", "10.13.3.9", "entropy calibration on real frames"),
 ])
 def test_build_output_names_the_major_and_the_path(precision, version, text):
