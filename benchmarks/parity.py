@@ -1,4 +1,4 @@
-"""CPU path vs GPU path on the same clip: decoded-frame PSNR, input PSNR, matched-box IoU, score diffs.
+"""CPU path vs GPU path on the same clip: decoded-frame PSNR, input PSNR, matched-box IoU, score diffs, track ids.
 
     python benchmarks/parity.py [--frames 60] [--model PATH] [--fp32] [--json FILE]
 
@@ -77,6 +77,21 @@ def match(cpu: Detections, gpu: Detections, min_iou: float = 0.5) -> dict:
     }
 
 
+def track_ids(dets: Detections, frames: int) -> list[list[int]]:
+    """Per frame, the sorted ids of the confirmed tracks an IouTracker (defaults) reports for one camera."""
+    from rtsp_worker.config import TrackerConfig
+    from rtsp_worker.tracking.tracker import IouTracker
+
+    tracker = IouTracker(TrackerConfig(), 1, torch.device("cpu"))
+    cam, inferred = torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.bool)
+    out = []
+    for i in range(frames):  # one frame at a time, as a camera delivers them (a benchmark, not the hot path)
+        d = dets.select(dets.batch_index == i)
+        d = Detections(d.boxes, d.scores, d.class_ids, torch.zeros_like(d.batch_index))
+        out.append(sorted(tracker.update(cam, d, inferred).track_ids.tolist()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
@@ -126,6 +141,8 @@ def main() -> None:
         "decoded_psnr_db": {"min": min(frame_psnr), "mean": sum(frame_psnr) / len(frame_psnr)},
         "input_psnr_db": psnr(x_gpu, x_cpu, 1.0),
         "detections": match(d_cpu, d_gpu),
+        "track_ids_same_frames": (lambda a, b: sum(x == y for x, y in zip(a, b)) / max(1, len(a)))(
+            track_ids(d_cpu, len(cpu_frames)), track_ids(d_gpu, len(gpu_frames))),
         "thresholds": {"conf": args.conf, "iou": args.iou},
     }
     print(json.dumps(results, indent=2))
