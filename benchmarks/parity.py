@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_decoder  # noqa: E402
 
-from rtsp_worker.sim import synthetic  # noqa: E402
 from rtsp_worker.config import ModelConfig  # noqa: E402
 from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402
 from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
+from rtsp_worker.sim import synthetic  # noqa: E402
 from rtsp_worker.sources.decoders import CpuDecoder  # noqa: E402
 from rtsp_worker.types import Detections, Frame  # noqa: E402
 
@@ -92,6 +92,11 @@ def track_ids(dets: Detections, frames: int) -> list[list[int]]:
     return out
 
 
+def same_frames(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of frames whose track id lists are identical."""
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
@@ -141,8 +146,7 @@ def main() -> None:
         "decoded_psnr_db": {"min": min(frame_psnr), "mean": sum(frame_psnr) / len(frame_psnr)},
         "input_psnr_db": psnr(x_gpu, x_cpu, 1.0),
         "detections": match(d_cpu, d_gpu),
-        "track_ids_same_frames": (lambda a, b: sum(x == y for x, y in zip(a, b)) / max(1, len(a)))(
-            track_ids(d_cpu, len(cpu_frames)), track_ids(d_gpu, len(gpu_frames))),
+        "track_ids_same_frames": same_frames(track_ids(d_cpu, len(cpu_frames)), track_ids(d_gpu, len(gpu_frames))),
         "thresholds": {"conf": args.conf, "iou": args.iou},
     }
     print(json.dumps(results, indent=2))

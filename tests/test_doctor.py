@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def doctor(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "doctor", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "doctor", *args], capture_output=True, check=False,
                           text=True, timeout=timeout, env=env, cwd=REPO)
 
 
