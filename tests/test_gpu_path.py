@@ -665,3 +665,65 @@ def test_copies_read_on_the_host_are_synchronous():
     host = [nb for dev, nb in rec.calls if dev == "cpu"]
     assert host and not any(host), rec.calls  # the batch's copy to the host: blocking
     assert ("meta", True) in rec.calls  # to a device: stream-ordered, asynchronous
+
+
+# ------------------------------------------------------------------------------------------------ NVDEC details
+
+
+class _FakeSurface:
+    """A decoded frame as PyNvVideoCodec hands it over: DLPack, and `getPTS()` without `timestamp`."""
+
+    def __init__(self, tensor: torch.Tensor, pts: int) -> None:
+        self._t, self._pts = tensor, pts
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._t.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+    def getPTS(self) -> int:  # noqa: N802 - PyNvVideoCodec's name
+        return self._pts
+
+
+def _bare_decoder(device: torch.device) -> NvdecDecoder:
+    dec = object.__new__(NvdecDecoder)
+    dec.device, dec._time_base, dec._seen_pts = device, Fraction(1, 90000), True
+    dec._nvc = type("nvc", (), {"__version__": "2.0.0"})
+    return dec
+
+
+def test_nvdec_timestamps_fall_back_to_getpts():
+    nv12 = torch.randint(0, 256, (72, 64), dtype=torch.uint8)
+    images = _bare_decoder(torch.device("cpu"))._to_images([_FakeSurface(nv12, 4500)])
+    assert images[0].pts == pytest.approx(0.05) and (images[0].height, images[0].width) == (48, 64)
+    assert torch.equal(images[0].image, nv12) and images[0].image.data_ptr() != nv12.data_ptr()  # a copy
+
+
+def test_nvdec_surface_on_the_wrong_device_is_refused():
+    """PyNvVideoCodec 2.0 put every surface on device 0 in `__dlpack_device__`: on cuda:N, N > 0, say so."""
+    nv12 = torch.zeros((72, 64), dtype=torch.uint8)  # stands for a surface DLPack places elsewhere
+    with pytest.raises(RuntimeError, match=r"NVDEC on cuda:1 returned a surface that DLPack places on cpu.*2\.0\.0"):
+        _bare_decoder(torch.device("cuda", 1))._to_images([_FakeSurface(nv12, 0)])
+
+
+def test_low_latency_decoding_only_for_streams_without_b_frames(clips, tmp_path, monkeypatch):
+    """NVDEC's native mode delays output by 4 frames; streams without B-frames get the zero-delay mode."""
+    import rtsp_worker.sources.decoders as decoders
+    import rtsp_worker.sources.nvdec as nvdec
+
+    made = []
+
+    class Recorder:
+        name = "nvdec"
+
+        def __init__(self, stream, device, *, low_latency=False):
+            made.append(low_latency)
+
+    monkeypatch.setattr(nvdec, "NvdecDecoder", Recorder)
+    monkeypatch.setattr(decoders, "nvdec_unavailable_reason", lambda: None)
+    no_b = encode_clip("libx264", "mp4", bframes=False)
+    for data in (no_b, clips["h264_mp4"], encode_clip("libx265", "mp4", bframes=False), clips["hevc_mp4"]):
+        with av.open(io.BytesIO(data)) as c:
+            decoders.make_decoder("nvdec", c.streams.video[0], torch.device("cuda"), "cam")
+    assert made == [True, False, True, False]

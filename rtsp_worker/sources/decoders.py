@@ -87,7 +87,9 @@ def make_decoder(kind: str, stream: av.video.stream.VideoStream, device: torch.d
         from rtsp_worker.sources.nvdec import NvdecDecoder
 
         try:
-            return NvdecDecoder(stream, device)
+            # Zero-frame output delay where no frame is reordered; B-frame streams keep NVDEC's native
+            # delay, which their display order needs.
+            return NvdecDecoder(stream, device, low_latency=not stream.codec_context.has_b_frames)
         except UnsupportedCodec:
             raise
         except Exception as e:

@@ -204,6 +204,14 @@ class NvdecDecoder:
         out = []
         for frame in frames:
             view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
+            if view.device != self.device:
+                # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
+                # tensor would name the wrong device for memory on this one.
+                raise RuntimeError(
+                    f"NVDEC on {self.device} returned a surface that DLPack places on {view.device}; "
+                    f"PyNvVideoCodec {getattr(self._nvc, '__version__', '?')} mislabels devices other than "
+                    "cuda:0: upgrade it (pip install 'rtsp-worker[gpu]') or decode on cuda:0"
+                )
             if view.ndim == 3 and view.shape[-1] == 1:
                 view = view[..., 0]
             if view.ndim != 2 or view.dtype != torch.uint8 or view.shape[0] % 3:
@@ -213,6 +221,8 @@ class NvdecDecoder:
             image = view.clone(memory_format=torch.contiguous_format)  # before the next Decode reuses it
             height, width = view.shape[0] * 2 // 3, view.shape[1]
             ts = getattr(frame, "timestamp", None)
+            if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
+                ts = frame.getPTS()
             pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
             out.append(DecodedImage(image, NV12, height, width, pts))
         return out
