@@ -32,6 +32,7 @@ from rtsp_worker.engines.torchscript import (
     pick_bucket,
     torchscript_device_constants,
 )
+from rtsp_worker.sources.base import colorimetry_from_tags
 from rtsp_worker.sources.decoders import CpuDecoder, UnsupportedCodec, make_decoder, nvdec_unavailable_reason
 from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed
 from rtsp_worker.types import NV12, RGB, Frame
@@ -727,3 +728,72 @@ def test_low_latency_decoding_only_for_streams_without_b_frames(clips, tmp_path,
         with av.open(io.BytesIO(data)) as c:
             decoders.make_decoder("nvdec", c.streams.video[0], torch.device("cuda"), "cam")
     assert made == [True, False, True, False]
+
+
+# ------------------------------------------------------------------------------------------------ colour tags
+
+
+def tagged_clip(matrix: str, full: bool) -> bytes:
+    """An H.264 clip whose VUI says `matrix` (bt709 / smpte170m = BT.601) and limited or full range."""
+    buf = io.BytesIO()
+    params = f"colormatrix={matrix}:colorprim={matrix}:transfer={matrix}" + (":fullrange=on" if full else "")
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=Fraction(25, 1), options={"x264-params": params})
+        s.width, s.height, s.pix_fmt = 320, 240, "yuvj420p" if full else "yuv420p"
+        yy, xx = np.mgrid[0:240, 0:320]
+        for i in range(4):
+            img = np.empty((240, 320, 3), np.uint8)
+            img[..., 0], img[..., 1], img[..., 2] = xx * 255 // 320, yy * 255 // 240, ((xx + yy + i) % 64) * 4
+            img[40:90, 50:120], img[120:180, 150:220] = (255, 0, 0), (0, 200, 255)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return buf.getvalue()
+
+
+COLOUR_CASES = [("smpte170m", False, "bt601-limited"), ("bt709", False, "bt709-limited"),
+                ("smpte170m", True, "bt601-full"), ("bt709", True, "bt709-full")]
+
+
+@pytest.mark.parametrize(("matrix", "full", "expected"), COLOUR_CASES)
+def test_nv12_path_follows_the_streams_colour_tags(matrix, full, expected):
+    """Defect: the NVDEC path hard-coded BT.601 limited range while FFmpeg's rgb24 honours the tags."""
+    data = tagged_clip(matrix, full)
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        assert colorimetry_from_tags(stream.codec_context.colorspace, stream.codec_context.color_range) == expected
+    nv12 = decode_with(data, "nv12")
+    rgb = decode_with(data, "rgb24")
+    assert {d.colorimetry for d in nv12} == {expected}
+    h, w = 240, 320
+    frames = [Frame(0, i, 0.0, d.image, h, w, NV12, colorimetry=d.colorimetry) for i, d in enumerate(nv12)]
+    ours = nv12_to_rgb(torch.stack([f.image for f in frames]), h, w, expected).round().permute(0, 2, 3, 1)
+    ref = torch.stack([d.image for d in rgb])
+    assert min(psnr(o, r) for o, r in zip(ours, ref)) >= NV12_PARITY_PSNR_DB
+    # The old fixed BT.601 limited conversion is far off for every other tag.
+    if expected != "bt601-limited":
+        fixed = nv12_to_rgb(torch.stack([f.image for f in frames]), h, w).round().permute(0, 2, 3, 1)
+        assert min(psnr(o, r) for o, r in zip(fixed, ref)) < NV12_PARITY_PSNR_DB
+    # The preprocessor (torch path) and the fused kernel's twin use the frame's tags too.
+    pre = Preprocessor((192, 256), len(frames), torch.device("cpu"))
+    x_nv12, _ = pre(frames)
+    x_nv12 = x_nv12.clone()
+    x_rgb, _ = pre([Frame(0, i, 0.0, d.image, h, w, RGB) for i, d in enumerate(rgb)])
+    assert psnr(x_nv12, x_rgb, peak=1.0) >= NV12_PARITY_PSNR_DB
+    from rtsp_worker.detection.input_spec import InputSpec
+    from rtsp_worker.detection.kernels import ImageGeometry, reference
+    from rtsp_worker.detection.preprocess import letterbox_geometry, yuv_coefficients
+
+    _, nh, nw, px, py = letterbox_geometry(h, w, (192, 256))
+    twin = reference([f.image for f in frames], [ImageGeometry(h, w, py, px, nh, nw)] * len(frames),
+                     InputSpec((192, 256)), [yuv_coefficients(expected)] * len(frames))
+    torch.testing.assert_close(twin, x_nv12, atol=1e-5, rtol=0)
+
+
+def decode_with(data: bytes, fmt: str) -> list:
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        dec = CpuDecoder(stream, pixel_format=fmt)
+        out = [img for p in c.demux(stream) if p.size for img in dec.decode(p)]
+        return out + dec.flush()

@@ -31,23 +31,39 @@ def letterbox_geometry(height: int, width: int, input_size: tuple[int, int]) -> 
     return scale, new_h, new_w, (in_w - new_w) // 2, (in_h - new_h) // 2
 
 
-# BT.601 limited range, the matrix FFmpeg's swscale uses by default for rgb24 conversion, so that the
-# NVDEC path and the CPU path see the same pixels.
-_YUV2RGB = torch.tensor(
-    [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]],
-    dtype=torch.float32,
-)
+# YUV -> RGB per colorimetry: (3x3 matrix on (Y - y_off, U - 128, V - 128), y_off). Limited ("TV") range
+# scales Y from 16-235 and chroma from 16-240; full ("PC") range uses 0-255. BT.601 limited is what FFmpeg's
+# swscale uses for untagged SD and most camera streams; HD cameras usually tag BT.709.
+BT601_LIMITED = "bt601-limited"
+_COLORIMETRY: dict[str, tuple[tuple[tuple[float, ...], ...], float]] = {
+    "bt601-limited": (((1.164383, 0.0, 1.596027), (1.164383, -0.391762, -0.812968), (1.164383, 2.017232, 0.0)), 16.0),
+    "bt709-limited": (((1.164383, 0.0, 1.792741), (1.164383, -0.213249, -0.532909), (1.164383, 2.112402, 0.0)), 16.0),
+    "bt601-full": (((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0)), 0.0),
+    "bt709-full": (((1.0, 0.0, 1.5748), (1.0, -0.187324, -0.468124), (1.0, 1.8556, 0.0)), 0.0),
+}
+_YUV2RGB = torch.tensor(_COLORIMETRY[BT601_LIMITED][0], dtype=torch.float32)  # the default, kept for callers
+
+def yuv_coefficients(colorimetry: str) -> tuple[tuple[float, ...], float, float]:
+    """(row-major 3x3 YUV->RGB matrix, Y offset, UV offset) of a colorimetry name."""
+    if colorimetry not in _COLORIMETRY:
+        raise ValueError(f"colorimetry {colorimetry!r} is not one of {sorted(_COLORIMETRY)}")
+    m, y_off = _COLORIMETRY[colorimetry]
+    return sum(m, ()), y_off, 128.0
 
 
-def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
-    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]."""
+def nv12_to_rgb(nv12: Tensor, height: int, width: int, colorimetry: str | None = None) -> Tensor:
+    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]. Default colorimetry: BT.601 limited."""
+    if colorimetry is None:
+        m, y_off = _YUV2RGB, 16.0
+    else:
+        flat, y_off, _ = yuv_coefficients(colorimetry)
+        m = torch.tensor(flat, dtype=torch.float32).view(3, 3)
     y = nv12[:, :height, :].float()
     uv = nv12[:, height : height + height // 2, :].reshape(nv12.shape[0], height // 2, width // 2, 2).float()
     uv = uv.permute(0, 3, 1, 2)  # (G, 2, H/2, W/2)
     uv = F.interpolate(uv, size=(height, width), mode="nearest") - 128.0
-    yuv = torch.stack((y - 16.0, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
-    m = _YUV2RGB.to(nv12.device)
-    rgb = torch.einsum("rc,gchw->grhw", m, yuv)
+    yuv = torch.stack((y - y_off, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
+    rgb = torch.einsum("rc,gchw->grhw", m.to(nv12.device), yuv)
     return rgb.clamp_(0, 255)
 
 
@@ -72,7 +88,7 @@ def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
             f.image.record_stream(stream)
     stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
-        return nv12_to_rgb(stacked, first.height, first.width)
+        return nv12_to_rgb(stacked, first.height, first.width, first.colorimetry)
     if first.pixel_format != RGB:
         raise ValueError(f"unsupported pixel format {first.pixel_format!r}")
     return stacked.permute(0, 3, 1, 2).float()
@@ -101,13 +117,14 @@ class Preprocessor:
 
             self._fused(  # type: ignore[misc]
                 [f.image for f in frames],
-                [ImageGeometry(f.height, f.width, g[4], g[3], g[1], g[2]) for f, g in zip(frames, geo)], out)
+                [ImageGeometry(f.height, f.width, g[4], g[3], g[1], g[2]) for f, g in zip(frames, geo)], out,
+                [yuv_coefficients(f.colorimetry) for f in frames])
             return out, self._letterbox(frames, geo)
         out.fill_(PAD_VALUE)
 
-        groups: dict[tuple[int, int, str], list[int]] = {}
+        groups: dict[tuple[int, int, str, str], list[int]] = {}
         for i, f in enumerate(frames):
-            groups.setdefault((f.height, f.width, f.pixel_format), []).append(i)
+            groups.setdefault((f.height, f.width, f.pixel_format, f.colorimetry), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
             imgs = to_device(_to_chw_float([frames[i] for i in idx]), self.device)

@@ -23,7 +23,7 @@ import av
 import av.bitstream
 import torch
 
-from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec
+from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec, colorimetry_from_tags
 from rtsp_worker.types import NV12
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ class NvdecDecoder:
         self._time_base = stream.time_base
         self._low_latency = low_latency
         self._seen_pts = False
+        # The surfaces keep the stream's YUV values: preprocessing converts them with the stream's tags.
+        self._colorimetry = colorimetry_from_tags(ctx.colorspace, ctx.color_range)
         self._stream = torch.cuda.Stream(device=self.device)
         self._context = _PrimaryContext(index)
         latency = nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE
@@ -224,7 +226,7 @@ class NvdecDecoder:
             if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
                 ts = frame.getPTS()
             pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
-            out.append(DecodedImage(image, NV12, height, width, pts))
+            out.append(DecodedImage(image, NV12, height, width, pts, getattr(self, "_colorimetry", "bt601-limited")))
         return out
 
     def _decode(self, packets: list[av.Packet | None]) -> list[DecodedImage]:
