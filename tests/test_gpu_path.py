@@ -683,7 +683,7 @@ class _FakeSurface:
     def __dlpack_device__(self):
         return self._t.__dlpack_device__()
 
-    def getPTS(self) -> int:  # noqa: N802 - PyNvVideoCodec's name
+    def getPTS(self) -> int:
         return self._pts
 
 
@@ -710,8 +710,7 @@ def test_nvdec_surface_on_the_wrong_device_is_refused():
 
 def test_low_latency_decoding_only_for_streams_without_b_frames(clips, tmp_path, monkeypatch):
     """NVDEC's native mode delays output by 4 frames; streams without B-frames get the zero-delay mode."""
-    import rtsp_worker.sources.decoders as decoders
-    import rtsp_worker.sources.nvdec as nvdec
+    from rtsp_worker.sources import decoders, nvdec
 
     made = []
 
