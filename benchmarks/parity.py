@@ -132,7 +132,7 @@ def main() -> None:
         # Decoded-frame parity: the GPU path's NV12 -> RGB against FFmpeg's rgb24.
         frame_psnr = []
         for c, g in zip(cpu_frames, gpu_frames):
-            rgb = nv12_to_rgb(g.image[None], g.height, g.width)[0].round().permute(1, 2, 0).cpu()
+            rgb = nv12_to_rgb(g.image[None], g.height, g.width, g.colorimetry)[0].round().permute(1, 2, 0).cpu()
             frame_psnr.append(psnr(rgb, c.image, 255.0))
 
         eng_cpu = TorchScriptEngine(ModelConfig(path=path), cpu, BATCH)

@@ -225,7 +225,7 @@ class Pipeline:
         imgs = []
         for f in frames:
             if f.pixel_format == NV12:
-                rgb = nv12_to_rgb(f.image.unsqueeze(0), f.height, f.width)[0]
+                rgb = nv12_to_rgb(f.image.unsqueeze(0), f.height, f.width, f.colorimetry)[0]
                 imgs.append(rgb.round().to(torch.uint8).permute(1, 2, 0).cpu())
             else:
                 imgs.append(f.image.cpu())
