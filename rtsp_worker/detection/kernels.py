@@ -177,6 +177,8 @@ class FusedPreprocess:
         bsz = len(nv12)
         if out.shape[0] < bsz or tuple(out.shape[1:]) != (3, *self.spec.size) or out.dtype != self.dtype:
             raise ValueError(f"output buffer {tuple(out.shape)} {out.dtype} does not fit a batch of {bsz}")
+        if not all(t.is_contiguous() and t.device == self.device for t in nv12):
+            raise ValueError(f"fused preprocessing reads contiguous NV12 frames on {self.device}")
         ints = torch.tensor([[t.data_ptr(), g.height, g.width, g.top, g.left, g.region_h, g.region_w]
                              for t, g in zip(nv12, geometry)], dtype=torch.int64)
         mats = [matrices[b] if matrices is not None else (sum(BT601_LIMITED, ()), 16.0, 128.0) for b in range(bsz)]
