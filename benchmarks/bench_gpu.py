@@ -216,7 +216,8 @@ def main() -> None:
         results["preprocess"] = []
         for b in [b for b in batch_sizes if b <= len(frames_src)]:
             pre = Preprocessor(info.input_size, b, device, dtype=engines["graphs"].input_dtype)
-            frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format) for i, d in enumerate(frames_src[:b])]
+            frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format,
+                        colorimetry=d.colorimetry) for i, d in enumerate(frames_src[:b])]
             ms = time_ms(lambda pre=pre, frames=frames: pre(frames), device, iters)
             results["preprocess"].append({"batch": b, "ms": ms, "fused_kernel": bool(pre._fused)})
             rows.append([b, ms, ms / b])

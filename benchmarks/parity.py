@@ -47,7 +47,8 @@ def run_path(frames_src: list, device: torch.device, engine: TorchScriptEngine, 
     inputs, dets = [], []
     for start in range(0, len(frames_src), BATCH):
         chunk = frames_src[start : start + BATCH]
-        frames = [Frame(0, start + i, 0.0, d.image, d.height, d.width, d.pixel_format) for i, d in enumerate(chunk)]
+        frames = [Frame(0, start + i, 0.0, d.image, d.height, d.width, d.pixel_format,
+                        colorimetry=d.colorimetry) for i, d in enumerate(chunk)]
         x, letterbox = pre(frames)
         d = postprocess(engine.infer(x), letterbox, conf=conf, iou=iou).to("cpu")
         dets.append(Detections(d.boxes, d.scores, d.class_ids, d.batch_index + start))

@@ -249,8 +249,8 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
                     break
                 images = [p.pop(0) for p in pending]
                 counts["decoded"] += len(images)
-                frames = [Frame(i, seq, time.time(), d.image, d.height, d.width, d.pixel_format, d.pts)
-                          for i, d in enumerate(images)]
+                frames = [Frame(i, seq, time.time(), d.image, d.height, d.width, d.pixel_format, d.pts,
+                                d.colorimetry) for i, d in enumerate(images)]
                 seq += 1
                 stage = "preprocess"
                 x, letterbox = pre(frames)
