@@ -118,7 +118,8 @@ def bench_end_to_end(clip: Path, streams: int, device: torch.device, simulate: b
                 del latest[cam]
         frames = []
         for cam, img in fresh:
-            frames.append(Frame(cam, seq[cam], time.time(), img.image, img.height, img.width, img.pixel_format))
+            frames.append(Frame(cam, seq[cam], time.time(), img.image, img.height, img.width, img.pixel_format,
+                                colorimetry=img.colorimetry))
             seq[cam] += 1
         x, letterbox = pre(frames)
         dets = postprocess(engine.infer(x), letterbox, conf=0.25, iou=0.45)
