@@ -24,7 +24,7 @@ from common import decode_file  # noqa: E402, F401 - shared with the CPU benchma
 from rtsp_worker.sources.decoders import CpuDecoder, nvdec_unavailable_reason  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "models" / "synth_det.torchscript"
+DEFAULT_MODEL = REPO / "models" / "synth_det.pt2"
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -41,9 +41,12 @@ def nv12_decoder(stream: av.video.stream.VideoStream, device: torch.device, simu
 
 
 class StandInDetector(nn.Module):
-    """A small untrained conv net with the ultralytics output layout, for when no trained model exists."""
+    """A small untrained conv net with the ultralytics output layout, for when no trained model exists.
 
-    def __init__(self, nc: int = 4) -> None:
+    The output grid is a buffer for one input size, so the exported program moves to any device whole.
+    """
+
+    def __init__(self, input_hw: tuple[int, int] = (384, 640), nc: int = 4) -> None:
         super().__init__()
         c = [3, 16, 32, 64, 64, 4 + nc]
         layers: list[nn.Module] = []
@@ -52,22 +55,21 @@ class StandInDetector(nn.Module):
         layers.append(nn.Conv2d(c[4], c[5], 3, 2, 1))  # stride 32
         self.body = nn.Sequential(*layers)
         self.nc = nc
+        h, w = -(-input_hw[0] // 32), -(-input_hw[1] // 32)
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        self.register_buffer("grid", torch.stack((gx.flatten(), gy.flatten())), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        _, _, h, w = y.shape
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
-        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
-        y = y.flatten(2)
-        cxcy = (grid + 0.5 + y[:, :2].tanh()) * 32
+        y = self.body(x).flatten(2)
+        cxcy = (self.grid + 0.5 + y[:, :2].tanh()) * 32
         wh = y[:, 2:4].sigmoid() * 256
         return torch.cat((cxcy, wh, y[:, 4:].sigmoid()), 1)
 
 
 def model_path(requested: Path | None, workdir: Path, input_hw: tuple[int, int] = (384, 640)) -> tuple[Path, str]:
-    """The model to run and a label: the requested/project model, else a stand-in traced here."""
-    import json
-    import warnings
+    """The model to run and a label: the requested/project model, else a stand-in exported here (.pt2)."""
+    from rtsp_worker.engine_build.export import export_program
 
     for p in (requested, DEFAULT_MODEL):
         if p is not None and p.exists():
@@ -75,13 +77,9 @@ def model_path(requested: Path | None, workdir: Path, input_hw: tuple[int, int] 
     if requested is not None:
         raise SystemExit(f"{requested}: model file not found")
     torch.manual_seed(0)
-    model = StandInDetector().eval()
-    path = workdir / "stand_in.torchscript"
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, torch.rand(1, 3, *input_hw), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={"config.txt": json.dumps({"imgsz": list(input_hw)})})
-    return path, "stand-in (untrained, models/synth_det.torchscript missing)"
+    path = export_program(StandInDetector(input_hw).eval(), workdir / "stand_in.pt2", input_hw,
+                          {"imgsz": str(list(input_hw))})
+    return path, "stand-in (untrained, models/synth_det.pt2 missing)"
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 3) -> float:

@@ -1,13 +1,13 @@
-"""GPU data path benchmark: NVDEC decode, GPU preprocessing, TorchScript engine, end to end.
+"""GPU data path benchmark: NVDEC decode, GPU preprocessing, torch engine, end to end.
 
     python benchmarks/bench_gpu.py [--smoke] [--json FILE] [--model PATH] [--streams 1,4,16]
 
 Needs CUDA and PyNvVideoCodec (`pip install .[gpu]`). Without them it says why and exits 0 with --smoke
 (CI), 1 otherwise. Measures, on a synthetic 1080p H.264 clip made here:
-- NVDEC decode fps with 1, 4 and 16 streams decoding at once (one thread each) and the GPU's NVDEC
+- NVDEC decode fps with 1, 8, 32 and 64 streams decoding at once (one thread each) and the GPU's NVDEC
   engine count (GetDecoderCaps);
-- GPU letterbox preprocessing of NV12 frames, ms per batch;
-- the TorchScript engine, ms per batch size, with CUDA graphs and eagerly (FP16 unless --fp32);
+- GPU letterbox preprocessing of NV12 frames (the fused kernel where cupy works), ms per batch 1/8/32/64;
+- the torch engine, ms per batch 1/8/32/64, with CUDA graphs and eagerly (FP16 unless --fp32);
 - end to end: N streams decoding into latest-frame slots, one loop batching the fresh frames through
   preprocess -> engine -> postprocess -> one device-to-host copy; processed fps.
 Prints tables and writes JSON (default benchmarks/results/gpu-bench.json).
@@ -118,7 +118,8 @@ def bench_end_to_end(clip: Path, streams: int, device: torch.device, simulate: b
                 del latest[cam]
         frames = []
         for cam, img in fresh:
-            frames.append(Frame(cam, seq[cam], time.time(), img.image, img.height, img.width, img.pixel_format))
+            frames.append(Frame(cam, seq[cam], time.time(), img.image, img.height, img.width, img.pixel_format,
+                                colorimetry=img.colorimetry))
             seq[cam] += 1
         x, letterbox = pre(frames)
         dets = postprocess(engine.infer(x), letterbox, conf=0.25, iou=0.45)
@@ -137,8 +138,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="short run; exit 0 where no GPU exists")
     ap.add_argument("--json", type=Path, default=None, help=f"results file (default {RESULTS} on a GPU)")
-    ap.add_argument("--model", type=Path, default=None, help="TorchScript model (default models/synth_det.torchscript)")
-    ap.add_argument("--streams", default="1,4,16", help="stream counts for the decode benchmark")
+    ap.add_argument("--model", type=Path, default=None, help=".pt2 or TorchScript model (default models/synth_det.pt2)")
+    ap.add_argument("--streams", default="1,8,32,64", help="stream counts for the decode benchmark")
+    ap.add_argument("--batches", default="1,8,32,64", help="batch sizes for the engine and preprocess benchmarks")
+    ap.add_argument("--e2e-streams", default="8,64", help="camera counts for the end-to-end benchmark")
     ap.add_argument("--seconds", type=float, default=10.0, help="clip length (30 fps 1080p)")
     ap.add_argument("--fp32", action="store_true", help="run the engine in FP32 instead of FP16")
     ap.add_argument("--simulate-on-cpu", action="store_true", help=argparse.SUPPRESS)
@@ -153,9 +156,12 @@ def main() -> None:
     streams = [int(s) for s in args.streams.split(",")]
     seconds = 2.0 if args.smoke else args.seconds
     size = (640, 360) if simulate else (1920, 1080)
+    e2e_streams = [int(s) for s in args.e2e_streams.split(",")]
+    batch_sizes = [int(b) for b in args.batches.split(",")]
     if args.smoke:
         streams = [s for s in streams if s <= 4] or [1]
-    batch_sizes = [1, 4] if args.smoke else [1, 2, 4, 8, 16, 32]
+        e2e_streams = [s for s in e2e_streams if s <= 4] or [2]
+        batch_sizes = [b for b in batch_sizes if b <= 4] or [1]
     iters = 5 if args.smoke else 50
 
     results: dict = {
@@ -186,7 +192,7 @@ def main() -> None:
         # -- engine
         path, label = model_path(args.model, Path(tmp))
         results["model"] = label
-        max_batch = max(batch_sizes)
+        max_batch = max(batch_sizes + e2e_streams)
         engines = {
             "graphs": TorchScriptEngine(ModelConfig(path=path, fp16=not args.fp32, cuda_graphs=True), device, max_batch),
             "eager": TorchScriptEngine(ModelConfig(path=path, fp16=not args.fp32, cuda_graphs=False), device, max_batch),
@@ -202,25 +208,26 @@ def main() -> None:
             results["engine"].append(row)
             rows.append([b, row["graphs_ms"], row["eager_ms"], b / row["graphs_ms"] * 1e3, row["eager_ms"] / row["graphs_ms"]])
         dtype = "fp32" if args.fp32 or simulate else "fp16"
-        print_table(f"TorchScript engine {label}, input {list(info.input_size)}, {dtype}",
+        print_table(f"Torch engine {label}, input {list(info.input_size)}, {dtype}",
                     ["batch", "graphs ms", "eager ms", "img/s (graphs)", "eager/graphs"], rows)
 
         # -- preprocess
-        frames_src = decode_file(clip, lambda s: nv12_decoder(s, device, simulate), max_frames=max(16, max(streams)))
+        frames_src = decode_file(clip, lambda s: nv12_decoder(s, device, simulate), max_frames=max(batch_sizes))
         rows = []
         results["preprocess"] = []
-        for b in [b for b in (1, 4, 16) if b <= len(frames_src)]:
+        for b in [b for b in batch_sizes if b <= len(frames_src)]:
             pre = Preprocessor(info.input_size, b, device, dtype=engines["graphs"].input_dtype)
-            frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format) for i, d in enumerate(frames_src[:b])]
+            frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format,
+                        colorimetry=d.colorimetry) for i, d in enumerate(frames_src[:b])]
             ms = time_ms(lambda pre=pre, frames=frames: pre(frames), device, iters)
-            results["preprocess"].append({"batch": b, "ms": ms})
+            results["preprocess"].append({"batch": b, "ms": ms, "fused_kernel": bool(pre._fused)})
             rows.append([b, ms, ms / b])
         print_table(f"Preprocess NV12 {size[0]}x{size[1]} -> {list(info.input_size)}", ["batch", "ms", "ms/frame"], rows)
 
         # -- end to end
         rows = []
         results["end_to_end"] = []
-        for n in streams:
+        for n in e2e_streams:
             r = bench_end_to_end(clip, n, device, simulate, engines["graphs"], max_batch)
             results["end_to_end"].append(r)
             rows.append([n, r["decoded_fps"], r["processed_fps"], r["mean_batch"]])

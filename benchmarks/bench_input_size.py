@@ -6,7 +6,7 @@ A 640x360 camera frame letterboxed into 640x640 is 44% grey padding; into 384x64
 weights at both sizes, same clip, batch of one (one camera): preprocess + inference + postprocess per
 frame, the two sizes alternating frame by frame. Detection counts (conf 0.25) show whether the smaller
 input loses anything. Weights: the project's trained model (its TorchScript state re-exported at both
-sizes, since the shipped ONNX has a fixed 384x640 input) when models/synth_det.torchscript exists, else
+sizes, since the shipped ONNX has a fixed 384x640 input) when models/synth_det.pt2 exists, else
 untrained YOLOv8n (counts then only say how many boxes noise produces).
 """
 
@@ -28,7 +28,7 @@ CONF, IOU = 0.25, 0.45
 
 def trained_at(size: tuple[int, int]) -> Path | None:
     """The trained detector re-exported at `size` (ONNX, dynamic batch), or None when it is not there."""
-    ts = common.ROOT / "models" / "synth_det.torchscript"
+    ts = common.ROOT / "models" / "synth_det.pt2"
     if not ts.exists():
         return None
     out = common.CACHE / "models" / f"synth_det_{size[0]}x{size[1]}_{int(ts.stat().st_mtime)}.onnx"
@@ -36,13 +36,13 @@ def trained_at(size: tuple[int, int]) -> Path | None:
         return out
     sys.path.insert(0, str(common.ROOT / "scripts"))
     try:
-        from train_detector import SynthDet  # the architecture; weights come from the TorchScript file
+        from train_detector import SynthDet  # the architecture; weights come from the .pt2 file
     except Exception as e:  # noqa: BLE001 - any import problem means: fall back to the untrained model
         print(f"cannot import scripts/train_detector.py ({e}); using the untrained model")
         return None
     model = SynthDet().eval()
     try:
-        model.load_state_dict(torch.jit.load(str(ts), map_location="cpu").state_dict())
+        model.load_state_dict(torch.export.load(str(ts)).state_dict)
     except Exception as e:  # noqa: BLE001
         print(f"trained weights do not fit SynthDet() ({str(e).splitlines()[0]}); using the untrained model")
         return None

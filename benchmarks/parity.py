@@ -1,11 +1,11 @@
-"""CPU path vs GPU path on the same clip: decoded-frame PSNR, input PSNR, matched-box IoU, score diffs.
+"""CPU path vs GPU path on the same clip: decoded-frame PSNR, input PSNR, matched-box IoU, score diffs, track ids.
 
     python benchmarks/parity.py [--frames 60] [--model PATH] [--fp32] [--json FILE]
 
 CPU path: PyAV/FFmpeg decode to RGB -> torch preprocessing on the CPU -> TorchScript FP32 on the CPU.
 GPU path: NVDEC decode to NV12 -> NV12->RGB + preprocessing on the GPU -> TorchScript (FP16 + CUDA graphs
 unless --fp32) on the GPU. Both postprocess with the same thresholds. The clip is a synthetic scene with
-objects (rtsp_worker.sim.synthetic); the model defaults to models/synth_det.torchscript.
+objects (rtsp_worker.sim.synthetic); the model defaults to models/synth_det.pt2.
 Prints "needs CUDA" and exits 0 where CUDA or PyNvVideoCodec is missing.
 """
 
@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_decoder  # noqa: E402
 
-from rtsp_worker import synthetic  # noqa: E402
 from rtsp_worker.config import ModelConfig  # noqa: E402
 from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402
 from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
+from rtsp_worker.sim import synthetic  # noqa: E402
 from rtsp_worker.sources.decoders import CpuDecoder  # noqa: E402
 from rtsp_worker.types import Detections, Frame  # noqa: E402
 
@@ -47,7 +47,8 @@ def run_path(frames_src: list, device: torch.device, engine: TorchScriptEngine, 
     inputs, dets = [], []
     for start in range(0, len(frames_src), BATCH):
         chunk = frames_src[start : start + BATCH]
-        frames = [Frame(0, start + i, 0.0, d.image, d.height, d.width, d.pixel_format) for i, d in enumerate(chunk)]
+        frames = [Frame(0, start + i, 0.0, d.image, d.height, d.width, d.pixel_format,
+                        colorimetry=d.colorimetry) for i, d in enumerate(chunk)]
         x, letterbox = pre(frames)
         d = postprocess(engine.infer(x), letterbox, conf=conf, iou=iou).to("cpu")
         dets.append(Detections(d.boxes, d.scores, d.class_ids, d.batch_index + start))
@@ -75,6 +76,26 @@ def match(cpu: Detections, gpu: Detections, min_iou: float = 0.5) -> dict:
         "score_diff_mean": float(score_diff.mean()) if ok.any() else None,
         "score_diff_max": float(score_diff.max()) if ok.any() else None,
     }
+
+
+def track_ids(dets: Detections, frames: int) -> list[list[int]]:
+    """Per frame, the sorted ids of the confirmed tracks an IouTracker (defaults) reports for one camera."""
+    from rtsp_worker.config import TrackerConfig
+    from rtsp_worker.tracking.tracker import IouTracker
+
+    tracker = IouTracker(TrackerConfig(), 1, torch.device("cpu"))
+    cam, inferred = torch.zeros(1, dtype=torch.int64), torch.ones(1, dtype=torch.bool)
+    out = []
+    for i in range(frames):  # one frame at a time, as a camera delivers them (a benchmark, not the hot path)
+        d = dets.select(dets.batch_index == i)
+        d = Detections(d.boxes, d.scores, d.class_ids, torch.zeros_like(d.batch_index))
+        out.append(sorted(tracker.update(cam, d, inferred).track_ids.tolist()))
+    return out
+
+
+def same_frames(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of frames whose track id lists are identical."""
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
 
 
 def main() -> None:
@@ -112,7 +133,7 @@ def main() -> None:
         # Decoded-frame parity: the GPU path's NV12 -> RGB against FFmpeg's rgb24.
         frame_psnr = []
         for c, g in zip(cpu_frames, gpu_frames):
-            rgb = nv12_to_rgb(g.image[None], g.height, g.width)[0].round().permute(1, 2, 0).cpu()
+            rgb = nv12_to_rgb(g.image[None], g.height, g.width, g.colorimetry)[0].round().permute(1, 2, 0).cpu()
             frame_psnr.append(psnr(rgb, c.image, 255.0))
 
         eng_cpu = TorchScriptEngine(ModelConfig(path=path), cpu, BATCH)
@@ -126,6 +147,7 @@ def main() -> None:
         "decoded_psnr_db": {"min": min(frame_psnr), "mean": sum(frame_psnr) / len(frame_psnr)},
         "input_psnr_db": psnr(x_gpu, x_cpu, 1.0),
         "detections": match(d_cpu, d_gpu),
+        "track_ids_same_frames": same_frames(track_ids(d_cpu, len(cpu_frames)), track_ids(d_gpu, len(gpu_frames))),
         "thresholds": {"conf": args.conf, "iou": args.iou},
     }
     print(json.dumps(results, indent=2))

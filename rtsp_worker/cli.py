@@ -1,4 +1,4 @@
-"""Command line: `rtsp-worker run | demo | probe | build-engine`. Thin: parsing, logging and exit codes.
+"""Command line: `rtsp-worker run | demo | probe | build-engine | doctor`. Thin: parsing, logging and exit codes.
 
 Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
 """
@@ -78,8 +78,15 @@ def _register_demo() -> None:
     app.command("demo")(demo)
 
 
+def _register_doctor() -> None:
+    from rtsp_worker.service.doctor import doctor
+
+    app.command("doctor")(doctor)
+
+
 _register_build_engine()
 _register_demo()
+_register_doctor()
 
 if __name__ == "__main__":
     app()

@@ -120,7 +120,9 @@ class Pipeline:
         self.stats = [CameraStats() for _ in self.cameras]
         self.slots = [FrameSlot(self.cond, st) for st in self.stats]
         self.sources = [
-            CameraSource(i, cam, cfg.source, self.slots[i], self.stats[i], self.stop_event, self.device)
+            # Decode where the engine works: a CPU engine (ONNX Runtime) under `device: cuda` gets CPU frames,
+            # not NVDEC frames copied back to the host.
+            CameraSource(i, cam, cfg.source, self.slots[i], self.stats[i], self.stop_event, self.work_device)
             for i, cam in enumerate(self.cameras)
         ]
         self.batcher = Batcher(self.slots, self.stats, self.cond, cfg.batcher.max_batch,
@@ -154,7 +156,7 @@ class Pipeline:
             images, letterbox = self.preprocess([frames[i] for i in rows])
             t1 = time.perf_counter()
             raw = self.engine.infer(images)
-            if own_output and raw.is_cuda:
+            if own_output and raw.is_cuda and not getattr(self.engine, "fresh_outputs", False):
                 raw = raw.clone()
         return _Inferred(frames, flags, rows, raw, letterbox, t0, t1, time.perf_counter())
 
@@ -223,7 +225,7 @@ class Pipeline:
         imgs = []
         for f in frames:
             if f.pixel_format == NV12:
-                rgb = nv12_to_rgb(f.image.unsqueeze(0), f.height, f.width)[0]
+                rgb = nv12_to_rgb(f.image.unsqueeze(0), f.height, f.width, f.colorimetry)[0]
                 imgs.append(rgb.round().to(torch.uint8).permute(1, 2, 0).cpu())
             else:
                 imgs.append(f.image.cpu())

@@ -29,6 +29,7 @@ class Frame:
     width: int  # source-frame width in pixels
     pixel_format: str = RGB
     pts: float | None = None  # presentation time in seconds from the stream, when known
+    colorimetry: str = "bt601-limited"  # NV12 only: YUV matrix and range from the stream's tags
 
 
 @dataclass(frozen=True, slots=True)

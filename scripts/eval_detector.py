@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rtsp_worker import synthetic
 from rtsp_worker.detection.postprocess import decode_predictions, to_source_pixels
 from rtsp_worker.detection.preprocess import PAD_VALUE, letterbox_geometry
 from rtsp_worker.engines.base import parse_names
+from rtsp_worker.sim import synthetic
 from rtsp_worker.types import Letterbox
 
 EVAL_SEED_BASE = 90_000

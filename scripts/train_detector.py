@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rtsp_worker import synthetic
+from rtsp_worker.sim import synthetic
 
 log = logging.getLogger("train_detector")
 
@@ -47,6 +47,19 @@ MIN_VISIBILITY = 0.3  # gt rows less visible than this are "ignore": neither pos
 
 
 # -------------------------------------------------------------------------------------------------- model
+
+
+def anchor_grid(input_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Centres (N, 2) x, y in input pixels and strides (N, 1) of every output point, levels in order."""
+    points, strides = [], []
+    for s in STRIDES:
+        h, w = -(-input_hw[0] // s), -(-input_hw[1] // s)  # ceil: stride-2 convs with padding 1
+        ys = (torch.arange(h, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(w, dtype=torch.float32) + 0.5) * s
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1))
+        strides.append(torch.full((h * w, 1), float(s)))
+    return torch.cat(points, 0), torch.cat(strides, 0)
 
 
 class ConvBnAct(nn.Sequential):
@@ -115,20 +128,31 @@ class SynthDet(nn.Module):
         n5 = self.bu5(t5 + self.down4(n4))
         return [t3, n4, n5]
 
+    def freeze_grid(self, input_hw: tuple[int, int]) -> SynthDet:
+        """Store the anchor-point grid of `input_hw` as buffers, for export.
+
+        Computed in forward, the grid would be traced as `arange(..., device=<export device>)` constants
+        that `map_location` / a device move never touch (the first CUDA run of a CPU export fails); as
+        buffers it moves with the weights. Non-persistent: the state dict (and checkpoints) stay the same.
+        """
+        points, strides = anchor_grid(input_hw)
+        self.register_buffer("grid_points", points, persistent=False)
+        self.register_buffer("grid_strides", strides, persistent=False)
+        self.grid_hw = tuple(input_hw)
+        return self
+
     def raw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-point class logits (B, N, nc), ltrb distances (B, N, 4), points (N, 2), strides (N, 1)."""
-        logits, dists, points, strides = [], [], [], []
+        logits, dists = [], []
         for feat, head, s in zip(self.features(x), self.heads, STRIDES):
             f = head["stem"](feat)
-            h, w = f.shape[2:]
             logits.append(head["cls"](f).flatten(2).transpose(1, 2))
             dists.append(F.softplus(head["reg"](f)).flatten(2).transpose(1, 2) * s)
-            ys = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5) * s
-            xs = (torch.arange(w, dtype=x.dtype, device=x.device) + 0.5) * s
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack((gx.reshape(-1), gy.reshape(-1)), dim=1))
-            strides.append(torch.full((h * w, 1), float(s), dtype=x.dtype, device=x.device))
-        return torch.cat(logits, 1), torch.cat(dists, 1), torch.cat(points, 0), torch.cat(strides, 0)
+        if getattr(self, "grid_hw", None) == tuple(x.shape[2:]):
+            points, strides = self.grid_points, self.grid_strides
+        else:  # training crops of any size
+            points, strides = (t.to(x.device, x.dtype) for t in anchor_grid(tuple(x.shape[2:])))
+        return torch.cat(logits, 1), torch.cat(dists, 1), points, strides
 
     def forward(self, images: Tensor) -> Tensor:
         logits, dists, points, _ = self.raw(images)
@@ -301,11 +325,11 @@ def sample_batch(
 # -------------------------------------------------------------------------------------------- export
 
 
-def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
-    from rtsp_worker.engine_build.export import export_onnx
+def export(model: SynthDet, out: Path, description: str, onnx: bool = True) -> tuple[Path | None, Path]:
+    """models/synth_det.onnx (ONNX Runtime, TensorRT) and models/synth_det.pt2 (the torch engine)."""
+    from rtsp_worker.engine_build.export import export_onnx, export_program
 
-    model = model.eval().float()
-    dummy = torch.rand(1, 3, *INPUT_HW)
+    model = model.eval().float().freeze_grid(INPUT_HW)  # the anchor grid as buffers: device-independent
     names = "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(synthetic.CLASS_NAMES)) + "}"
     props = {
         "names": names,
@@ -315,12 +339,25 @@ def export(model: SynthDet, out: Path, description: str) -> tuple[Path, Path]:
         "task": "detect",
         "batch": "1",
     }
-    onnx_path = export_onnx(model, out / "synth_det.onnx", INPUT_HW, props)
-    ts_path = out / "synth_det.torchscript"
-    with torch.no_grad():
-        traced = torch.jit.trace(model, dummy, check_trace=False)
-    torch.jit.save(traced, str(ts_path), _extra_files={"config.txt": json.dumps(props)})
-    return onnx_path, ts_path
+    onnx_path = export_onnx(model, out / "synth_det.onnx", INPUT_HW, props) if onnx else None
+    pt2_path = export_program(model, out / "synth_det.pt2", INPUT_HW, props)
+    return onnx_path, pt2_path
+
+
+def reexport(weights: Path, out: Path) -> Path:
+    """Write synth_det.pt2 again from the weights of an earlier export (.pt2, or the old .torchscript)."""
+    if weights.suffix == ".pt2":
+        extra = {"config.txt": ""}
+        program = torch.export.load(str(weights), extra_files=extra)
+        state = program.state_dict
+        description = json.loads(extra["config.txt"] or "{}").get("description", "")
+    else:
+        module = torch.jit.load(str(weights), map_location="cpu", _extra_files=(extra := {"config.txt": ""}))
+        state = module.state_dict()
+        description = json.loads(extra["config.txt"] or "{}").get("description", "")
+    model = SynthDet(len(synthetic.CLASS_NAMES))
+    model.load_state_dict(state)
+    return export(model, out, description, onnx=False)[1]
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -352,7 +389,12 @@ def main() -> None:
         help="torch threads; 1 is ~10x faster than 2 when other jobs share the 2 cores (OpenMP spin)",
     )
     ap.add_argument("--eval-scenes", type=int, default=8)
+    ap.add_argument("--reexport", type=Path, default=None, metavar="WEIGHTS",
+                    help="no training: write OUT/synth_det.pt2 from the weights of an earlier export")
     args = ap.parse_args()
+    if args.reexport is not None:
+        print(reexport(args.reexport, args.out))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -429,13 +471,13 @@ def main() -> None:
         f"rtsp-worker synthetic-scene detector (person/car/bike), trained by scripts/train_detector.py "
         f"seed={args.seed} steps={step} on rtsp_worker.sim.synthetic scenes"
     )
-    onnx_path, ts_path = export(ema, args.out, desc)
+    onnx_path, pt2_path = export(ema, args.out, desc)
     log.info(
         "exported %s (%.2f MB) and %s (%.2f MB)",
         onnx_path,
         onnx_path.stat().st_size / 1e6,
-        ts_path,
-        ts_path.stat().st_size / 1e6,
+        pt2_path,
+        pt2_path.stat().st_size / 1e6,
     )
     summary = {
         "steps": step,

@@ -20,9 +20,19 @@ from torch import nn
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
+from rtsp_worker.engine_build.export import export_program
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
-from rtsp_worker.engines.torchscript import TorchScriptEngine, batch_buckets, pick_bucket
+from rtsp_worker.engines.torchscript import (
+    TorchScriptEngine,
+    batch_buckets,
+    device_copies,
+    device_literals,
+    load_module,
+    pick_bucket,
+    torchscript_device_constants,
+)
+from rtsp_worker.sources.base import colorimetry_from_tags
 from rtsp_worker.sources.decoders import CpuDecoder, UnsupportedCodec, make_decoder, nvdec_unavailable_reason
 from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed
 from rtsp_worker.types import NV12, RGB, Frame
@@ -32,9 +42,50 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-needs_nvdec = pytest.mark.skipif(
-    nvdec_unavailable_reason() is not None, reason=f"NVDEC unavailable: {nvdec_unavailable_reason()}"
+
+
+def nvdec_gate(cuda: bool, nvdec_reason: str | None) -> tuple[str, str]:
+    """("skip" | "fail" | "run", why) for an NVDEC test.
+
+    Without CUDA an NVDEC test cannot run: skip. With CUDA, a missing NVDEC (no PyNvVideoCodec, no
+    libnvcuvid from the driver) is exactly what the GPU tests are there to find: fail with the reason,
+    never skip, or a GPU run passes without NVDEC ever decoding a frame.
+    """
+    if not cuda:
+        return "skip", "needs a CUDA device"
+    if nvdec_reason is not None:
+        return "fail", f"CUDA is present but NVDEC cannot run: {nvdec_reason}"
+    return "run", ""
+
+
+@pytest.fixture
+def nvdec() -> None:
+    """Gate for tests that decode on NVDEC (see `nvdec_gate`)."""
+    action, why = nvdec_gate(CUDA, nvdec_unavailable_reason() if CUDA else None)
+    if action == "skip":
+        pytest.skip(why)
+    if action == "fail":
+        pytest.fail(why)
+
+
+needs_nvdec = pytest.mark.usefixtures("nvdec")
+
+
+@pytest.mark.parametrize(
+    ("cuda", "reason", "action"),
+    [
+        (False, None, "skip"),
+        (False, "no CUDA device", "skip"),
+        (True, None, "run"),
+        (True, "PyNvVideoCodec unavailable: RuntimeError: libnvcuvid.so.1 not found", "fail"),
+        (True, "PyNvVideoCodec unavailable: ModuleNotFoundError: No module named 'PyNvVideoCodec'", "fail"),
+    ],
 )
+def test_nvdec_tests_fail_not_skip_when_cuda_is_there(cuda, reason, action):
+    got, why = nvdec_gate(cuda, reason)
+    assert got == action
+    if action == "fail":
+        assert reason in why
 
 # Measured 46.0-46.1 dB on the clip below (PyAV 18.1 / FFmpeg 8.1 swscale rgb24 vs nv12_to_rgb, max error 3
 # levels); the bound keeps 6 dB of margin. A wrong matrix or range lands far below (checked in the test).
@@ -276,33 +327,115 @@ def test_preprocessor_nv12_frames_match_rgb_frames(clips):
 
 
 class TinyYolo(nn.Module):
-    """Ultralytics output layout (B, 4 + nc, N): cx, cy, w, h in input pixels, then sigmoid class scores."""
+    """Ultralytics output layout (B, 4 + nc, N): cx, cy, w, h in input pixels, then sigmoid class scores.
 
-    def __init__(self, nc: int = 2, fixed_batch: bool = False) -> None:
+    The output grid is a buffer for `size`, so exports of it move to any device with the weights.
+    """
+
+    def __init__(self, nc: int = 2, fixed_batch: bool = False, size: tuple[int, int] = (64, 96)) -> None:
         super().__init__()
         self.nc, self.fixed_batch = nc, fixed_batch
         self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.SiLU(), nn.Conv2d(8, 16, 3, 4, 1), nn.SiLU(),
                                   nn.Conv2d(16, 4 + nc, 1))
+        h, w = -(-size[0] // 8), -(-size[1] // 8)
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        self.register_buffer("grid", torch.stack((gx.flatten(), gy.flatten())), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
         _, _, h, w = y.shape
         y = y.view(1, 4 + self.nc, h * w) if self.fixed_batch else y.flatten(2)
-        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
-        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
-        cxcy = (grid + 0.5 + y[:, :2].tanh()) * 8
+        cxcy = (self.grid + 0.5 + y[:, :2].tanh()) * 8
         wh = y[:, 2:4].sigmoid() * 64
         return torch.cat((cxcy, wh, y[:, 4:].sigmoid()), 1)
 
 
+class GridInForward(TinyYolo):
+    """The old way: the grid made in forward and moved with `.to(x.device)` (a trace bakes the device in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x).flatten(2)
+        h, w = -(-x.shape[2] // 8), -(-x.shape[3] // 8)
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        grid = torch.stack((gx.flatten(), gy.flatten())).to(x.device)
+        return torch.cat(((grid + 0.5 + y[:, :2].tanh()) * 8, y[:, 2:4].sigmoid() * 64, y[:, 4:].sigmoid()), 1)
+
+
 def save_tiny(path: Path, size=(64, 96), nc=2, fixed_batch=False, meta: dict | None = None) -> tuple[Path, nn.Module]:
+    """`.pt2` paths are exported with torch.export (the project's format), others traced to TorchScript."""
     torch.manual_seed(0)
-    model = TinyYolo(nc, fixed_batch).eval()
+    model = TinyYolo(nc, fixed_batch, size).eval()
+    if path.suffix == ".pt2" and not fixed_batch:
+        export_program(model, path, size, {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()})
+        return path, model
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.rand(1, 3, *size), check_trace=False)
     extra = {"config.txt": json.dumps(meta)} if meta is not None else {}
     torch.jit.save(traced, str(path), _extra_files=extra)
     return path, model
+
+
+# ------------------------------------------------------------------------------------------------ device independence
+
+
+def test_exported_program_names_no_device_and_loads_for_meta(tmp_path):
+    """Defect: a model traced on the CPU kept `device=cpu` constants; the first CUDA forward failed."""
+    path, _ = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+    program = torch.export.load(str(path))
+    assert device_copies(program) == []
+    assert not [n for n in program.graph.nodes if n.op == "get_attr" and "_tensor_constant" in str(n.target)]
+    module, _ = load_module(path, torch.device("meta"))
+    out = module(torch.zeros(3, 3, 64, 96, device="meta"))
+    assert out.device.type == "meta" and tuple(out.shape) == (3, 6, 96)
+    assert all(t.device.type == "meta" for t in [*module.parameters(), *module.buffers()])
+    eng = TorchScriptEngine(ModelConfig(path=path), torch.device("meta"), max_batch=4)  # the whole engine
+    assert eng.info.class_names == ("a", "b") and eng.infer(torch.zeros(2, 3, 64, 96, device="meta")).is_meta
+
+
+def test_shipped_model_is_device_independent():
+    path = Path(__file__).resolve().parents[1] / "models" / "synth_det.pt2"
+    program = torch.export.load(str(path))
+    assert device_copies(program) == []
+    from torch.export.passes import move_to_device_pass
+
+    moved = move_to_device_pass(program, "meta")
+    assert set(device_literals(moved).values()) == {"meta"}
+    eng = TorchScriptEngine(ModelConfig(path=path), torch.device("meta"), max_batch=2)
+    assert eng.info.input_size == (384, 640) and eng.info.class_names == ("person", "car", "bike")
+    assert tuple(eng.infer(torch.zeros(2, 3, 384, 640, device="meta")).shape) == (2, 7, 5040)
+
+
+def test_export_refuses_a_forward_that_copies_between_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"copies tensors between devices.*buffers"):
+        export_program(GridInForward().eval(), tmp_path / "bad.pt2", (64, 96))
+    assert not (tmp_path / "bad.pt2").exists()
+
+
+def test_torchscript_traced_on_cpu_is_refused_for_another_device(tmp_path):
+    old = torch.jit.trace(GridInForward().eval(), torch.rand(1, 3, 64, 96), check_trace=False)
+    assert torchscript_device_constants(old) == ["cpu"]  # what made the first CUDA forward fail
+    path = tmp_path / "old.torchscript"
+    torch.jit.save(old, str(path))
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    assert torchscript_device_constants(loaded) == ["cpu"]  # map_location does not move it
+    fixed = torch.jit.trace(TinyYolo().eval(), torch.rand(1, 3, 64, 96), check_trace=False)
+    assert torchscript_device_constants(fixed) == []
+    # Refused with the reason instead of the cryptic first-forward failure ("cuda:0" stands for any other).
+    with pytest.raises(ModelError, match=r"old\.torchscript: TorchScript graph was traced with tensors on cpu"):
+        _refuse_for(path, torch.device("cuda", 0))
+
+
+def _refuse_for(path: Path, device: torch.device) -> None:
+    """load_module's TorchScript check for `device`, with the file mapped to the CPU (no GPU needed)."""
+    import rtsp_worker.engines.torchscript as ts
+
+    real_load = torch.jit.load
+    try:
+        torch.jit.load = lambda f, map_location=None, _extra_files=None: real_load(f, "cpu", _extra_files)
+        ts.load_module(path, device)
+    finally:
+        torch.jit.load = real_load
 
 
 def test_metadata_from_ultralytics_style_config_txt(tmp_path):
@@ -356,9 +489,10 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
         TorchScriptEngine(ModelConfig(path=bad, input_size=(64, 96), class_names=["a", "b"]), torch.device("cpu"), 2)
 
 
+@pytest.mark.parametrize("suffix", [".pt2", ".torchscript"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cpu_engine_matches_eager_model(tmp_path, batch):
-    path, model = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+def test_cpu_engine_matches_eager_model(tmp_path, batch, suffix):
+    path, model = save_tiny(tmp_path / f"m{suffix}", meta={"names": ["a", "b"], "imgsz": [64, 96]})
     eng = TorchScriptEngine(ModelConfig(path=path), torch.device("cpu"), max_batch=4)
     x = torch.rand(batch, 3, 64, 96)
     out = eng.infer(x)
@@ -406,7 +540,7 @@ def test_pick_bucket_rejects_oversized_batch():
 @needs_cuda
 @pytest.mark.parametrize("fp16", [False, True])
 def test_cuda_graph_engine_matches_eager(tmp_path, fp16):
-    path, model = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [64, 96]})
+    path, model = save_tiny(tmp_path / "m.pt2", meta={"names": ["a", "b"], "imgsz": [64, 96]})
     dev = torch.device("cuda")
     graphs = TorchScriptEngine(ModelConfig(path=path, fp16=fp16, cuda_graphs=True), dev, max_batch=8)
     eager = TorchScriptEngine(ModelConfig(path=path, fp16=fp16, cuda_graphs=False), dev, max_batch=8)
@@ -460,7 +594,7 @@ def test_nvdec_and_gpu_preprocess_match_cpu_path(clips, tmp_path):
 
     from rtsp_worker.detection.postprocess import postprocess
 
-    path, _ = save_tiny(tmp_path / "m.torchscript", meta={"names": ["a", "b"], "imgsz": [256, 320]})
+    path, _ = save_tiny(tmp_path / "m.pt2", size=(256, 320), meta={"names": ["a", "b"], "imgsz": [256, 320]})
     dev = torch.device("cuda")
     gpu_imgs = nvdec_decode(clips["h264_mp4"])[:4]
     cpu_imgs = decode_all(clips["h264_mp4"], "rgb24")[:4]
@@ -479,3 +613,186 @@ def test_nvdec_and_gpu_preprocess_match_cpu_path(clips, tmp_path):
     best, idx = (iou * same_image).max(1)
     assert float(best.median()) >= 0.95
     assert float((d_cpu.scores - d_gpu.scores[idx])[best > 0.9].abs().max()) <= 0.02
+
+
+# ------------------------------------------------------------------------------------------------ devices of a CPU engine
+
+
+def test_cameras_decode_on_the_engines_device_not_the_configured_one(tmp_path, monkeypatch):
+    """Defect: `device: cuda` with an ONNX model (ONNX Runtime on the CPU) decoded on NVDEC and copied the
+    frames back to the host every batch. Cameras must decode where the engine works."""
+    import rtsp_worker.pipeline as pipeline_mod
+    from rtsp_worker.config import parse_config
+
+    onnx = Path(__file__).resolve().parents[1] / "models" / "synth_det.onnx"
+    cfg = parse_config({
+        "cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}, {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
+        "model": {"path": str(onnx)}, "device": "cpu", "output": {"dir": str(tmp_path)},
+    })
+    engine = load_engine(cfg.model, torch.device("cpu"), cfg.batcher.max_batch)
+    # As if `device: cuda` resolved on a GPU machine; the ONNX Runtime engine stays on the CPU.
+    monkeypatch.setattr(pipeline_mod, "resolve_device", lambda name: torch.device("cuda", 0))
+    p = pipeline_mod.Pipeline(cfg, engine=engine, sinks=[])
+    assert p.device == torch.device("cuda", 0) and p.work_device.type == "cpu"
+    assert [s.device for s in p.sources] == [torch.device("cpu")] * 2
+    p.engine.close()
+
+
+def test_copies_read_on_the_host_are_synchronous():
+    """Defect: the preprocessor copied CUDA batches to the host with non_blocking=True and read them at
+    once. Every copy whose destination is the host must be synchronous; copies to a device may be async."""
+    from torch.overrides import TorchFunctionMode
+
+    from rtsp_worker.detection.preprocess import to_device
+
+    class RecordTo(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[str, bool]] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to:
+                dest = next((a for a in args[1:] if isinstance(a, (torch.device, str))), kwargs.get("device"))
+                if dest is not None:
+                    self.calls.append((torch.device(dest).type, bool(kwargs.get("non_blocking", False))))
+            return func(*args, **kwargs)
+
+    nv12 = torch.randint(0, 256, (2, 72, 64), dtype=torch.uint8)
+    frames = [Frame(0, i, 0.0, nv12[i], 48, 64, NV12) for i in range(2)]
+    with RecordTo() as rec:
+        Preprocessor((64, 96), max_batch=2, device=torch.device("cpu"))(frames)
+        to_device(torch.zeros(2), torch.device("meta"))
+    host = [nb for dev, nb in rec.calls if dev == "cpu"]
+    assert host and not any(host), rec.calls  # the batch's copy to the host: blocking
+    assert ("meta", True) in rec.calls  # to a device: stream-ordered, asynchronous
+
+
+# ------------------------------------------------------------------------------------------------ NVDEC details
+
+
+class _FakeSurface:
+    """A decoded frame as PyNvVideoCodec hands it over: DLPack, and `getPTS()` without `timestamp`."""
+
+    def __init__(self, tensor: torch.Tensor, pts: int) -> None:
+        self._t, self._pts = tensor, pts
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._t.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+    def getPTS(self) -> int:
+        return self._pts
+
+
+def _bare_decoder(device: torch.device) -> NvdecDecoder:
+    dec = object.__new__(NvdecDecoder)
+    dec.device, dec._time_base, dec._seen_pts = device, Fraction(1, 90000), True
+    dec._nvc = type("nvc", (), {"__version__": "2.0.0"})
+    return dec
+
+
+def test_nvdec_timestamps_fall_back_to_getpts():
+    nv12 = torch.randint(0, 256, (72, 64), dtype=torch.uint8)
+    images = _bare_decoder(torch.device("cpu"))._to_images([_FakeSurface(nv12, 4500)])
+    assert images[0].pts == pytest.approx(0.05) and (images[0].height, images[0].width) == (48, 64)
+    assert torch.equal(images[0].image, nv12) and images[0].image.data_ptr() != nv12.data_ptr()  # a copy
+
+
+def test_nvdec_surface_on_the_wrong_device_is_refused():
+    """PyNvVideoCodec 2.0 put every surface on device 0 in `__dlpack_device__`: on cuda:N, N > 0, say so."""
+    nv12 = torch.zeros((72, 64), dtype=torch.uint8)  # stands for a surface DLPack places elsewhere
+    with pytest.raises(RuntimeError, match=r"NVDEC on cuda:1 returned a surface that DLPack places on cpu.*2\.0\.0"):
+        _bare_decoder(torch.device("cuda", 1))._to_images([_FakeSurface(nv12, 0)])
+
+
+def test_low_latency_decoding_only_for_streams_without_b_frames(clips, tmp_path, monkeypatch):
+    """NVDEC's native mode delays output by 4 frames; streams without B-frames get the zero-delay mode."""
+    from rtsp_worker.sources import decoders, nvdec
+
+    made = []
+
+    class Recorder:
+        name = "nvdec"
+
+        def __init__(self, stream, device, *, low_latency=False):
+            made.append(low_latency)
+
+    monkeypatch.setattr(nvdec, "NvdecDecoder", Recorder)
+    monkeypatch.setattr(decoders, "nvdec_unavailable_reason", lambda: None)
+    no_b = encode_clip("libx264", "mp4", bframes=False)
+    for data in (no_b, clips["h264_mp4"], encode_clip("libx265", "mp4", bframes=False), clips["hevc_mp4"]):
+        with av.open(io.BytesIO(data)) as c:
+            decoders.make_decoder("nvdec", c.streams.video[0], torch.device("cuda"), "cam")
+    assert made == [True, False, True, False]
+
+
+# ------------------------------------------------------------------------------------------------ colour tags
+
+
+def tagged_clip(matrix: str, full: bool) -> bytes:
+    """An H.264 clip whose VUI says `matrix` (bt709 / smpte170m = BT.601) and limited or full range."""
+    buf = io.BytesIO()
+    params = f"colormatrix={matrix}:colorprim={matrix}:transfer={matrix}" + (":fullrange=on" if full else "")
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=Fraction(25, 1), options={"x264-params": params})
+        s.width, s.height, s.pix_fmt = 320, 240, "yuvj420p" if full else "yuv420p"
+        yy, xx = np.mgrid[0:240, 0:320]
+        for i in range(4):
+            img = np.empty((240, 320, 3), np.uint8)
+            img[..., 0], img[..., 1], img[..., 2] = xx * 255 // 320, yy * 255 // 240, ((xx + yy + i) % 64) * 4
+            img[40:90, 50:120], img[120:180, 150:220] = (255, 0, 0), (0, 200, 255)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return buf.getvalue()
+
+
+COLOUR_CASES = [("smpte170m", False, "bt601-limited"), ("bt709", False, "bt709-limited"),
+                ("smpte170m", True, "bt601-full"), ("bt709", True, "bt709-full")]
+
+
+@pytest.mark.parametrize(("matrix", "full", "expected"), COLOUR_CASES)
+def test_nv12_path_follows_the_streams_colour_tags(matrix, full, expected):
+    """Defect: the NVDEC path hard-coded BT.601 limited range while FFmpeg's rgb24 honours the tags."""
+    data = tagged_clip(matrix, full)
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        assert colorimetry_from_tags(stream.codec_context.colorspace, stream.codec_context.color_range) == expected
+    nv12 = decode_with(data, "nv12")
+    rgb = decode_with(data, "rgb24")
+    assert {d.colorimetry for d in nv12} == {expected}
+    h, w = 240, 320
+    frames = [Frame(0, i, 0.0, d.image, h, w, NV12, colorimetry=d.colorimetry) for i, d in enumerate(nv12)]
+    ours = nv12_to_rgb(torch.stack([f.image for f in frames]), h, w, expected).round().permute(0, 2, 3, 1)
+    ref = torch.stack([d.image for d in rgb])
+    assert min(psnr(o, r) for o, r in zip(ours, ref)) >= NV12_PARITY_PSNR_DB
+    # The old fixed BT.601 limited conversion is far off for every other tag.
+    if expected != "bt601-limited":
+        fixed = nv12_to_rgb(torch.stack([f.image for f in frames]), h, w).round().permute(0, 2, 3, 1)
+        assert min(psnr(o, r) for o, r in zip(fixed, ref)) < NV12_PARITY_PSNR_DB
+    # The preprocessor (torch path) and the fused kernel's twin use the frame's tags too.
+    pre = Preprocessor((192, 256), len(frames), torch.device("cpu"))
+    x_nv12, _ = pre(frames)
+    x_nv12 = x_nv12.clone()
+    x_rgb, _ = pre([Frame(0, i, 0.0, d.image, h, w, RGB) for i, d in enumerate(rgb)])
+    assert psnr(x_nv12, x_rgb, peak=1.0) >= NV12_PARITY_PSNR_DB
+    from rtsp_worker.detection.input_spec import InputSpec
+    from rtsp_worker.detection.kernels import ImageGeometry, reference
+    from rtsp_worker.detection.preprocess import letterbox_geometry, yuv_coefficients
+
+    _, nh, nw, px, py = letterbox_geometry(h, w, (192, 256))
+    twin = reference([f.image for f in frames], [ImageGeometry(h, w, py, px, nh, nw)] * len(frames),
+                     InputSpec((192, 256)), [yuv_coefficients(expected)] * len(frames))
+    torch.testing.assert_close(twin, x_nv12, atol=1e-5, rtol=0)
+
+
+def decode_with(data: bytes, fmt: str) -> list:
+    with av.open(io.BytesIO(data)) as c:
+        stream = c.streams.video[0]
+        dec = CpuDecoder(stream, pixel_format=fmt)
+        out = [img for p in c.demux(stream) if p.size for img in dec.decode(p)]
+        return out + dec.flush()

@@ -10,12 +10,12 @@ import av
 import numpy as np
 import pytest
 
-from rtsp_worker import synthetic
+from rtsp_worker.sim import synthetic
 from rtsp_worker.sim.synthetic import CLASS_NAMES, MOT_CLASS_IDS, make_scene, render, write_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "synth_det.onnx"
-TORCHSCRIPT = REPO / "models" / "synth_det.torchscript"
+PT2 = REPO / "models" / "synth_det.pt2"
 sys.path.insert(0, str(REPO / "scripts"))
 
 
@@ -166,16 +166,16 @@ def test_onnx_model_contract() -> None:
     assert ((raw[:, 4:] >= 0) & (raw[:, 4:] <= 1)).all()
 
 
-def test_torchscript_matches_onnx() -> None:
+def test_exported_program_matches_onnx() -> None:
     _require_model()
     import onnxruntime as ort
     import torch
 
     x = np.random.default_rng(1).random((2, 3, 384, 640), dtype=np.float32)
     ref = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
-    ts = torch.jit.load(str(TORCHSCRIPT), map_location="cpu").eval()
+    program = torch.export.load(str(PT2)).module()
     with torch.no_grad():
-        got = ts(torch.from_numpy(x)).numpy()
+        got = program(torch.from_numpy(x)).numpy()
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=2e-2, rtol=1e-3)
 

@@ -7,13 +7,17 @@ resized together in one `interpolate` call; the loop is over distinct frame size
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.types import NV12, RGB, Frame, Letterbox
+
+log = logging.getLogger(__name__)
 
 PAD_VALUE = 114 / 255  # the grey ultralytics models are trained with
 
@@ -27,24 +31,50 @@ def letterbox_geometry(height: int, width: int, input_size: tuple[int, int]) -> 
     return scale, new_h, new_w, (in_w - new_w) // 2, (in_h - new_h) // 2
 
 
-# BT.601 limited range, the matrix FFmpeg's swscale uses by default for rgb24 conversion, so that the
-# NVDEC path and the CPU path see the same pixels.
-_YUV2RGB = torch.tensor(
-    [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]],
-    dtype=torch.float32,
-)
+# YUV -> RGB per colorimetry: (3x3 matrix on (Y - y_off, U - 128, V - 128), y_off). Limited ("TV") range
+# scales Y from 16-235 and chroma from 16-240; full ("PC") range uses 0-255. BT.601 limited is what FFmpeg's
+# swscale uses for untagged SD and most camera streams; HD cameras usually tag BT.709.
+BT601_LIMITED = "bt601-limited"
+_COLORIMETRY: dict[str, tuple[tuple[tuple[float, ...], ...], float]] = {
+    "bt601-limited": (((1.164383, 0.0, 1.596027), (1.164383, -0.391762, -0.812968), (1.164383, 2.017232, 0.0)), 16.0),
+    "bt709-limited": (((1.164383, 0.0, 1.792741), (1.164383, -0.213249, -0.532909), (1.164383, 2.112402, 0.0)), 16.0),
+    "bt601-full": (((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0)), 0.0),
+    "bt709-full": (((1.0, 0.0, 1.5748), (1.0, -0.187324, -0.468124), (1.0, 1.8556, 0.0)), 0.0),
+}
+_YUV2RGB = torch.tensor(_COLORIMETRY[BT601_LIMITED][0], dtype=torch.float32)  # the default, kept for callers
+
+def yuv_coefficients(colorimetry: str) -> tuple[tuple[float, ...], float, float]:
+    """(row-major 3x3 YUV->RGB matrix, Y offset, UV offset) of a colorimetry name."""
+    if colorimetry not in _COLORIMETRY:
+        raise ValueError(f"colorimetry {colorimetry!r} is not one of {sorted(_COLORIMETRY)}")
+    m, y_off = _COLORIMETRY[colorimetry]
+    return sum(m, ()), y_off, 128.0
 
 
-def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
-    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]."""
+def nv12_to_rgb(nv12: Tensor, height: int, width: int, colorimetry: str | None = None) -> Tensor:
+    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]. Default colorimetry: BT.601 limited."""
+    if colorimetry is None:
+        m, y_off = _YUV2RGB, 16.0
+    else:
+        flat, y_off, _ = yuv_coefficients(colorimetry)
+        m = torch.tensor(flat, dtype=torch.float32).view(3, 3)
     y = nv12[:, :height, :].float()
     uv = nv12[:, height : height + height // 2, :].reshape(nv12.shape[0], height // 2, width // 2, 2).float()
     uv = uv.permute(0, 3, 1, 2)  # (G, 2, H/2, W/2)
     uv = F.interpolate(uv, size=(height, width), mode="nearest") - 128.0
-    yuv = torch.stack((y - 16.0, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
-    m = _YUV2RGB.to(nv12.device)
-    rgb = torch.einsum("rc,gchw->grhw", m, yuv)
+    yuv = torch.stack((y - y_off, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
+    rgb = torch.einsum("rc,gchw->grhw", m.to(nv12.device), yuv)
     return rgb.clamp_(0, 255)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`, asynchronously only where that is safe to read.
+
+    A copy to a device is ordered on its stream, so it may be asynchronous. A copy to the host with
+    `non_blocking=True` returns before the data has arrived, and the CPU reads it at once (ONNX Runtime
+    on NVDEC frames would see stale or zero pixels): it must be a synchronous copy.
+    """
+    return t.to(device, non_blocking=device.type != "cpu")
 
 
 def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
@@ -58,7 +88,7 @@ def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
             f.image.record_stream(stream)
     stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
-        return nv12_to_rgb(stacked, first.height, first.width)
+        return nv12_to_rgb(stacked, first.height, first.width, first.colorimetry)
     if first.pixel_format != RGB:
         raise ValueError(f"unsupported pixel format {first.pixel_format!r}")
     return stacked.permute(0, 3, 1, 2).float()
@@ -74,21 +104,30 @@ class Preprocessor:
         self.device = device
         self.dtype = dtype
         self._buffer = torch.empty((max_batch, 3, *input_size), dtype=dtype, device=device)
+        self._fused: Any = None  # the cupy kernel (detection.kernels), False where it cannot be used
 
     def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
         bsz = len(frames)
         if bsz > self._buffer.shape[0]:
             raise ValueError(f"batch of {bsz} exceeds the preallocated {self._buffer.shape[0]}")
         out = self._buffer[:bsz]
-        out.fill_(PAD_VALUE)
         geo = [letterbox_geometry(f.height, f.width, self.input_size) for f in frames]
+        if self._fused_ok(frames):  # NVDEC frames on the GPU: one cupy launch for the whole batch
+            from rtsp_worker.detection.kernels import ImageGeometry
 
-        groups: dict[tuple[int, int, str], list[int]] = {}
+            self._fused(  # type: ignore[misc]
+                [f.image for f in frames],
+                [ImageGeometry(f.height, f.width, g[4], g[3], g[1], g[2]) for f, g in zip(frames, geo)], out,
+                [yuv_coefficients(f.colorimetry) for f in frames])
+            return out, self._letterbox(frames, geo)
+        out.fill_(PAD_VALUE)
+
+        groups: dict[tuple[int, int, str, str], list[int]] = {}
         for i, f in enumerate(frames):
-            groups.setdefault((f.height, f.width, f.pixel_format), []).append(i)
+            groups.setdefault((f.height, f.width, f.pixel_format, f.colorimetry), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
-            imgs = _to_chw_float([frames[i] for i in idx]).to(self.device, non_blocking=True)
+            imgs = to_device(_to_chw_float([frames[i] for i in idx]), self.device)
             if imgs.shape[-2:] != (new_h, new_w):
                 imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False)
             region = imgs.mul_(1 / 255).clamp_(0, 1).to(self.dtype)
@@ -98,6 +137,25 @@ class Preprocessor:
             else:
                 out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
 
+        return out, self._letterbox(frames, geo)
+
+    def _fused_ok(self, frames: Sequence[Frame]) -> bool:
+        """Use the fused kernel: CUDA, NV12 frames on this device, and cupy importable (once decided)."""
+        if self.device.type != "cuda" or not all(f.pixel_format == NV12 and f.image.device == self.device
+                                                 for f in frames):
+            return False
+        if self._fused is None:
+            try:
+                from rtsp_worker.detection.input_spec import InputSpec
+                from rtsp_worker.detection.kernels import FusedPreprocess
+
+                self._fused = FusedPreprocess(InputSpec(self.input_size), self.dtype, self.device)
+            except Exception as e:  # noqa: BLE001 - no cupy, or it cannot compile: the torch path works
+                log.warning("fused preprocessing kernel unavailable (%s: %s); using torch", type(e).__name__, e)
+                self._fused = False
+        return self._fused is not False
+
+    def _letterbox(self, frames: Sequence[Frame], geo: list[tuple[float, int, int, int, int]]) -> Letterbox:
         letterbox = Letterbox(
             scale=torch.tensor([g[0] for g in geo], dtype=torch.float32),
             pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
@@ -106,4 +164,4 @@ class Preprocessor:
         if self.device.type != "cpu":
             letterbox = Letterbox(*(t.to(self.device, non_blocking=True) for t in
                                     (letterbox.scale, letterbox.pad, letterbox.source_size)))
-        return out, letterbox
+        return letterbox

@@ -68,6 +68,7 @@ class BuildOptions:
     box_tol: float | None = None
     conf: float = 0.25  # boxes compared by the accuracy guard: reference score >= conf
     progress: bool = True
+    contexts: int = 2  # execution contexts the engine will serve at once (one optimization profile each)
 
     @property
     def engine_path(self) -> Path:
@@ -126,6 +127,7 @@ def build_engine(opts: BuildOptions, echo: Callable[[str], None] = print) -> Eng
     echo(f"building {out} from {opts.onnx}: TensorRT {trt.__version__}, {gpu_name} (sm_{cc[0]}{cc[1]}), "
          f"{plan.precision}, batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}, "
          f"input {profile.height}x{profile.width}")
+    echo(plan.describe(trt.__version__))
 
     calib_frames = None
     calib_cache = opts.calib_cache or out.with_suffix(".calib")
@@ -147,7 +149,7 @@ def build_engine(opts: BuildOptions, echo: Callable[[str], None] = print) -> Eng
             onnx_path=onnx_for_trt, input_name=info.input_name, profile=profile, plan=plan,
             workspace_gib=opts.workspace_gib, timing_cache=opts.timing_cache or out.parent / TIMING_CACHE_NAME,
             calib_frames=calib_frames, calib_cache=calib_cache, calib_batch=opts.calib_batch,
-            progress=opts.progress)
+            progress=opts.progress, profiles=opts.contexts)
         serialized = build_serialized(request, echo)
 
     shapes = profile.shapes()
@@ -271,13 +273,16 @@ def build_engine_cli(
     box_tol: Annotated[float | None, Opt("--box-tol", min=0, help="Max box difference in input pixels for "
                                          "--validate, on boxes scoring >= 0.25 (default: fp32 1, fp16 3, "
                                          "int8 12).")] = None,
+    contexts: Annotated[int, Opt("--contexts", min=1, max=8, help="Execution contexts the worker may run at "
+                                 "once (model.contexts): one optimization profile each.")] = 2,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the profile and settings that would be built, then "
                                  "stop (no TensorRT needed).")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No build progress.")] = False,
 ) -> None:
     """Build a TensorRT engine for this GPU from an ONNX detector.
 
-    One optimization profile over the batch axis (min/opt/max) at a fixed input size.
+    One optimization profile over the batch axis (min/opt/max) at a fixed input size, repeated once per
+    execution context (--contexts). The output says which TensorRT major it found and which path it takes.
     Metadata stored with the plan: input shapes, class names, precision, TensorRT version, GPU, ONNX hash.
     Progress is printed while TensorRT builds; the timing cache makes rebuilds faster.
 
@@ -299,7 +304,7 @@ def build_engine_cli(
         height=height, width=width, precision=precision.value, workspace_gib=workspace, timing_cache=timing_cache,
         calib_data=calib_data, calib_frames=calib_frames, calib_batch=calib_batch, calib_cache=calib_cache,
         validate=validate, validate_frames=validate_frames, score_tol=score_tol, box_tol=box_tol,
-        progress=not quiet)
+        progress=not quiet, contexts=contexts)
     echo_err: Callable[[str], None] = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
     try:
         decided = plan_build(opts)

@@ -49,6 +49,25 @@ class PrecisionPlan:
     strongly_typed: bool  # create the network with NetworkDefinitionCreationFlag.STRONGLY_TYPED
     convert_onnx_fp16: bool  # build from an FP16 copy of the ONNX
     calibrate: bool  # needs an INT8 calibrator (and frames)
+    # Flags to clear: TF32 is on by default, so an "fp32" engine would round matmul/conv inputs to
+    # 10-bit mantissas unless it is cleared.
+    clear_flags: tuple[str, ...] = ()
+
+    def describe(self, tensorrt_version: str) -> str:
+        """The build path, for `build-engine` output: which TensorRT major, which way to the precision."""
+        major = trt_major(tensorrt_version)
+        if self.strongly_typed:
+            how = "strongly typed network (TensorRT 11 path): precision from the ONNX's own types"
+            if self.convert_onnx_fp16:
+                how += ", built from an FP16 copy of the ONNX"
+        else:
+            how = "weakly typed network (TensorRT 10 path): builder flags " + (
+                "+".join(self.builder_flags) if self.builder_flags else "none")
+            if self.calibrate:
+                how += ", entropy calibration on real frames"
+        if self.clear_flags:
+            how += ", " + "+".join(self.clear_flags) + " cleared"
+        return f"TensorRT {tensorrt_version} (major {major}): {self.precision} via {how}"
 
 
 def plan_precision(precision: str, tensorrt_version: str, onnx_has_qdq: bool = False) -> PrecisionPlan:
@@ -58,7 +77,7 @@ def plan_precision(precision: str, tensorrt_version: str, onnx_has_qdq: bool = F
         raise BuildError(f"TensorRT {tensorrt_version} is too old: rtsp-worker needs TensorRT {MIN_TRT_MAJOR} or newer")
     strong = major >= 11
     if precision == "fp32":
-        return PrecisionPlan("fp32", (), strong, False, False)
+        return PrecisionPlan("fp32", (), strong, False, False, clear_flags=("TF32",))
     if precision == "fp16":
         if strong:
             return PrecisionPlan("fp16", (), True, True, False)
@@ -90,6 +109,7 @@ class BuildRequest:
     calib_cache: Path | None = None
     calib_batch: int = 8
     progress: bool = True
+    profiles: int = 2  # identical optimization profiles, one per execution context the runtime may use
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -187,10 +207,14 @@ def build_serialized(req: BuildRequest, echo: Callable[[str], None] = print) -> 
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(req.workspace_gib * (1 << 30)))
     for flag in req.plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in req.plan.clear_flags:
+        if hasattr(trt.BuilderFlag, flag):
+            config.clear_flag(getattr(trt.BuilderFlag, flag))
 
-    profile = builder.create_optimization_profile()
-    profile.set_shape(req.input_name, *req.profile.shapes())
-    config.add_optimization_profile(profile)
+    for _ in range(max(1, req.profiles)):  # one per execution context: concurrent contexts cannot share one
+        profile = builder.create_optimization_profile()
+        profile.set_shape(req.input_name, *req.profile.shapes())
+        config.add_optimization_profile(profile)
 
     if req.timing_cache is not None:
         data = req.timing_cache.read_bytes() if req.timing_cache.is_file() else b""

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "ModelError", "ModelInfo", "choose_backend", "load_engine"]
 
-TORCH_SUFFIXES = (".torchscript", ".pt", ".ts")
+TORCH_SUFFIXES = (".pt2", ".torchscript", ".pt", ".ts")
 TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
 
 

@@ -2,7 +2,9 @@
 
 How a call flows, and why nothing waits on the host:
 
-- Each of `ModelConfig.contexts` slots owns an execution context, a non-default CUDA stream, and input
+- Each of `ModelConfig.contexts` slots owns an execution context on an optimization profile of its own
+  (TensorRT: contexts in concurrent use must not share one; `build-engine --contexts` adds them), a
+  non-default CUDA stream, and input
   and output tensors allocated once for the largest batch. Tensor addresses are bound once: a batch of
   b uses the first b rows of each buffer, which start at the same address, so a call only sets the
   input shape and enqueues `execute_async_v3` on the slot's stream.
@@ -63,6 +65,21 @@ def torch_dtype(trt_dtype: Any) -> torch.dtype:
     if name not in _TORCH_DTYPE:
         raise ModelError(f"TensorRT tensor type {name} is not supported")
     return _TORCH_DTYPE[name]
+
+
+def context_profiles(contexts: int, num_profiles: int, source: str = "") -> list[int]:
+    """The optimization profile each execution context uses: one of its own each.
+
+    TensorRT forbids two contexts in concurrent use on one profile (they share its shape state), so
+    contexts beyond the engine's profiles are dropped, with a warning naming the file.
+    """
+    if num_profiles < 1:
+        raise ModelError(f"{source}: engine has no optimization profile")
+    if contexts > num_profiles:
+        log.warning("%s: %d execution contexts asked for but the engine has %d optimization profile(s): "
+                    "using %d; rebuild it with `rtsp-worker build-engine --contexts %d`",
+                    source, contexts, num_profiles, num_profiles, contexts)
+    return list(range(min(contexts, num_profiles)))
 
 
 @dataclass(slots=True)
@@ -129,7 +146,8 @@ class TensorRTEngine:
             raise ModelError(f"{src}: engine input is {self.input_dtype}, expected float32 or float16")
         out_dtype = torch_dtype(engine.get_tensor_dtype(self._out))
         with torch.cuda.device(index):  # contexts allocate their memory on the current device
-            self._slots = [self._make_slot(trt, out_dtype, height, width) for _ in range(cfg.contexts)]
+            profiles = context_profiles(cfg.contexts, engine.num_optimization_profiles, src)
+            self._slots = [self._make_slot(trt, out_dtype, height, width, p) for p in profiles]
         self._out_shape = tuple(self._slots[0].output.shape[1:])
         nc = self._out_shape[0] - 4
         names_from = tuple(cfg.class_names) if cfg.class_names else (meta.class_names if meta else None)
@@ -146,11 +164,14 @@ class TensorRTEngine:
         log.info("%s: TensorRT %s, input %dx%d %s, batch 1..%d, %d contexts", src, trt.__version__, height, width,
                  self.input_dtype, self._cap, len(self._slots))
 
-    def _make_slot(self, trt: Any, out_dtype: torch.dtype, height: int, width: int) -> _Slot:
+    def _make_slot(self, trt: Any, out_dtype: torch.dtype, height: int, width: int, profile: int) -> _Slot:
         ctx = self._engine.create_execution_context()
         if ctx is None:
             raise ModelError(f"{self.path}: cannot create a TensorRT execution context (GPU memory?); "
                              "lower model.contexts or the engine's max batch")
+        stream = torch.cuda.Stream(self.device)
+        if profile and not ctx.set_optimization_profile_async(profile, stream.cuda_stream):
+            raise ModelError(f"{self.path}: cannot select optimization profile {profile} for a context")
         full = (self._cap, 3, height, width)
         ctx.set_input_shape(self._in, full)
         out_shape = tuple(ctx.get_tensor_shape(self._out))
@@ -162,7 +183,7 @@ class TensorRTEngine:
         ctx.set_tensor_address(self._in, inp.data_ptr())
         ctx.set_tensor_address(self._out, out.data_ptr())
         out32 = None if out_dtype == torch.float32 else torch.empty(out_shape, dtype=torch.float32, device=self.device)
-        return _Slot(ctx, torch.cuda.Stream(self.device), inp, out, out32)
+        return _Slot(ctx, stream, inp, out, out32)
 
     def infer(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) on this GPU -> (B, 4 + nc, N) float32 on this GPU, ordered on the caller's stream.

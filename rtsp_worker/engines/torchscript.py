@@ -1,4 +1,10 @@
-"""TorchScript detector: FP32 eager on the CPU; FP16 and one CUDA graph per batch-size bucket on a GPU.
+"""Torch detector (`.pt2` from torch.export, or TorchScript): FP32 eager on the CPU; FP16 and one CUDA
+graph per batch-size bucket on a GPU.
+
+`.pt2` is the format the project exports (`engine_build.export.export_program`): the program is moved to
+the engine's device as a whole, so a model exported on the CPU runs on `cuda:N`. TorchScript (deprecated
+in torch, still what ultralytics exports) is read too, but a trace keeps the device it was traced on in
+its graph; such a file is refused for another device with the reason, before the first forward fails.
 
 Metadata (input size, class names) comes from the file's extra files when it has them: ultralytics'
 TorchScript export stores `config.txt` (JSON with `names`, `imgsz`, `stride`, ...); `metadata.json` of the
@@ -6,9 +12,9 @@ same shape is read too. `model.input_size` / `model.class_names` in the config o
 
 CUDA graphs: a batch of B images runs in the graph of the smallest bucket (1, 2, 4, ... up to max_batch)
 that holds it; the static input buffer's spare rows keep whatever they held (each image is independent in
-a detector) and the output rows of real images are sliced off. Graphs are captured lazily on the first
-batch of each bucket, after warm-up runs on a side stream, in the inference thread (thread-local capture,
-so decoder threads may keep using CUDA meanwhile).
+a detector) and the output rows of real images are sliced off. Every bucket's graph is captured when the
+engine loads, after warm-up runs on a side stream (thread-local capture, so decoder threads may keep
+using CUDA meanwhile): no capture, with its device sync, happens mid-stream.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,19 +120,88 @@ class _Graph:
     outputs: Tensor  # (bucket, 4 + nc, N) in the model's output dtype
 
 
+def device_literals(program: torch.export.ExportedProgram) -> dict[str, str]:
+    """Every place an exported program names a device -> that device: weights, buffers, constants, and
+    the `device=` arguments the graph's factory calls (arange, full, ...) were traced with."""
+    found: dict[str, str] = {}
+    for kind, tensors in (("state", program.state_dict), ("constant", program.constants)):
+        for name, t in tensors.items():
+            if isinstance(t, Tensor):
+                found[f"{kind} {name}"] = str(t.device)
+    for node in program.graph.nodes:
+        if node.op == "call_function" and "device" in node.kwargs and node.kwargs["device"] is not None:
+            found[f"node {node.name} ({node.target})"] = str(node.kwargs["device"])
+    return found
+
+
+def device_copies(program: torch.export.ExportedProgram) -> list[str]:
+    """Graph nodes that move a tensor to a device: a `.to(x.device)` in forward, a copy on every call."""
+    copy_ops = {torch.ops.aten.to.device, torch.ops.aten._to_copy.default, torch.ops.aten.to.dtype_layout}
+    return [
+        f"{node.name} ({node.target})"
+        for node in program.graph.nodes
+        if node.op == "call_function" and node.target in copy_ops
+        and (node.target is torch.ops.aten.to.device or node.kwargs.get("device") is not None)
+    ]
+
+
+def torchscript_device_constants(module: torch.jit.ScriptModule) -> list[str]:
+    """Device constants baked into a TorchScript graph (`Device = prim::Constant[value="cpu"]`)."""
+    try:
+        graph = str(module.inlined_graph)
+    except Exception:  # noqa: BLE001 - scripted modules without a forward graph: nothing to inspect
+        return []
+    return sorted({line.split('value="')[1].split('"')[0] for line in graph.splitlines()
+                   if "Device = prim::Constant[value=" in line})
+
+
+def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a `.pt2` (torch.export) or TorchScript file on `device`, and its metadata extra files.
+
+    `.pt2` programs are moved whole (`move_to_device_pass`: weights, buffers and the graph's device
+    literals). TorchScript files traced on one device keep that device in their graph, which no
+    `map_location` changes: loading one for another device is refused with the reason.
+    """
+    extra: dict[str, Any] = {name: "" for name in METADATA_FILES}
+    if path.suffix.lower() == ".pt2":
+        from torch.export.passes import move_to_device_pass
+
+        try:
+            program = torch.export.load(str(path), extra_files=extra)
+        except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
+            raise ModelError(f"{path}: cannot load as a torch.export program: {type(e).__name__}: {e}") from None
+        program = move_to_device_pass(program, device)
+        stray = {k: v for k, v in device_literals(program).items() if torch.device(v) != device}
+        if stray:
+            raise ModelError(f"{path}: after moving to {device}, the graph still names other devices: "
+                             + ", ".join(f"{k} on {v}" for k, v in list(stray.items())[:5]))
+        return program.module(), extra
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
+        raise ModelError(f"{path}: cannot load as TorchScript: {type(e).__name__}: {e}") from None
+    baked = [d for d in torchscript_device_constants(module) if torch.device(d) != device]
+    if baked:
+        raise ModelError(
+            f"{path}: TorchScript graph was traced with tensors on {', '.join(baked)} and cannot run on "
+            f"{device}; export it with torch.export (.pt2, see rtsp_worker.engine_build.export) or trace it "
+            f"on {device}"
+        )
+    return module.eval(), extra
+
+
 class TorchScriptEngine:
-    """Runs a TorchScript YOLO-layout detector (see `Engine`) on the CPU or a CUDA device."""
+    """Runs a YOLO-layout detector from a `.pt2` (torch.export) or TorchScript file (see `Engine`) on the
+    CPU or a CUDA device."""
+
+    fresh_outputs = True  # every `infer` returns a new tensor (graph outputs are copied out): no clone needed
 
     def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
         self.device = device
         self._source = str(cfg.path)
-        extra: dict[str, Any] = {name: "" for name in METADATA_FILES}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
-                module = torch.jit.load(str(cfg.path), map_location=device, _extra_files=extra)
-        except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
-            raise ModelError(f"{cfg.path}: cannot load as TorchScript: {type(e).__name__}: {e}") from None
+        module, extra = load_module(Path(cfg.path), device)
         meta = read_metadata(extra, self._source)
 
         input_size = cfg.input_size or metadata_input_size(meta, self._source)
@@ -139,7 +215,7 @@ class TorchScriptEngine:
             names = parse_names(raw_names if isinstance(raw_names, str) else json.dumps(raw_names))
 
         self._half = device.type == "cuda" and cfg.fp16
-        self._module = module.eval().float()
+        self._module = module.float()
         probe = self._probe(input_size, names)
         num_classes = probe.shape[1] - 4
         dynamic = self._accepts_batch(input_size)
@@ -158,6 +234,11 @@ class TorchScriptEngine:
         self._use_graphs = device.type == "cuda" and cfg.cuda_graphs
         self._graphs: dict[int, _Graph] = {}
         self._pool: Any = None
+        if self._use_graphs:
+            # Every bucket now, at load: a capture synchronizes the device and empties caches, which
+            # mid-stream would stall every camera on the first batch of each new size.
+            for bucket in self._buckets:
+                self._graphs[bucket] = self._capture(bucket)
         log.info(
             "%s: TorchScript on %s, input %s, %d classes, %s, %s",
             self._source, device, list(self.info.input_size), num_classes,
@@ -244,11 +325,7 @@ class TorchScriptEngine:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _graph_for(self, bucket: int) -> _Graph:
-        g = self._graphs.get(bucket)
-        if g is None:
-            g = self._capture(bucket)
-            self._graphs[bucket] = g
-        return g
+        return self._graphs[bucket]  # all captured at load
 
     def _capture(self, bucket: int) -> _Graph:
         inputs = torch.zeros((bucket, 3, *self.info.input_size), device=self.device, dtype=self.input_dtype)

@@ -26,7 +26,8 @@ MAGIC = b"RTSPWTRT"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 _HEADER_LIMIT = 16 * 1024 * 1024  # a header larger than this is a corrupt file, not metadata
-TRT_MISSING = "TensorRT is not installed: pip install 'rtsp-worker[tensorrt]'"
+TRT_MISSING = ("TensorRT is not installed: pip install 'rtsp-worker[tensorrt]' --extra-index-url "
+               "https://pypi.nvidia.com (TensorRT 10 or 11 for CUDA 13)")
 MIN_TRT_MAJOR = 10
 
 

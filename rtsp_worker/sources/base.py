@@ -16,6 +16,18 @@ from torch import Tensor
 SUPPORTED_CODECS = ("h264", "hevc")
 
 
+# FFmpeg AVColorSpace / AVColorRange codes (frame.colorspace, frame.color_range in PyAV).
+_BT709_SPACES = {1}  # AVCOL_SPC_BT709; 5 BT470BG and 6 SMPTE170M are BT.601; 2 unspecified -> BT.601
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def colorimetry_from_tags(colorspace: int | None, color_range: int | None) -> str:
+    """The colorimetry name ("bt709-full", ...) for a stream's colour tags, read as FFmpeg's rgb24
+    conversion reads them (untagged: BT.601 limited range)."""
+    matrix = "bt709" if colorspace in _BT709_SPACES else "bt601"
+    return f"{matrix}-{'full' if color_range == _FULL_RANGE else 'limited'}"
+
+
 class UnsupportedCodec(RuntimeError):
     """The stream's codec is not one the worker decodes."""
 
@@ -27,6 +39,7 @@ class DecodedImage:
     height: int
     width: int
     pts: float | None  # seconds
+    colorimetry: str = "bt601-limited"  # NV12: YUV matrix and range from the stream's colour tags
 
 
 class VideoDecoder(Protocol):

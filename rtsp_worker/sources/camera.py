@@ -379,7 +379,7 @@ class CameraSource(threading.Thread):
                             img.width, img.height)
             st.width, st.height = img.width, img.height
         frame = Frame(camera=self.index, seq=self._seq, ts=time.time(), image=img.image, height=img.height,
-                      width=img.width, pixel_format=img.pixel_format, pts=img.pts)
+                      width=img.width, pixel_format=img.pixel_format, pts=img.pts, colorimetry=img.colorimetry)
         self._seq += 1
         st.decoded += 1
         st.last_frame_wall = frame.ts

@@ -16,6 +16,7 @@ from rtsp_worker.sources.base import (
     DecodedImage,
     UnsupportedCodec,
     VideoDecoder,
+    colorimetry_from_tags,
 )
 from rtsp_worker.types import NV12, RGB
 
@@ -51,7 +52,9 @@ class CpuDecoder:
         for f in frames:
             arr = torch.from_numpy(f.to_ndarray(format=self._format))
             pts = float(f.pts * self._time_base) if f.pts is not None and self._time_base else None
-            out.append(DecodedImage(arr, RGB if self._format == "rgb24" else NV12, f.height, f.width, pts))
+            # FFmpeg's rgb24 conversion follows the frame's colour tags; NV12 frames carry them along.
+            color = colorimetry_from_tags(f.colorspace, f.color_range)
+            out.append(DecodedImage(arr, RGB if self._format == "rgb24" else NV12, f.height, f.width, pts, color))
         return out
 
     def decode(self, packet: av.Packet) -> list[DecodedImage]:
@@ -87,7 +90,9 @@ def make_decoder(kind: str, stream: av.video.stream.VideoStream, device: torch.d
         from rtsp_worker.sources.nvdec import NvdecDecoder
 
         try:
-            return NvdecDecoder(stream, device)
+            # Zero-frame output delay where no frame is reordered; B-frame streams keep NVDEC's native
+            # delay, which their display order needs.
+            return NvdecDecoder(stream, device, low_latency=not stream.codec_context.has_b_frames)
         except UnsupportedCodec:
             raise
         except Exception as e:

@@ -23,7 +23,7 @@ import av
 import av.bitstream
 import torch
 
-from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec
+from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec, colorimetry_from_tags
 from rtsp_worker.types import NV12
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ class NvdecDecoder:
         self._time_base = stream.time_base
         self._low_latency = low_latency
         self._seen_pts = False
+        # The surfaces keep the stream's YUV values: preprocessing converts them with the stream's tags.
+        self._colorimetry = colorimetry_from_tags(ctx.colorspace, ctx.color_range)
         self._stream = torch.cuda.Stream(device=self.device)
         self._context = _PrimaryContext(index)
         latency = nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE
@@ -204,6 +206,14 @@ class NvdecDecoder:
         out = []
         for frame in frames:
             view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
+            if view.device != self.device:
+                # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
+                # tensor would name the wrong device for memory on this one.
+                raise RuntimeError(
+                    f"NVDEC on {self.device} returned a surface that DLPack places on {view.device}; "
+                    f"PyNvVideoCodec {getattr(self._nvc, '__version__', '?')} mislabels devices other than "
+                    "cuda:0: upgrade it (pip install 'rtsp-worker[gpu]') or decode on cuda:0"
+                )
             if view.ndim == 3 and view.shape[-1] == 1:
                 view = view[..., 0]
             if view.ndim != 2 or view.dtype != torch.uint8 or view.shape[0] % 3:
@@ -213,8 +223,10 @@ class NvdecDecoder:
             image = view.clone(memory_format=torch.contiguous_format)  # before the next Decode reuses it
             height, width = view.shape[0] * 2 // 3, view.shape[1]
             ts = getattr(frame, "timestamp", None)
+            if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
+                ts = frame.getPTS()
             pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
-            out.append(DecodedImage(image, NV12, height, width, pts))
+            out.append(DecodedImage(image, NV12, height, width, pts, getattr(self, "_colorimetry", "bt601-limited")))
         return out
 
     def _decode(self, packets: list[av.Packet | None]) -> list[DecodedImage]:
