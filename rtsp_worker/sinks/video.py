@@ -23,6 +23,9 @@ from rtsp_worker.types import Event, FrameResult
 log = logging.getLogger(__name__)
 
 _MS = Fraction(1, 1000)
+# supervision draws with OpenCV, which takes colours as BGR, on these RGB frames: swap to get the colour named.
+_LINE = sv.Color(r=0, g=0, b=230)  # red
+_ZONE = sv.Color(r=0, g=210, b=255)  # yellow
 
 
 @dataclass
@@ -59,7 +62,8 @@ class VideoSink:
         self._geometry = {c.name: (c.lines, c.zones) for c in cameras if c.lines or c.zones}
         self._counts: dict[tuple[str, str, str], int] = {}
 
-    def write_events(self, events: Sequence[Event]) -> None:
+    def _count(self, events: Sequence[Event]) -> None:
+        # Per frame, in write(): a batch holds several frames of a camera's video and each shows its own count.
         for e in events:
             key = (e.camera, e.name, e.direction if e.kind == "line" else "inside")
             step = 1 if e.kind == "line" or e.direction == "enter" else -1
@@ -70,21 +74,21 @@ class VideoSink:
         size = np.array([r.width, r.height], dtype=np.float64)
         for z in zones:
             pts = np.array(z.polygon, dtype=np.float64) * (size if z.units == "fractions" else 1.0)
-            scene = sv.draw_polygon(scene, pts.round().astype(np.int64), color=sv.Color.YELLOW, thickness=2)
+            scene = sv.draw_polygon(scene, pts.round().astype(np.int64), color=_ZONE, thickness=2)
             n = self._counts.get((r.camera, z.name, "inside"), 0)
             scene = sv.draw_text(scene, f"{z.name}: {n}", sv.Point(*pts.mean(0).round().astype(int)),
                                  text_color=sv.Color.BLACK, text_scale=0.45, text_padding=3,
-                                 background_color=sv.Color.YELLOW)
+                                 background_color=_ZONE)
         for ln in lines:
             pts = np.array(ln.points, dtype=np.float64) * (size if ln.units == "fractions" else 1.0)
             a, b = (sv.Point(*p) for p in pts.round().astype(int))
-            scene = sv.draw_line(scene, a, b, color=sv.Color.RED, thickness=2)
+            scene = sv.draw_line(scene, a, b, color=_LINE, thickness=2)
             d0, d1 = ln.directions
             text = (f"{ln.name} {d0}={self._counts.get((r.camera, ln.name, d0), 0)} "
                     f"{d1}={self._counts.get((r.camera, ln.name, d1), 0)}")
             mid = sv.Point(*pts.mean(0).round().astype(int))
             scene = sv.draw_text(scene, text, mid, text_color=sv.Color.WHITE, text_scale=0.45, text_padding=3,
-                                 background_color=sv.Color.RED)
+                                 background_color=_LINE)
         return scene
 
     def _open(self, camera: str, width: int, height: int, ts: float) -> _Writer:
@@ -119,6 +123,7 @@ class VideoSink:
             scene = self._boxes.annotate(scene, dets)
             scene = self._labels.annotate(scene, dets, labels=labels)
         if r.camera in self._geometry:
+            self._count(r.events)
             scene = self._draw_analytics(scene, r)
         text = f"{r.camera} frame {r.frame}  {w.fps:.1f} fps"
         return sv.draw_text(scene, text, sv.Point(8 + 4 * len(text), 14), text_color=sv.Color.WHITE,
