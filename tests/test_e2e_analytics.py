@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,10 +87,10 @@ def scrape(url: str) -> dict:
 def test_line_and_zone_counts_match_ground_truth_in_every_sink(tmp_path, rtsp_server_factory, scenes,
                                                                 redis_server_factory, caplog):
     pytest.importorskip("motmetrics")
-    from rtsp_worker.pipeline import Pipeline
-    from rtsp_worker.service.metrics import serve_metrics
     import motmetrics as mm
 
+    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.service.metrics import serve_metrics
     from rtsp_worker.tracking.evaluation import accumulate, score
 
     if not MODEL.exists():
