@@ -233,3 +233,25 @@ def test_lines_and_zones_from_defaults_and_none_without_them():
     a = Analytics.from_config(cfg, CLASSES)
     assert a is not None and a.names == ["cam0", "cam1"]
     assert Analytics.from_config(parse_config(_cfg({})), CLASSES) is None
+
+
+def test_cli_exits_with_config_error_for_an_unknown_class(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    model = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
+    if not model.exists():
+        pytest.skip(f"{model} is missing")
+    cfg = tmp_path / "cameras.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "cameras": [{"name": "gate", "url": "rtsp://127.0.0.1:9/x",
+                     "lines": [{"name": "door", "points": [[0, 10], [100, 10]], "classes": ["person", "dog"]}]}],
+        "model": {"path": str(model)}, "output": {"dir": str(tmp_path / "out")},
+    }))
+    proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg), "--duration", "1"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{cfg}: camera 'gate', field 'lines.0.classes': unknown class 'dog'" in proc.stderr
