@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -44,6 +52,91 @@ class SourceOptions(_Model):
     )
 
 
+# -- lines and zones (issue 15) -------------------------------------------------------------------------
+
+# Box anchor names are supervision's `sv.Position` values (CENTER_OF_MASS needs a mask: not offered).
+Anchor = Literal["CENTER", "CENTER_LEFT", "CENTER_RIGHT", "TOP_CENTER", "TOP_LEFT", "TOP_RIGHT", "BOTTOM_LEFT",
+                 "BOTTOM_CENTER", "BOTTOM_RIGHT"]
+Units = Literal["pixels", "fractions"]
+Point = tuple[float, float]
+
+
+def _check_units(points: list[Point] | tuple[Point, ...], units: str) -> None:
+    if units == "fractions" and any(not (0.0 <= v <= 1.0) for p in points for v in p):
+        raise ValueError("units: fractions needs every coordinate in [0, 1]")
+
+
+def _segments_cross(p: Point, q: Point, r: Point, s: Point) -> bool:
+    """Whether segments pq and rs share a point (touching counts)."""
+
+    def orient(a: Point, b: Point, c: Point) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    def on(a: Point, b: Point, c: Point) -> bool:  # c on segment ab, given collinear
+        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    d1, d2, d3, d4 = orient(r, s, p), orient(r, s, q), orient(p, q, r), orient(p, q, s)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+    return ((d1 == 0 and on(r, s, p)) or (d2 == 0 and on(r, s, q)) or (d3 == 0 and on(p, q, r))
+            or (d4 == 0 and on(p, q, s)))
+
+
+class LineConfig(_Model):
+    """A counting line: a track's anchor crossing segment A->B is one event (once per track and direction)."""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    points: tuple[Point, Point] = Field(..., description="A and B, in `units`.")
+    units: Units = Field("pixels", description="pixels: source-frame pixels; fractions: of width and height.")
+    directions: tuple[str, str] = Field(
+        ("in", "out"), description="Names of a crossing from the left of A->B to its right (on screen, "
+        "walking from A to B), and of the opposite crossing."
+    )
+    classes: list[int | str] | None = Field(None, description="Count only these class names or ids (None: all).")
+    anchor: Anchor = Field("BOTTOM_CENTER", description="Point of the box that has to cross (sv.Position name).")
+    margin: float = Field(2.0, ge=0, le=1000, description="Hysteresis, source-frame pixels: the anchor must be "
+                          "this far past the line to count (a track wobbling on it does not).")
+
+    @model_validator(mode="after")
+    def _check(self) -> LineConfig:
+        _check_units(self.points, self.units)
+        (ax, ay), (bx, by) = self.points
+        if ax == bx and ay == by:
+            raise ValueError(f"line {self.name!r} has zero length (both points are {list(self.points[0])})")
+        if self.directions[0] == self.directions[1]:
+            raise ValueError(f"line {self.name!r}: the two direction names must differ")
+        return self
+
+
+class ZoneConfig(_Model):
+    """A zone: enter/exit events per track, occupancy per class, dwell time per track."""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    polygon: list[Point] = Field(..., min_length=3, max_length=64, description="Vertices in order, in `units`.")
+    units: Units = Field("pixels", description="pixels: source-frame pixels; fractions: of width and height.")
+    classes: list[int | str] | None = Field(None, description="Only these class names or ids (None: all).")
+    anchor: Anchor = Field("BOTTOM_CENTER", description="Point of the box that decides inside (sv.Position name).")
+    margin: float = Field(2.0, ge=0, le=1000, description="Hysteresis, source-frame pixels: enter when this far "
+                          "inside, exit when this far outside.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ZoneConfig:
+        pts = self.polygon
+        _check_units(pts, self.units)
+        n = len(pts)
+        for i in range(n):
+            for j in range(i + 1, n):
+                if j == i + 1 or (i == 0 and j == n - 1):
+                    continue  # neighbouring edges share a vertex
+                if _segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]):
+                    raise ValueError(f"zone {self.name!r}: polygon is self-intersecting (edge {i}-{(i + 1) % n} "
+                                     f"crosses edge {j}-{(j + 1) % n})")
+        area2 = sum(pts[i][0] * pts[(i + 1) % n][1] - pts[(i + 1) % n][0] * pts[i][1] for i in range(n))
+        if area2 == 0:
+            raise ValueError(f"zone {self.name!r}: polygon has zero area")
+        return self
+
+
 class CameraConfig(_Model):
     """One camera. Any field but `name` and `url` may also be set in `defaults:`."""
 
@@ -54,6 +147,8 @@ class CameraConfig(_Model):
     infer_interval: int = Field(1, ge=1, le=100, description="Run the detector on every Nth frame.")
     realtime: bool = Field(True, description="file:// sources: play at the clip's native rate.")
     loop: bool = Field(True, description="file:// sources: start again at the end.")
+    lines: list[LineConfig] = Field(default_factory=list, description="Counting lines (issue 15).")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Zones (issue 15).")
 
     @field_validator("url")
     @classmethod
@@ -166,6 +261,12 @@ class Config(_Model):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     log_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between per-camera FPS log lines.")
     defaults: dict[str, Any] | None = Field(None, description="Merged into every camera (already applied).")
+    _source: str = PrivateAttr("<config>")  # the file it came from, for errors found after loading
+
+    @property
+    def origin(self) -> str:
+        """Where this config came from (its file), for errors found after loading."""
+        return self._source
 
     @field_validator("device")
     @classmethod
@@ -183,6 +284,12 @@ class Config(_Model):
             seen.add(cam.name)
         if not any(c.enabled for c in self.cameras):
             raise ValueError("no camera is enabled")
+        for i, cam in enumerate(self.cameras):
+            for kind in ("lines", "zones"):
+                names = [x.name for x in getattr(cam, kind)]
+                dup = next((n for n in names if names.count(n) > 1), None)
+                if dup is not None:
+                    raise ValueError(f"camera {cam.name!r}, field 'cameras.{i}.{kind}': duplicate name {dup!r}")
         return self
 
     @property
@@ -274,6 +381,7 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
             updates["output"] = cfg.output.model_copy(update={"dir": base_dir / cfg.output.dir})
         if updates:
             cfg = cfg.model_copy(update=updates)
+    cfg._source = source
     return cfg
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rtsp_worker.analytics.events import Analytics
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.config import Config, ModelConfig
 from rtsp_worker.detection.postprocess import class_mask, postprocess
@@ -85,7 +86,7 @@ def build_sinks(cfg: Config, class_names: Sequence[str]) -> list[Sink]:
     if out.video:
         from rtsp_worker.sinks.video import VideoSink
 
-        sinks.append(VideoSink(out.dir, fps=out.video_fps))
+        sinks.append(VideoSink(out.dir, fps=out.video_fps, cameras=cfg.enabled_cameras))
     if out.redis is not None:
         from rtsp_worker.sinks.redis import RedisSink
 
@@ -113,6 +114,8 @@ class Pipeline:
         self.preprocess = Preprocessor(info.input_size, cfg.batcher.max_batch, self.work_device,
                                        self.engine.input_dtype)
         self.tracker = IouTracker(cfg.tracker, len(self.cameras), self.work_device)
+        # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
+        self.analytics = Analytics.from_config(cfg, info.class_names)
         self._intervals = [c.infer_interval for c in self.cameras]
 
         self.stop_event = threading.Event()
@@ -209,15 +212,19 @@ class Pipeline:
         names = self.class_names
         done = time.time()
         images = self._images(frames) if self.sinks.wants_images else [None] * len(frames)
+        events = [()] * len(frames)
+        if self.analytics is not None:
+            t = torch.from_numpy(host)
+            events = self.analytics.update(frames, t[:, 0].long(), t[:, 1].long(), t[:, 2].long(), t[:, 4:8])
         out = []
-        for f, rows, img in zip(frames, per_frame, images):
+        for f, rows, img, ev in zip(frames, per_frame, images, events):
             objects = tuple(
                 TrackedObject(int(r[1]), int(r[2]), names[int(r[2])], float(r[3]), (r[4], r[5], r[6], r[7]))
                 for r in rows.tolist()
             )
             out.append(FrameResult(camera=self.cameras[f.camera].name, camera_index=f.camera, frame=f.seq,
                                    ts=f.ts, width=f.width, height=f.height, objects=objects, image=img,
-                                   done_ts=done))
+                                   done_ts=done, events=tuple(ev)))
         return out
 
     @staticmethod
@@ -366,10 +373,12 @@ class _PeriodicLog:
         p = self.p
         for i, (cam, st) in enumerate(zip(p.cameras, p.stats)):
             d0, p0, x0 = self.prev[i]
+            counts = p.analytics.summary(i) if p.analytics is not None else ""
             log.info(
-                "camera=%s state=%s decode_fps=%.1f processed_fps=%.1f dropped=%d reconnects=%d processed=%d%s",
+                "camera=%s state=%s decode_fps=%.1f processed_fps=%.1f dropped=%d reconnects=%d processed=%d%s%s",
                 cam.name, st.state.value, (st.decoded - d0) / dt, (st.processed - p0) / dt, st.dropped - x0,
                 st.reconnects, st.processed, f" last_error={st.last_error!r}" if st.last_error else "",
+                f" {counts}" if counts else "",
             )
             self.prev[i] = (st.decoded, st.processed, st.dropped)
         batches = p.batches - self.prev_batches

@@ -171,6 +171,7 @@ class FrameResult:
     objects: tuple[TrackedObject, ...] = field(default_factory=tuple)
     image: Tensor | None = None  # (H, W, 3) uint8 RGB on CPU, only when a sink asked for pixels
     done_ts: float = 0.0  # wall-clock time the result was ready (end-to-end latency = done_ts - ts)
+    events: tuple[Event, ...] = ()  # line crossings and zone enter/exit found in this frame (analytics)
 
     def to_json_dict(self) -> dict:
         return {
@@ -188,3 +189,31 @@ class FrameResult:
                 for o in self.objects
             ],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A line crossing or a zone enter/exit of one track in one frame (rtsp_worker.analytics)."""
+
+    camera: str
+    frame: int  # Frame.seq of the frame it was found in
+    ts: float  # Frame.ts of that frame
+    track_id: int
+    class_id: int
+    class_name: str
+    kind: str  # "line" or "zone"
+    name: str  # the line's or zone's name
+    direction: str  # line: one of its direction names; zone: "enter" or "exit"
+    point: tuple[float, float]  # the anchor, source-frame pixels
+    dwell_s: float | None = None  # zone exit: seconds between enter and exit
+    lost: bool = False  # zone exit because the track was lost (not seen for longer than the tracker keeps it)
+
+    def to_json_dict(self) -> dict:
+        d = {"camera": self.camera, "frame": self.frame, "ts": round(self.ts, 6), "track_id": self.track_id,
+             "class_id": self.class_id, "class": self.class_name, "kind": self.kind, self.kind: self.name,
+             "direction": self.direction, "point": [round(self.point[0], 2), round(self.point[1], 2)]}
+        if self.dwell_s is not None:
+            d["dwell_s"] = round(self.dwell_s, 3)
+        if self.lost:
+            d["lost"] = True
+        return d

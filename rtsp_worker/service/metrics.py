@@ -21,6 +21,7 @@ from rtsp_worker.service.server import HttpServer, Request, Response
 from rtsp_worker.sources.camera import CameraState
 
 if TYPE_CHECKING:
+    from rtsp_worker.analytics.events import Analytics
     from rtsp_worker.pipeline import BatchReport, Pipeline
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class _StatsCollector(Collector):
             if hasattr(sink, "buffered"):
                 buffered.add_metric([sink.name], sink.buffered)  # type: ignore[attr-defined]
         yield buffered
+        analytics = getattr(p, "analytics", None)
+        if analytics is not None:
+            yield from _analytics_metrics(analytics)
         if self.nvml is not None and self.nvml.available:
             sample = self.nvml.sample()
             if sample is not None:
@@ -118,6 +122,23 @@ class _StatsCollector(Collector):
                 yield GaugeMetricFamily(f"{NS}_gpu_utilization_percent", "GPU busy time (NVML).", value=util)
                 yield GaugeMetricFamily(f"{NS}_gpu_memory_used_bytes", "GPU memory in use (NVML).", value=used)
                 yield GaugeMetricFamily(f"{NS}_gpu_memory_total_bytes", "GPU memory (NVML).", value=total)
+
+
+def _analytics_metrics(a: Analytics) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Line crossings (totals) and zone occupancy (now), per camera and class (issue 15)."""
+    crossings = CounterMetricFamily(f"{NS}_line_crossings", "Tracks that crossed a counting line.",
+                                    labels=["camera", "line", "direction", "class"])
+    for (camera, line, direction, cls), n in sorted(a.crossing_totals().items()):
+        crossings.add_metric([camera, line, direction, cls], n)
+    yield crossings
+    objects = GaugeMetricFamily(f"{NS}_zone_objects", "Tracks inside a zone now.",
+                                labels=["camera", "zone", "class"])
+    for c, camera in enumerate(a.names):
+        occ = a.occupancy(c)
+        for z, zone in enumerate(a.zones.configs[c]):
+            for k, cls in enumerate(a.class_names):
+                objects.add_metric([camera, zone.name, cls], int(occ[z, k]))
+    yield objects
 
 
 class PipelineMetrics:

@@ -53,6 +53,7 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
 
 def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
     """Build, run and drain a pipeline, mapping failures to exit codes."""
+    from rtsp_worker.config import ConfigError
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
 
@@ -60,6 +61,8 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
         pipeline = Pipeline(cfg)
     except ModelError as e:
         raise fail(str(e), EXIT_MODEL) from None
+    except ConfigError as e:  # found once the model's classes are known (lines/zones classes)
+        raise fail(str(e), EXIT_CONFIG) from None
     except (RuntimeError, ValueError) as e:
         raise fail(str(e), EXIT_RUNTIME) from None
     metrics = None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from rtsp_worker.types import FrameResult
+from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ class Sink(Protocol):
     def write(self, results: Sequence[FrameResult]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class EventSink(Sink, Protocol):
+    """A sink that also records events (line crossings, zone enter/exit): `write_events` gets those of one
+    batch, in order, just before `write` gets its frames. A sink without the method ignores events."""
+
+    def write_events(self, events: Sequence[Event]) -> None: ...
 
 
 class SinkRunner:
@@ -64,6 +71,11 @@ class SinkRunner:
             if item is None:
                 break
             try:
+                write_events = getattr(sink, "write_events", None)
+                if write_events is not None:
+                    events = [e for r in item for e in r.events]
+                    if events:
+                        write_events(events)
                 sink.write(item)
             except Exception as e:  # a failing sink must not take the worker down
                 self.errors[sink.name] += 1

@@ -1,4 +1,7 @@
-"""One JSON line per processed frame, one file per camera, flushed after every batch."""
+"""One JSON line per processed frame, one file per camera, flushed after every batch.
+
+Events (line crossings, zone enter/exit) go to `<camera>.events.jsonl`, one JSON line each.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from rtsp_worker.types import FrameResult
+from rtsp_worker.types import Event, FrameResult
 
 
 class JsonlSink:
@@ -20,6 +23,7 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self.backups = backups
         self._files: dict[str, IO[str]] = {}
+        self._event_files: dict[str, IO[str]] = {}
         self.lines: dict[str, int] = {}
 
     def path(self, camera: str) -> Path:
@@ -56,7 +60,25 @@ class JsonlSink:
             if self.max_bytes is not None and f.tell() >= self.max_bytes:
                 self._rotate(cam)
 
+    def events_path(self, camera: str) -> Path:
+        return self.directory / f"{camera}.events.jsonl"
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Append each event to its camera's events file (not rotated: a few lines per crossing)."""
+        touched = set()
+        for e in events:
+            f = self._event_files.get(e.camera)
+            if f is None:
+                f = self._event_files[e.camera] = open(self.events_path(e.camera), "a", encoding="utf-8")  # noqa: SIM115
+            f.write(json.dumps(e.to_json_dict(), separators=(",", ":")) + "\n")
+            touched.add(f)
+        for f in touched:
+            f.flush()
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        for f in self._event_files.values():
+            f.close()
+        self._event_files.clear()

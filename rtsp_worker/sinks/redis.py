@@ -7,6 +7,10 @@ send may have stored part of it, which is sent again.
 
 Entry fields: `camera` (name), `frame` (per-camera frame number), `ts` (decode time, Unix seconds),
 `data` (the JSONL record as JSON). Stream key: `stream_prefix + camera`, trimmed with `XADD MAXLEN ~`.
+
+Events (line crossings, zone enter/exit) go to their own stream per camera, `stream_prefix + camera +
+":events"`, through the same buffer: fields `camera`, `frame`, `ts`, `kind` (line | zone), `name`,
+`direction` and `data` (the event's JSONL record).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 import redis
 
 from rtsp_worker.config import RedisConfig, mask_url
-from rtsp_worker.types import FrameResult
+from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,17 @@ class RedisSink:
                 log.warning("redis %s: buffer full (%d entries): %d entries dropped so far", self.safe_url,
                             self.cfg.buffer, self.dropped)
         self.flush()
+
+    def events_key(self, camera: str) -> str:
+        return f"{self.cfg.stream_prefix}{camera}:events"
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Queue each event on its camera's events stream; sent with the frames of the batch by `write`."""
+        for e in events:
+            fields = {"camera": e.camera, "frame": str(e.frame), "ts": f"{e.ts:.6f}", "kind": e.kind,
+                      "name": e.name, "direction": e.direction,
+                      "data": json.dumps(e.to_json_dict(), separators=(",", ":"))}
+            self._buffer.append((self.events_key(e.camera), fields))
 
     def flush(self, force: bool = False) -> bool:
         """Send the buffer; False if Redis is unreachable (the entries stay buffered). Retries back off."""

@@ -17,11 +17,15 @@ import av
 import numpy as np
 import supervision as sv
 
-from rtsp_worker.types import FrameResult
+from rtsp_worker.config import CameraConfig
+from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
 _MS = Fraction(1, 1000)
+# supervision draws with OpenCV, which takes colours as BGR, on these RGB frames: swap to get the colour named.
+_LINE = sv.Color(r=0, g=0, b=230)  # red
+_ZONE = sv.Color(r=0, g=210, b=255)  # yellow
 
 
 @dataclass
@@ -43,7 +47,8 @@ class VideoSink:
     name = "video"
     wants_images = True
 
-    def __init__(self, directory: Path, fps: float = 0, crf: int = 23, preset: str = "veryfast") -> None:
+    def __init__(self, directory: Path, fps: float = 0, crf: int = 23, preset: str = "veryfast",
+                 cameras: Sequence[CameraConfig] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fps = fps
@@ -53,6 +58,38 @@ class VideoSink:
         self.paths: list[Path] = []  # every file written, in order
         self._boxes = sv.BoxAnnotator(color_lookup=sv.ColorLookup.TRACK)
         self._labels = sv.LabelAnnotator(color_lookup=sv.ColorLookup.TRACK, text_scale=0.4, text_padding=3)
+        # Lines and zones drawn with live counts, kept from the events (line totals, zone occupancy).
+        self._geometry = {c.name: (c.lines, c.zones) for c in cameras if c.lines or c.zones}
+        self._counts: dict[tuple[str, str, str], int] = {}
+
+    def _count(self, events: Sequence[Event]) -> None:
+        # Per frame, in write(): a batch holds several frames of a camera's video and each shows its own count.
+        for e in events:
+            key = (e.camera, e.name, e.direction if e.kind == "line" else "inside")
+            step = 1 if e.kind == "line" or e.direction == "enter" else -1
+            self._counts[key] = self._counts.get(key, 0) + step
+
+    def _draw_analytics(self, scene: np.ndarray, r: FrameResult) -> np.ndarray:
+        lines, zones = self._geometry[r.camera]
+        size = np.array([r.width, r.height], dtype=np.float64)
+        for z in zones:
+            pts = np.array(z.polygon, dtype=np.float64) * (size if z.units == "fractions" else 1.0)
+            scene = sv.draw_polygon(scene, pts.round().astype(np.int64), color=_ZONE, thickness=2)
+            n = self._counts.get((r.camera, z.name, "inside"), 0)
+            scene = sv.draw_text(scene, f"{z.name}: {n}", sv.Point(*pts.mean(0).round().astype(int)),
+                                 text_color=sv.Color.BLACK, text_scale=0.45, text_padding=3,
+                                 background_color=_ZONE)
+        for ln in lines:
+            pts = np.array(ln.points, dtype=np.float64) * (size if ln.units == "fractions" else 1.0)
+            a, b = (sv.Point(*p) for p in pts.round().astype(int))
+            scene = sv.draw_line(scene, a, b, color=_LINE, thickness=2)
+            d0, d1 = ln.directions
+            text = (f"{ln.name} {d0}={self._counts.get((r.camera, ln.name, d0), 0)} "
+                    f"{d1}={self._counts.get((r.camera, ln.name, d1), 0)}")
+            mid = sv.Point(*pts.mean(0).round().astype(int))
+            scene = sv.draw_text(scene, text, mid, text_color=sv.Color.WHITE, text_scale=0.45, text_padding=3,
+                                 background_color=_LINE)
+        return scene
 
     def _open(self, camera: str, width: int, height: int, ts: float) -> _Writer:
         n = self._segments.get(camera, 0)
@@ -85,6 +122,9 @@ class VideoSink:
             labels = [f"#{o.track_id} {o.class_name} {o.confidence:.2f}" for o in r.objects]
             scene = self._boxes.annotate(scene, dets)
             scene = self._labels.annotate(scene, dets, labels=labels)
+        if r.camera in self._geometry:
+            self._count(r.events)
+            scene = self._draw_analytics(scene, r)
         text = f"{r.camera} frame {r.frame}  {w.fps:.1f} fps"
         return sv.draw_text(scene, text, sv.Point(8 + 4 * len(text), 14), text_color=sv.Color.WHITE,
                             text_scale=0.45, text_padding=4, background_color=sv.Color.BLACK)
