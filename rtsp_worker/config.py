@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -152,6 +160,15 @@ class MetricsConfig(_Model):
     host: str = "127.0.0.1"
 
 
+class ControlConfig(_Model):
+    """The camera control API (`/cameras`, `/reload`) on the metrics port."""
+
+    # SecretStr: the token never shows in a repr, a log line or an error message.
+    token: SecretStr | None = Field(
+        None, description="Bearer token every write needs (`${ENV}` works); none: the API is read-only."
+    )
+
+
 class Config(_Model):
     """The whole `cameras.yaml`."""
 
@@ -166,6 +183,8 @@ class Config(_Model):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     log_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between per-camera FPS log lines.")
     defaults: dict[str, Any] | None = Field(None, description="Merged into every camera (already applied).")
+    control: ControlConfig = ControlConfig()
+    watch_config: bool = Field(False, description="Reload the cameras when this file changes (as on SIGHUP).")
 
     @field_validator("device")
     @classmethod

@@ -56,6 +56,12 @@ class JsonlSink:
             if self.max_bytes is not None and f.tell() >= self.max_bytes:
                 self._rotate(cam)
 
+    def close_camera(self, camera: str) -> None:
+        """The camera was removed: close its file (a camera added again later appends to it)."""
+        f = self._files.pop(camera, None)
+        if f is not None:
+            f.close()
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
