@@ -281,7 +281,8 @@ class CameraSet:
 
     def _replace(self, old: LiveCamera, cfg: CameraConfig, reset_tracks: bool) -> None:
         with self.cond:
-            old.slot.take()
+            if old.slot.take() is not None:
+                old.stats.dropped += 1  # the old connection's last frame: a counted drop, like any other
         cam = self._new(cfg, old.row, old.stats, first_seq=old.source.next_seq)
         cam.stats.reconnects += 1
         if reset_tracks:
