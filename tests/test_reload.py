@@ -373,3 +373,18 @@ def test_fifty_add_remove_cycles_do_not_grow_threads_fds_or_memory(
     assert rss1 - rss0 <= 48 * 1024, (rss0, rss1)
     assert len(re.findall(r"camera x removed: processed=", w.log)) == 55
     assert w.lines("a") == _processed_totals(w.log, "a")[-1]
+
+
+def test_writes_are_refused_when_no_token_is_configured():
+    from rtsp_worker.service.control import ControlApi
+    from rtsp_worker.service.server import HttpServer, Request
+
+    class _NoToken:  # a reloader whose file has no control.token
+        token = None
+        p = None
+
+    http = HttpServer()
+    ControlApi(http, _NoToken())  # type: ignore[arg-type]
+    for method, path in (("PUT", "/cameras/x"), ("DELETE", "/cameras/x"), ("POST", "/reload")):
+        resp = http.dispatch(Request(method, path, {}, {}, {"authorization": "Bearer anything"}, b"{}"))
+        assert resp.status == 403 and "set control.token" in str(resp.body), (method, resp)

@@ -95,6 +95,8 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -
             from rtsp_worker.service.control import ControlApi
 
             ControlApi(metrics.http, reloader)
+        elif cfg.control.token is not None:
+            log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
