@@ -6,6 +6,7 @@ socket. The plan and the atomic write are unit-tested on their own.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -168,7 +169,7 @@ def _dropped_total(log: str, cam: str) -> int:
 
 def _missing(frames: list[int]) -> int:
     """Frame numbers never written: before the first one written, and between two written ones."""
-    return frames[0] + sum(b - a - 1 for a, b in zip(frames, frames[1:]))
+    return frames[0] + sum(b - a - 1 for a, b in itertools.pairwise(frames))
 
 
 def _ids(records: list[dict], t0: float, t1: float) -> set[int]:
