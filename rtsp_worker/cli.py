@@ -48,7 +48,7 @@ def run(
         updates["output"] = cfg.output.model_copy(update={"video": True})
     if updates:
         cfg = cfg.model_copy(update=updates)
-    run_pipeline(cfg, duration)
+    run_pipeline(cfg, duration, config_path=config)
 
 
 @app.command()

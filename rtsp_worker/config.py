@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -247,6 +248,15 @@ class MetricsConfig(_Model):
     host: str = "127.0.0.1"
 
 
+class ControlConfig(_Model):
+    """The camera control API (`/cameras`, `/reload`) on the metrics port."""
+
+    # SecretStr: the token never shows in a repr, a log line or an error message.
+    token: SecretStr | None = Field(
+        None, description="Bearer token every write needs (`${ENV}` works); none: the API is read-only."
+    )
+
+
 class Config(_Model):
     """The whole `cameras.yaml`."""
 
@@ -267,6 +277,8 @@ class Config(_Model):
     def origin(self) -> str:
         """Where this config came from (its file), for errors found after loading."""
         return self._source
+    control: ControlConfig = ControlConfig()
+    watch_config: bool = Field(False, description="Reload the cameras when this file changes (as on SIGHUP).")
 
     @field_validator("device")
     @classmethod

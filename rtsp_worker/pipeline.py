@@ -21,7 +21,8 @@ import torch
 
 from rtsp_worker.analytics.events import Analytics
 from rtsp_worker.batcher import Batcher
-from rtsp_worker.config import Config, ModelConfig
+from rtsp_worker.camera_set import CameraSet
+from rtsp_worker.config import CameraConfig, Config, ModelConfig
 from rtsp_worker.detection.postprocess import class_mask, postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import Engine, load_engine
@@ -99,7 +100,7 @@ class Pipeline:
 
     def __init__(self, cfg: Config, engine: Engine | None = None, sinks: Sequence[Sink] | None = None) -> None:
         self.cfg = cfg
-        self.cameras = cfg.enabled_cameras
+        cameras = cfg.enabled_cameras
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             # Postprocess and tracker ops are small: with several intra-op threads they mostly wait on each
@@ -113,23 +114,19 @@ class Pipeline:
         self._classes = class_mask(det.classes, info.class_names, self.work_device)
         self.preprocess = Preprocessor(info.input_size, cfg.batcher.max_batch, self.work_device,
                                        self.engine.input_dtype)
-        self.tracker = IouTracker(cfg.tracker, len(self.cameras), self.work_device)
+        self.tracker = IouTracker(cfg.tracker, len(cameras), self.work_device)
         # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
         self.analytics = Analytics.from_config(cfg, info.class_names)
-        self._intervals = [c.infer_interval for c in self.cameras]
 
         self.stop_event = threading.Event()
         self.cond = threading.Condition()
-        self.stats = [CameraStats() for _ in self.cameras]
-        self.slots = [FrameSlot(self.cond, st) for st in self.stats]
-        self.sources = [
-            # Decode where the engine works: a CPU engine (ONNX Runtime) under `device: cuda` gets CPU frames,
-            # not NVDEC frames copied back to the host.
-            CameraSource(i, cam, cfg.source, self.slots[i], self.stats[i], self.stop_event, self.work_device)
-            for i, cam in enumerate(self.cameras)
-        ]
+        # Cameras come and go at run time (service/reload.py); the engine's batch capacity bounds them.
+        capacity = min(cfg.batcher.max_batch, info.max_batch or cfg.batcher.max_batch)
+        self.camset = CameraSet(cameras, cfg.source, self.cond, self.work_device, self.tracker, capacity,
+                                self.stop_event)
         self.batcher = Batcher(self.slots, self.stats, self.cond, cfg.batcher.max_batch,
                                cfg.batcher.max_wait_ms / 1000)
+        self.camset.listeners.append(self._cameras_changed)
         self.sinks = SinkRunner(list(sinks) if sinks is not None else build_sinks(cfg, info.class_names))
         self.batch_listeners: list[Callable[[BatchReport], None]] = []
         self.batches = 0
@@ -151,7 +148,8 @@ class Pipeline:
         """
         frames = batch.frames
         t0 = time.perf_counter()
-        flags = [f.seq % self._intervals[f.camera] == 0 for f in frames]
+        by_row = self.camset.by_row
+        flags = [f.seq % by_row[f.camera].cfg.infer_interval == 0 for f in frames]
         rows = [i for i, f in enumerate(flags) if f]
         raw = letterbox = None
         t1 = t0
@@ -186,7 +184,7 @@ class Pipeline:
         t4 = time.perf_counter()
         self.sinks.submit(results)
         for f in frames:
-            self.stats[f.camera].processed += 1
+            self.camset.by_row[f.camera].stats.processed += 1
         self.batches += 1
         self.frames_out += len(frames)
         pre_ms, infer_ms = (inf.t1 - inf.t0) * 1e3, (inf.t2 - inf.t1) * 1e3
@@ -222,7 +220,7 @@ class Pipeline:
                 TrackedObject(int(r[1]), int(r[2]), names[int(r[2])], float(r[3]), (r[4], r[5], r[6], r[7]))
                 for r in rows.tolist()
             )
-            out.append(FrameResult(camera=self.cameras[f.camera].name, camera_index=f.camera, frame=f.seq,
+            out.append(FrameResult(camera=self.camset.by_row[f.camera].cfg.name, camera_index=f.camera, frame=f.seq,
                                    ts=f.ts, width=f.width, height=f.height, objects=objects, image=img,
                                    done_ts=done, events=tuple(ev)))
         return out
@@ -238,14 +236,58 @@ class Pipeline:
                 imgs.append(f.image.cpu())
         return imgs
 
+    # -- the camera set: service/reload.py and service/control.py change it while the pipeline runs --------
+    @property
+    def cameras(self) -> tuple[CameraConfig, ...]:
+        return self.camset.view.cameras
+
+    @property
+    def stats(self) -> tuple[CameraStats, ...]:
+        return self.camset.view.stats
+
+    @property
+    def slots(self) -> tuple[FrameSlot, ...]:
+        return self.camset.view.slots
+
+    @property
+    def sources(self) -> tuple[CameraSource, ...]:
+        return self.camset.view.sources
+
+    def add_camera(self, cfg: CameraConfig) -> None:
+        self.camset.add(cfg)
+
+    def remove_camera(self, name: str) -> int:
+        """Returns the camera's final `processed` count (its JSONL holds as many lines)."""
+        return self.camset.remove(name, self.sinks)
+
+    def update_camera(self, cfg: CameraConfig) -> list[str]:
+        return self.camset.update(cfg)
+
+    def _cameras_changed(self, _event: str, _name: str) -> None:
+        self.batcher.slots, self.batcher.stats = self.slots, self.stats
+        if self.analytics is not None or any(c.lines or c.zones for c in self.camset.view.cameras):
+            rows = [c.cfg if c is not None else None for c in self.camset.by_row]
+            self.analytics = Analytics.for_rows(self.cfg, rows, self.class_names, self.analytics)
+
+    def _apply_changes(self) -> None:
+        """Between two batches: finish the batch in flight, then change the camera set."""
+        finisher, self._finisher = self._finisher, None
+        if finisher is not None:
+            finisher.close()
+        try:
+            self.camset.run_pending()
+        finally:
+            if finisher is not None:
+                self._finisher = _Finisher(self)
+
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        for s in self.sources:
-            s.start()
+        self.camset.start()
         self._started = True
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.camset.stop_all()
         with self.cond:
             self.cond.notify_all()
 
@@ -256,10 +298,13 @@ class Pipeline:
         end = None if duration is None else time.monotonic() + duration
         reporter = _PeriodicLog(self, self.cfg.log_interval)
         self._finisher = _Finisher(self) if self.cfg.batcher.overlap else None
+        self.camset.loop_started()
         try:
             while not self.stop_event.is_set():
                 if end is not None and time.monotonic() >= end:
                     break
+                if self.camset.pending:
+                    self._apply_changes()
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
                     self._dispatch(batch)
@@ -268,6 +313,7 @@ class Pipeline:
                     source.check_stall(now)
                 reporter.maybe_log()
         finally:
+            self.camset.loop_ended()
             self.shutdown(reporter)
 
     def _dispatch(self, batch: Batch) -> None:
@@ -359,7 +405,7 @@ class _PeriodicLog:
         self.p = pipeline
         self.interval = interval
         self.t = time.monotonic()
-        self.prev = [(0, 0, 0) for _ in pipeline.stats]
+        self.prev: dict[str, tuple[CameraStats, int, int, int]] = {}  # by name: cameras come and go
         self.prev_batches = 0
         self.prev_frames = 0
 
@@ -371,16 +417,21 @@ class _PeriodicLog:
         now = time.monotonic()
         dt = max(now - self.t, 1e-6)
         p = self.p
-        for i, (cam, st) in enumerate(zip(p.cameras, p.stats)):
-            d0, p0, x0 = self.prev[i]
-            counts = p.analytics.summary(i) if p.analytics is not None else ""
+        view = p.camset.view
+        prev, self.prev = self.prev, {}
+        for cam, st in zip(view.cameras, view.stats):
+            was, d0, p0, x0 = prev.get(cam.name, (st, 0, 0, 0))
+            if was is not st:  # the name was removed and added again: a new camera
+                d0 = p0 = x0 = 0
+            live = p.camset.get(cam.name)
+            counts = p.analytics.summary(live.row) if p.analytics is not None and live is not None else ""
             log.info(
                 "camera=%s state=%s decode_fps=%.1f processed_fps=%.1f dropped=%d reconnects=%d processed=%d%s%s",
                 cam.name, st.state.value, (st.decoded - d0) / dt, (st.processed - p0) / dt, st.dropped - x0,
                 st.reconnects, st.processed, f" last_error={st.last_error!r}" if st.last_error else "",
                 f" {counts}" if counts else "",
             )
-            self.prev[i] = (st.decoded, st.processed, st.dropped)
+            self.prev[cam.name] = (st, st.decoded, st.processed, st.dropped)
         batches = p.batches - self.prev_batches
         frames = p.frames_out - self.prev_frames
         size, infer_ms, post_ms, track_ms = getattr(p, "_last_report", (0, 0.0, 0.0, 0.0))

@@ -108,6 +108,47 @@ class Analytics:
         return cls(cams, class_names, expire=expire, capacity=2 * cfg.tracker.max_tracks, device=device,
                    origin=cfg.origin)
 
+    @classmethod
+    def for_rows(cls, cfg: Config, rows: Sequence[CameraConfig | None], class_names: Sequence[str],
+                 previous: Analytics | None = None) -> Analytics | None:
+        """The stage after the camera set changed at run time (rows = tracker rows, None where free).
+
+        A camera whose row, name, lines and zones are unchanged keeps its state (track sides, zone presence,
+        counted crossings, totals); a new, edited or removed camera starts over. None when no camera has a
+        line or zone.
+        """
+        if not any(c is not None and (c.lines or c.zones) for c in rows):
+            return None
+        # A free row never gets frames; a placeholder without lines or zones keeps the tensors indexed by row.
+        cams = [c if c is not None else CameraConfig(name=f"_free{r}", url="file:///free-row")
+                for r, c in enumerate(rows)]
+        expire = [(cfg.tracker.max_age + 2) * c.infer_interval for c in cams]
+        new = cls(cams, class_names, expire=expire, capacity=2 * cfg.tracker.max_tracks,
+                  device=previous.device if previous is not None else "cpu", origin=cfg.origin)
+        if previous is not None:
+            new._keep_from(previous)
+        return new
+
+    def _keep_from(self, old: Analytics) -> None:
+        """Copy the state of every camera that is the same camera with the same lines and zones."""
+        kept = set()
+        for r, cam in enumerate(self.cameras[: len(old.cameras)]):
+            was = old.cameras[r]
+            if was.name != cam.name or was.lines != cam.lines or was.zones != cam.zones:
+                continue
+            kept.add(cam.name)
+            nl = min(self.side.shape[2], old.side.shape[2])
+            nz = min(self.inside.shape[2], old.inside.shape[2])
+            self.steps[r] = old.steps[r]
+            for name in ("ids", "cls", "last_step", "last_ts"):
+                getattr(self, name)[r] = getattr(old, name)[r]
+            for name in ("side", "pos", "counted"):
+                getattr(self, name)[r, :, :nl] = getattr(old, name)[r, :, :nl]
+            for name in ("inside", "enter_ts", "zone_anchor"):
+                getattr(self, name)[r, :, :nz] = getattr(old, name)[r, :, :nz]
+        self.crossings = {k: v for k, v in old.crossing_totals().items() if k[0] in kept}
+        self._update_occupancy()
+
     # -- one batch --------------------------------------------------------------------------------------
     def update(self, frames: Sequence[Frame], batch_index: Tensor, track_ids: Tensor, class_ids: Tensor,
                boxes: Tensor) -> list[list[Event]]:

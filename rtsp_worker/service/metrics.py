@@ -76,22 +76,23 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         p = self.p
-        names = [c.name for c in p.cameras]
+        view = p.camset.view  # one snapshot: cameras come and go, a removed camera's series disappear
+        names, stats = [c.name for c in view.cameras], view.stats
         for suffix, attr, doc in _CAMERA_COUNTERS:
             fam = CounterMetricFamily(f"{NS}_{suffix}", doc, labels=["camera"])
-            for name, st in zip(names, p.stats):
+            for name, st in zip(names, stats):
                 fam.add_metric([name], getattr(st, attr))
             yield fam
         state = GaugeMetricFamily(f"{NS}_camera_state", "1 for the camera's current state, 0 for the others.",
                                   labels=["camera", "state"])
-        for name, st in zip(names, p.stats):
+        for name, st in zip(names, stats):
             current = st.state
             for s in CameraState:
                 state.add_metric([name, s.value], 1.0 if s == current else 0.0)
         yield state
         failures = GaugeMetricFamily(f"{NS}_camera_consecutive_failures", "Failed connects in a row.",
                                      labels=["camera"])
-        for name, st in zip(names, p.stats):
+        for name, st in zip(names, stats):
             failures.add_metric([name], st.failures)
         yield failures
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
@@ -157,7 +158,10 @@ class PipelineMetrics:
         self.stage = Histogram(f"{NS}_stage_seconds", "Time per batch in each stage.", ["stage"],
                                registry=self.registry, buckets=STAGE_BUCKETS)
         # Label children resolved once: the listener runs on the inference thread for every batch.
-        self._cam_latency = [self.latency.labels(c.name) for c in pipeline.cameras]
+        self._cam_latency: dict[int, object] = {}  # by tracker row (Frame.camera); emptied when cameras change
+        for c in pipeline.cameras:
+            self.latency.labels(c.name)  # every camera's series exists from the start (count 0)
+        pipeline.camset.listeners.append(self.on_camera)
         self._stages = {s: self.stage.labels(s) for s in ("preprocess", "inference", "postprocess", "tracker")}
 
     def on_batch(self, r: BatchReport) -> None:
@@ -168,7 +172,22 @@ class PipelineMetrics:
             self._stages["postprocess"].observe(r.postprocess_ms / 1e3)
         self._stages["tracker"].observe(r.track_ms / 1e3)
         for cam, seconds in r.latencies:
-            self._cam_latency[cam].observe(seconds)
+            child = self._cam_latency.get(cam)
+            if child is None:
+                live = self.pipeline.camset.by_row[cam]
+                child = self._cam_latency[cam] = self.latency.labels(live.cfg.name if live else str(cam))
+            child.observe(seconds)  # type: ignore[attr-defined]
+
+    def on_camera(self, event: str, name: str) -> None:
+        """Called on the inference thread between batches when the camera set changes."""
+        self._cam_latency.clear()
+        if event == "added":
+            self.latency.labels(name)
+        elif event == "removed":
+            try:
+                self.latency.remove(name)
+            except KeyError:  # no batch of it was ever observed
+                pass
 
 
 class MetricsServer:
@@ -202,6 +221,8 @@ class MetricsServer:
         listeners = self.metrics.pipeline.batch_listeners
         if self.metrics.on_batch in listeners:
             listeners.remove(self.metrics.on_batch)
+        if self.metrics.on_camera in self.metrics.pipeline.camset.listeners:
+            self.metrics.pipeline.camset.listeners.remove(self.metrics.on_camera)
         self.http.close()
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
@@ -36,8 +37,8 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def install_signal_handlers(stop: Callable[[], None]) -> None:
-    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once."""
+def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None] | None = None) -> None:
+    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once. SIGHUP: `on_hup` (reload)."""
     state = {"count": 0}
 
     def handler(signum: int, _frame: object) -> None:
@@ -50,9 +51,22 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
+    def hup(_signum: int, _frame: object) -> None:
+        if on_hup is None:
+            log.info("received SIGHUP: ignored (no config file to reload)")
+        else:
+            log.info("received SIGHUP: reloading the cameras")
+            on_hup()  # only wakes the reload thread: a handler must not block the inference thread
 
-def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
-    """Build, run and drain a pipeline, mapping failures to exit codes."""
+    signal.signal(signal.SIGHUP, hup)
+
+
+def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -> None:  # noqa: ANN001 - Config
+    """Build, run and drain a pipeline, mapping failures to exit codes.
+
+    With `config_path`, SIGHUP (and `watch_config`) reload its cameras, and the control API is served
+    on the metrics port (service/reload.py, service/control.py).
+    """
     from rtsp_worker.config import ConfigError
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
@@ -75,7 +89,18 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
             pipeline.shutdown()
             raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
                        EXIT_RUNTIME) from None
-    install_signal_handlers(pipeline.stop)
+    reloader = None
+    if config_path is not None:
+        from rtsp_worker.service.reload import Reloader
+
+        reloader = Reloader(pipeline, config_path, watch=cfg.watch_config).start()
+        if metrics is not None:
+            from rtsp_worker.service.control import ControlApi
+
+            ControlApi(metrics.http, reloader)
+        elif cfg.control.token is not None:
+            log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
+    install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
@@ -85,6 +110,8 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
         log.exception("pipeline failed")
         raise fail(f"pipeline failed: {type(e).__name__}: {e}", EXIT_RUNTIME) from None
     finally:
+        if reloader is not None:
+            reloader.close()
         if metrics is not None:
             metrics.close()
     log.info("stopped cleanly")

@@ -25,6 +25,24 @@ class Sink(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `close_camera(name)` flushes and closes one camera's outputs (the camera was removed).
+
+
+class _CloseCamera:
+    """Queued behind a removed camera's last results: the sink closes that camera's outputs."""
+
+    def __init__(self, camera: str, pending: int) -> None:
+        self.camera = camera
+        self.left = pending
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def finished(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left <= 0:
+                self.done.set()
+
 
 class EventSink(Sink, Protocol):
     """A sink that also records events (line crossings, zone enter/exit): `write_events` gets those of one
@@ -65,11 +83,31 @@ class SinkRunner:
                 if self.dropped[sink.name] == len(results):
                     log.warning("sink %s is too slow: dropping results (counted)", sink.name)
 
+    def close_camera(self, camera: str) -> threading.Event:
+        """After every result already submitted, each sink closes `camera`'s outputs; the event is set when
+        all have. Called by the only producer (the inference thread), so nothing of that camera follows."""
+        marker = _CloseCamera(camera, len(self.sinks))
+        if not self.sinks:
+            marker.done.set()
+        for q in self._queues:
+            q.put_nowait(marker)  # never dropped: unbounded underneath, like the end marker
+        return marker.done
+
     def _loop(self, sink: Sink, q: queue.Queue) -> None:
         while True:
             item = q.get()
             if item is None:
                 break
+            if isinstance(item, _CloseCamera):
+                try:
+                    close = getattr(sink, "close_camera", None)
+                    if close is not None:
+                        close(item.camera)
+                except Exception as e:  # noqa: BLE001 - one camera's file must not stop the sink
+                    log.error("sink %s: closing camera %s failed: %s", sink.name, item.camera, e)
+                finally:
+                    item.finished()
+                continue
             try:
                 write_events = getattr(sink, "write_events", None)
                 if write_events is not None:

@@ -75,6 +75,13 @@ class JsonlSink:
         for f in touched:
             f.flush()
 
+    def close_camera(self, camera: str) -> None:
+        """The camera was removed: close its files (a camera added again later appends to them)."""
+        for files in (self._files, self._event_files):
+            f = files.pop(camera, None)
+            if f is not None:
+                f.close()
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()

@@ -159,6 +159,12 @@ class VideoSink:
         w.container.mux(w.stream.encode(None))
         w.container.close()
 
+    def close_camera(self, camera: str) -> None:
+        """The camera was removed: finish its MP4 so that it is playable now."""
+        w = self._writers.pop(camera, None)
+        if w is not None:
+            self._finish(w)
+
     def close(self) -> None:
         for camera, w in self._writers.items():
             try:

@@ -218,6 +218,7 @@ class CameraSource(threading.Thread):
         stats: CameraStats,
         stop: threading.Event,
         device: torch.device,
+        first_seq: int = 0,
     ) -> None:
         super().__init__(name=f"camera-{cfg.name}", daemon=True)
         self.index = index
@@ -227,11 +228,16 @@ class CameraSource(threading.Thread):
         self.stats = stats
         self.stop_event = stop
         self.device = device
-        self._seq = 0
+        self._seq = first_seq  # a source that replaces another (new URL) goes on with its frame numbers
         self._conn_frames = 0  # frames decoded on the current connection
         self._rng = random.Random(hash(cfg.name))
         self._is_file = urlsplit(cfg.url).scheme == "file"
         self.safe_url = mask_url(cfg.url)
+
+    @property
+    def next_seq(self) -> int:
+        """The frame number the next decoded frame gets."""
+        return self._seq
 
     def _open(self) -> av.container.InputContainer:
         return open_container(self.cfg.url, self.options)
