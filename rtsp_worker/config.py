@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rtsp_worker.redact import mask_url  # noqa: F401 - re-exported: callers import it from here
+
 
 class ConfigError(ValueError):
     """A config problem, with a message that names the file and the field."""
@@ -294,14 +296,3 @@ def load_config(path: str | Path) -> Config:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
     return parse_config(raw, source=str(path))
-
-
-def mask_url(url: str) -> str:
-    """`rtsp://user:secret@host/x` -> `rtsp://user:***@host/x`: credentials never reach the logs."""
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    return parts._replace(netloc=netloc).geturl()

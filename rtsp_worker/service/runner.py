@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import typer
 
+from rtsp_worker.redact import ScrubFilter, scrub
+
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_RUNTIME = 4
@@ -28,11 +30,13 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubFilter())  # secrets out of every line, from any logger or library
     logging.getLogger("libav").setLevel(logging.CRITICAL)  # FFmpeg's own chatter; our lines say what failed
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {scrub(message)}", err=True)
     return typer.Exit(code)
 
 
