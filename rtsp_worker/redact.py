@@ -45,14 +45,22 @@ def split_userinfo(url: str) -> tuple[str, str, str] | None:
     return head + sep, userinfo, tail
 
 
-def url_host(url: str) -> str:
-    """The host of a URL, read past any credentials (also ones with '#', '/', '?' or '@' in them)."""
+def url_host_port(url: str) -> tuple[str, str]:
+    """(host, port text or "") of a URL, read past any credentials (also ones with '#', '/', '?', '@')."""
     parts = split_userinfo(url)
     rest = parts[2] if parts is not None else url.partition("://")[2]
     hostport = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if hostport.startswith("["):
-        return hostport[1:].partition("]")[0]
-    return hostport.rpartition(":")[0] if hostport.count(":") == 1 else hostport
+        host, _, after = hostport[1:].partition("]")
+        return host, after.removeprefix(":")
+    if hostport.count(":") == 1:
+        host, _, port = hostport.partition(":")
+        return host, port
+    return hostport, ""
+
+
+def url_host(url: str) -> str:
+    return url_host_port(url)[0]
 
 
 def url_secrets(url: str) -> set[str]:
