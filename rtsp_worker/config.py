@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rtsp_worker.redact import mask_url  # noqa: F401 - re-exported: callers import it from here
-from rtsp_worker.redact import url_host_port
+from rtsp_worker.redact import (
+    mask_url,  # noqa: F401 - re-exported: callers import it from here
+    url_host_port,
+)
 
 
 class ConfigError(ValueError):
@@ -339,7 +341,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.constructor.ConstructorError as e:
         if e.problem and e.problem.startswith("duplicate key"):
             raise ConfigError(f"{path}: {e.problem}") from None
