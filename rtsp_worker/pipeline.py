@@ -21,11 +21,12 @@ import torch
 
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.config import Config, ModelConfig
+from rtsp_worker.detection.finite import NonFiniteCounter, drop_nonfinite
 from rtsp_worker.detection.postprocess import class_mask, postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner
-from rtsp_worker.sources.camera import CameraSource, CameraStats, FrameSlot
+from rtsp_worker.sources.camera import CameraSource, CameraState, CameraStats, FrameSlot
 from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
@@ -113,6 +114,7 @@ class Pipeline:
         self.preprocess = Preprocessor(info.input_size, cfg.batcher.max_batch, self.work_device,
                                        self.engine.input_dtype)
         self.tracker = IouTracker(cfg.tracker, len(self.cameras), self.work_device)
+        self.nonfinite = NonFiniteCounter(self.work_device)  # NaN/Inf detections dropped before the tracker
         self._intervals = [c.infer_interval for c in self.cameras]
 
         self.stop_event = threading.Event()
@@ -131,6 +133,7 @@ class Pipeline:
         self.frames_out = 0
         self._started = False
         self._finisher: _Finisher | None = None
+        self.failure = ""  # why run() stopped by itself, when that is an error (exit 4)
 
     # -- one batch ------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> list[FrameResult]:
@@ -170,6 +173,8 @@ class Pipeline:
             if len(rows) != len(frames):  # rows of the inferred subset -> rows of the batch
                 row_map = torch.tensor(rows, device=dets.batch_index.device)
                 dets = Detections(dets.boxes, dets.scores, dets.class_ids, row_map[dets.batch_index])
+            dets, nonfinite = drop_nonfinite(dets)
+            self.nonfinite.add(nonfinite)
         else:
             dets = Detections.empty(dev)
         t3 = time.perf_counter()
@@ -250,6 +255,10 @@ class Pipeline:
         try:
             while not self.stop_event.is_set():
                 if end is not None and time.monotonic() >= end:
+                    break
+                if all(st.state is CameraState.DISABLED for st in self.stats):
+                    self.failure = "every camera is disabled (source.max_failures reached); nothing to do"
+                    log.error("%s: stopping", self.failure)
                     break
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
@@ -343,13 +352,18 @@ class _Finisher:
         self._raise()
 
 
+def _nonfinite_note(p: Pipeline) -> str:
+    n = p.nonfinite.value()
+    return f" nonfinite_dropped={n}" if n else ""
+
+
 class _PeriodicLog:
     """Every `interval` seconds: one line per camera (fps, drops, state) and one aggregate line."""
 
     def __init__(self, pipeline: Pipeline, interval: float) -> None:
         self.p = pipeline
         self.interval = interval
-        self.t = time.monotonic()
+        self.t = self.t0 = time.monotonic()
         self.prev = [(0, 0, 0) for _ in pipeline.stats]
         self.prev_batches = 0
         self.prev_frames = 0
@@ -360,14 +374,20 @@ class _PeriodicLog:
 
     def log_now(self, final: bool = False) -> None:
         now = time.monotonic()
+        if final:
+            # The final line's rates are over the whole run (the window since the last line may be ms).
+            self.t, self.prev = self.t0, [(0, 0, 0) for _ in self.prev]
+            self.prev_batches = self.prev_frames = 0
         dt = max(now - self.t, 1e-6)
         p = self.p
         for i, (cam, st) in enumerate(zip(p.cameras, p.stats)):
             d0, p0, x0 = self.prev[i]
+            # The last error only while it is current: a camera that streams again has none.
+            err = st.last_error if st.state.value != "streaming" else ""
             log.info(
                 "camera=%s state=%s decode_fps=%.1f processed_fps=%.1f dropped=%d reconnects=%d processed=%d%s",
                 cam.name, st.state.value, (st.decoded - d0) / dt, (st.processed - p0) / dt, st.dropped - x0,
-                st.reconnects, st.processed, f" last_error={st.last_error!r}" if st.last_error else "",
+                st.reconnects, st.processed, f" last_error={err!r}" if err else "",
             )
             self.prev[i] = (st.decoded, st.processed, st.dropped)
         batches = p.batches - self.prev_batches
@@ -375,9 +395,9 @@ class _PeriodicLog:
         size, infer_ms, post_ms, track_ms = getattr(p, "_last_report", (0, 0.0, 0.0, 0.0))
         log.info(
             "pipeline%s: fps=%.1f batches=%d mean_batch=%.2f last_batch=%d infer_ms=%.1f post_ms=%.1f "
-            "track_ms=%.1f sink_drops=%d",
+            "track_ms=%.1f sink_drops=%d sink_errors=%d%s",
             " final" if final else "", frames / dt, batches, frames / max(batches, 1), size, infer_ms, post_ms,
-            track_ms, sum(p.sinks.dropped.values()),
+            track_ms, p.sinks.total_drops(), p.sinks.total_errors(), _nonfinite_note(p),
         )
         self.t = now
         self.prev_batches, self.prev_frames = p.batches, p.frames_out

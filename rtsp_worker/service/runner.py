@@ -40,8 +40,15 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def install_signal_handlers(stop: Callable[[], None]) -> None:
-    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once."""
+def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None] | None = None,
+                            on_usr1: Callable[[], None] | None = None) -> None:
+    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once.
+
+    SIGHUP: `on_hup` (e.g. reload the cameras); without one it is ignored with a log line, never the
+    default action (which kills the process: a closed terminal or a careless `kill -HUP` must not).
+    SIGUSR1: `on_usr1`, e.g. reopen output files after external log rotation.
+    Hooks run in the main thread between bytecodes: they must only set flags or hand work over.
+    """
     state = {"count": 0}
 
     def handler(signum: int, _frame: object) -> None:
@@ -51,12 +58,26 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
         log.info("received %s: stopping (send again to exit at once)", signal.Signals(signum).name)
         stop()
 
+    def hup(_signum: int, _frame: object) -> None:
+        if on_hup is None:
+            log.info("received SIGHUP: ignored (nothing to reload; stop with SIGTERM, reopen files with SIGUSR1)")
+        else:
+            log.info("received SIGHUP")
+            on_hup()
+
+    def usr1(_signum: int, _frame: object) -> None:
+        log.info("received SIGUSR1: reopening output files")
+        if on_usr1 is not None:
+            on_usr1()
+
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGUSR1, usr1)
 
 
 def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
-    """Build, run and drain a pipeline, mapping failures to exit codes."""
+    """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped."""
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
 
@@ -76,16 +97,18 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
             pipeline.shutdown()
             raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
                        EXIT_RUNTIME) from None
-    install_signal_handlers(pipeline.stop)
+    install_signal_handlers(pipeline.stop, on_usr1=pipeline.sinks.reopen)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
     try:
-        pipeline.run(duration=duration)  # drains and closes the sinks even when it raises
+        pipeline.run(duration=duration or None)  # drains and closes the sinks even when it raises
     except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
         log.exception("pipeline failed")
         raise fail(f"pipeline failed: {type(e).__name__}: {e}", EXIT_RUNTIME) from None
     finally:
         if metrics is not None:
             metrics.close()
+    if pipeline.failure:
+        raise fail(pipeline.failure, EXIT_RUNTIME)
     log.info("stopped cleanly")

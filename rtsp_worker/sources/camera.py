@@ -246,12 +246,13 @@ class CameraSource(threading.Thread):
 
     def run(self) -> None:
         first = True
+        looped = False
         while not self.stop_event.is_set():
             self.stats.set_state(CameraState.CONNECTING)
             self._conn_frames = 0
-            if not first:
+            if not first and not looped:  # a file:// clip starting over is not a reconnect
                 self.stats.reconnects += 1
-            first = False
+            first = looped = False
             try:
                 self._stream_once()
                 if self.stop_event.is_set():
@@ -262,6 +263,7 @@ class CameraSource(threading.Thread):
                         self.stats.set_state(CameraState.STOPPED)
                         return
                     self.stats.failures = 0
+                    looped = True
                     continue  # loop the clip: reopen at once
                 raise StreamEnded()
             except Exception as e:  # any failure of one camera stays inside its thread
@@ -376,6 +378,7 @@ class CameraSource(threading.Thread):
             if st.set_state(CameraState.STREAMING) == CameraState.STALLED:
                 log.info("camera %s: frames resumed after a stall", self.cfg.name)
             st.failures = 0
+            st.last_error = ""  # recovered: the error is history (the log has it)
         if (img.width, img.height) != (st.width, st.height):
             if st.width:
                 log.warning("camera %s: resolution changed %dx%d -> %dx%d", self.cfg.name, st.width, st.height,
