@@ -94,7 +94,7 @@ class SinkRunner:
                 break
             try:
                 sink.write(item)
-            except Exception as e:  # a failing sink must not take the worker down
+            except Exception as e:  # noqa: BLE001 - a failing sink must not take the worker down
                 self.errors[sink.name] += 1
                 self.failed[sink.name] += len(item)  # a batch that raised is counted as lost
                 self._throttle.error(f"sink {sink.name}: write failed, batch dropped: {e}")
@@ -115,5 +115,5 @@ class SinkRunner:
                 continue  # still inside write(): closing under it would corrupt its output
             try:
                 s.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one sink failing to close must not keep the others open
                 log.error("sink %s: close failed: %s", s.name, e)
