@@ -108,6 +108,8 @@ class _StatsCollector(Collector):
             errors.add_metric([sink.name], runner.error_count(sink.name))
         yield dropped
         yield errors
+        yield CounterMetricFamily(f"{NS}_nonfinite_detections", "Detections with NaN/Inf boxes or scores, dropped "
+                                  "before the tracker.", value=p.nonfinite.value())
         buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",
                                      labels=["sink"])
         for sink in runner.sinks:
