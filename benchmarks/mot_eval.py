@@ -1,6 +1,6 @@
 """Score the IOU tracker on MOTChallenge sequences (public detections) with py-motmetrics.
 
-    python benchmarks/mot_eval.py /work/shared/data/mot15 [--json FILE] [--infer-interval N]
+    python benchmarks/mot_eval.py PATH/TO/MOT15 [--json FILE] [--infer-interval N]
         [--set iou_threshold=0.3 --set max_age=10 ...]
 
 Runs the tracker on every ``<seq>/det/det.txt`` under MOT_DIR with the default TrackerConfig (or

@@ -7,6 +7,14 @@ reconnects. Every `--interval` seconds this samples the process (RSS, threads, o
 reports the samples as a table and JSON with a least-squares RSS slope over the run after warm-up.
 
 `--chaos` kills and restarts the RTSP server every few minutes, so that reconnect paths are soaked too.
+`--redis` adds the Redis Streams sink against a local `redis-server` this script starts, and
+`--redis-restart-at M` stops that server M minutes in and starts it again `--redis-down-s` (30) later (buffering,
+reconnect and backlog paths); the summary then has Redis entries sent, buffered and dropped.
+
+The issue-16 soak (2 hours, 8 cameras, chaos every 15 minutes, a Redis restart in the middle):
+
+    .venv/bin/python benchmarks/soak.py --cameras 8 --minutes 120 --chaos 15 --redis --redis-restart-at 60 \
+        --json benchmarks/results/soak_2h.json
 
     .venv/bin/python benchmarks/soak.py --cameras 4 --minutes 30 --json benchmarks/results/soak.json
     .venv/bin/python benchmarks/soak.py --smoke          # a few seconds, for CI
@@ -15,7 +23,10 @@ reports the samples as a table and JSON with a least-squares RSS slope over the 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +61,42 @@ def slope_per_hour(ts: list[float], values: list[float], min_span_s: float = 300
     mt, mv = statistics.fmean(ts), statistics.fmean(values)
     var = sum((t - mt) ** 2 for t in ts)
     return 3600 * sum((t - mt) * (v - mv) for t, v in zip(ts, values)) / var if var else float("nan")
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free loopback port (persistence off), stoppable and restartable."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 class Sampler:
@@ -99,9 +146,18 @@ class Sampler:
             "latency_max_ms": max(lat) * 1e3 if lat else float("nan"),
             "mean_batch": statistics.fmean(sizes) if sizes else 0.0,
             "reconnects": sum(c["reconnects"] for c in cams),
-            "sink_drops": sum(self.p.sinks.dropped.values()),
+            "sink_drops": self.p.sinks.total_drops(),
+            "sink_errors": self.p.sinks.total_errors(),
             "cameras": cams,
         }
+
+
+def _redis_summary(pipeline: Pipeline, events: list[str]) -> dict[str, Any] | None:
+    sink = next((s for s in pipeline.sinks.sinks if s.name == "redis"), None)
+    if sink is None:
+        return None
+    return {"sent": sink.sent, "buffered_at_end": sink.buffered, "dropped": sink.dropped, "rejected": sink.failed,
+            "events": events}
 
 
 def main() -> int:
@@ -115,6 +171,10 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="auto, cpu, cuda")
     ap.add_argument("--chaos", type=float, default=0.0,
                     help="kill and restart the RTSP server every this many minutes (0: never)")
+    ap.add_argument("--redis", action="store_true", help="also write to Redis Streams (a local redis-server)")
+    ap.add_argument("--redis-restart-at", type=float, default=None,
+                    help="with --redis: stop Redis this many minutes in, start it again --redis-down-s later")
+    ap.add_argument("--redis-down-s", type=float, default=30.0, help="seconds Redis stays down")
     args = ap.parse_args()
     if args.smoke:
         args.cameras, args.minutes, args.interval, args.warmup = 2, 0.15, 2.0, 2.0
@@ -126,6 +186,11 @@ def main() -> int:
     clips = {f"cam{i}": common.synthetic_clip(i, clip_s, size=(w, h), fps=args.fps) for i in range(args.cameras)}
     out_dir = Path(tempfile.mkdtemp(prefix="soak-"))
     samples: list[dict[str, Any]] = []
+    redis_srv = None
+    if args.redis or args.redis_restart_at is not None:
+        redis_srv = RedisProcess(out_dir)
+        redis_srv.start()
+    redis_events: list[str] = []
     with common.rtsp_server(clips) as server:
         cfg = parse_config({
             "cameras": [{"name": n, "url": server.url(n)} for n in clips],
@@ -133,7 +198,8 @@ def main() -> int:
             "device": args.device,
             "batcher": {"max_batch": max(1, args.cameras)},
             # JSONL on (rotated) so the sink path is soaked too.
-            "output": {"dir": str(out_dir), "jsonl_max_bytes": 64 << 20, "jsonl_backups": 1},
+            "output": {"dir": str(out_dir), "jsonl_max_bytes": 64 << 20, "jsonl_backups": 1,
+                       "redis": {"url": redis_srv.url} if redis_srv else None},
             "log_interval": 3600,
         }, source="<soak>")
         pipeline = Pipeline(cfg)
@@ -142,6 +208,10 @@ def main() -> int:
         worker.start()
         end = time.monotonic() + args.minutes * 60
         next_chaos = time.monotonic() + args.chaos * 60 if args.chaos else float("inf")
+        start = time.monotonic()
+        redis_stop_at = start + args.redis_restart_at * 60 if redis_srv and args.redis_restart_at is not None \
+            else float("inf")
+        redis_start_at = float("inf")
         try:
             while time.monotonic() < end and worker.is_alive():
                 time.sleep(max(0.0, min(args.interval, end - time.monotonic())))
@@ -150,6 +220,14 @@ def main() -> int:
                     time.sleep(2)
                     server.restart()
                     next_chaos = time.monotonic() + args.chaos * 60
+                if redis_srv is not None and time.monotonic() >= redis_stop_at:
+                    redis_srv.stop()
+                    redis_events.append(f"redis stopped at {time.monotonic() - start:.0f} s")
+                    redis_stop_at, redis_start_at = float("inf"), time.monotonic() + args.redis_down_s
+                if redis_srv is not None and time.monotonic() >= redis_start_at:
+                    redis_srv.start()
+                    redis_events.append(f"redis started at {time.monotonic() - start:.0f} s")
+                    redis_start_at = float("inf")
                 s = sampler.sample()
                 samples.append(s)
                 print(f"t={s['t_s']:.0f}s rss={s['rss_mib']:.0f}MiB threads={s['threads']} fds={s['fds']} "
@@ -157,6 +235,8 @@ def main() -> int:
         finally:
             pipeline.stop()
             worker.join(60)
+            if redis_srv is not None:
+                redis_srv.stop()
 
     steady = [s for s in samples if s["t_s"] >= args.warmup] or samples
     summary = {
@@ -176,7 +256,9 @@ def main() -> int:
         "latency_p95_ms_max": max((s["latency_p95_ms"] for s in steady), default=None),
         "frames_processed": [st.processed for st in pipeline.stats],
         "reconnects": [st.reconnects for st in pipeline.stats],
-        "sink_drops": dict(pipeline.sinks.dropped),
+        "sink_drops": {s.name: pipeline.sinks.drops(s.name) for s in pipeline.sinks.sinks},
+        "sink_errors": {s.name: pipeline.sinks.error_count(s.name) for s in pipeline.sinks.sinks},
+        "redis": _redis_summary(pipeline, redis_events),
     }
     common.print_table(f"soak: {args.cameras} cameras, {args.minutes:g} min, {model.description}",
                        [{k: v for k, v in s.items() if k != "cameras"} for s in samples], digits=1)

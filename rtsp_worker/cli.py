@@ -28,7 +28,7 @@ log = logging.getLogger("rtsp_worker")
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="cameras.yaml")],
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (0: until stopped).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Override `device:` (auto, cpu, cuda:N).")] = None,
     video: Annotated[bool, typer.Option(help="Also write an annotated MP4 per camera.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
@@ -54,7 +54,8 @@ def run(
 @app.command()
 def probe(
     url: Annotated[str, typer.Argument(help="rtsp://... or file://... URL")],
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for connection and first frame.")] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, max=120.0,
+                                           help="Seconds to wait for connection and first frame (0.1-120).")] = 10.0,
 ) -> None:
     """Connect to a stream and print codec, resolution, fps and time to first frame, or why it fails."""
     from rtsp_worker.sources.probe import probe_stream

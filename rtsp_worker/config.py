@@ -24,6 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from rtsp_worker.redact import (
+    mask_url,  # noqa: F401 - re-exported: callers import it from here
+    url_host_port,
+)
+
 
 class ConfigError(ValueError):
     """A config problem, with a message that names the file and the field."""
@@ -35,6 +40,15 @@ class _Model(BaseModel):
 
 URL_SCHEMES = ("rtsp", "rtsps", "file")
 DecoderKind = Literal["auto", "nvdec", "cpu"]
+
+
+def _check_port(url: str) -> None:
+    """A port in a URL must be 1..65535 (FFmpeg and redis-py would fail later, and less clearly)."""
+    host, port = url_host_port(url)
+    if not host:
+        raise ValueError("URL has no host")
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"port {port!r} is not a number in 1..65535")
 
 
 class SourceOptions(_Model):
@@ -159,6 +173,8 @@ class CameraConfig(_Model):
             raise ValueError(f"unsupported URL scheme {scheme!r} (use one of {', '.join(URL_SCHEMES)})")
         if scheme == "file" and not urlsplit(v).path:
             raise ValueError("file:// URL has no path")
+        if scheme != "file":
+            _check_port(v)
         return v
 
 
@@ -230,6 +246,19 @@ class RedisConfig(_Model):
     stream_prefix: str = Field("rtsp-worker:", description="Stream key = prefix + camera name.")
     maxlen: int = Field(10000, ge=1, description="XADD MAXLEN ~ trimming.")
     buffer: int = Field(10000, ge=1, description="Entries kept while Redis is down; beyond: counted drops.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_redis_url(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme.lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported scheme {scheme!r} (use redis://, rediss:// or unix://)")
+        if scheme != "unix":
+            _check_port(v)
+            db = re.split(r"[?#]", v.partition("://")[2].rpartition("@")[2])[0].partition("/")[2]
+            if db and not db.isdigit():
+                raise ValueError(f"database {db!r} is not a number (redis://host:port/N)")
+        return v
 
 
 class OutputConfig(_Model):
@@ -377,7 +406,10 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
     """Validate an already-loaded YAML document. Relative paths resolve against `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping with 'cameras:' and 'model:'")
-    raw = expand_env(raw)
+    try:
+        raw = expand_env(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     raw = _merge_defaults(raw, source)
     try:
         cfg = Config.model_validate(raw)
@@ -397,6 +429,28 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently:
+    a second `cameras:` block would drop the first camera list)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are allowed to repeat keys; that is their point
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # unhashable key: PyYAML raises its own error for it below
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} at line {line} (first at line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate `cameras.yaml`; relative paths inside resolve against the current directory."""
     path = Path(path)
@@ -407,21 +461,14 @@ def load_config(path: str | Path) -> Config:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
+    except yaml.constructor.ConstructorError as e:
+        if e.problem and e.problem.startswith("duplicate key"):
+            raise ConfigError(f"{path}: {e.problem}") from None
+        raise ConfigError(f"{path}: malformed YAML: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
     return parse_config(raw, source=str(path))
-
-
-def mask_url(url: str) -> str:
-    """`rtsp://user:secret@host/x` -> `rtsp://user:***@host/x`: credentials never reach the logs."""
-    parts = urlsplit(url)
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    return parts._replace(netloc=netloc).geturl()

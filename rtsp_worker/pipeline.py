@@ -23,11 +23,12 @@ from rtsp_worker.analytics.events import Analytics
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig
+from rtsp_worker.detection.finite import NonFiniteCounter, drop_nonfinite
 from rtsp_worker.detection.postprocess import class_mask, postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner
-from rtsp_worker.sources.camera import CameraSource, CameraStats, FrameSlot
+from rtsp_worker.sources.camera import CameraSource, CameraState, CameraStats, FrameSlot
 from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
@@ -117,6 +118,7 @@ class Pipeline:
         self.tracker = IouTracker(cfg.tracker, len(cameras), self.work_device)
         # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
         self.analytics = Analytics.from_config(cfg, info.class_names)
+        self.nonfinite = NonFiniteCounter(self.work_device)  # NaN/Inf detections dropped before the tracker
 
         self.stop_event = threading.Event()
         self.cond = threading.Condition()
@@ -133,6 +135,7 @@ class Pipeline:
         self.frames_out = 0
         self._started = False
         self._finisher: _Finisher | None = None
+        self.failure = ""  # why run() stopped by itself, when that is an error (exit 4)
 
     # -- one batch ------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> list[FrameResult]:
@@ -173,6 +176,8 @@ class Pipeline:
             if len(rows) != len(frames):  # rows of the inferred subset -> rows of the batch
                 row_map = torch.tensor(rows, device=dets.batch_index.device)
                 dets = Detections(dets.boxes, dets.scores, dets.class_ids, row_map[dets.batch_index])
+            dets, nonfinite = drop_nonfinite(dets)
+            self.nonfinite.add(nonfinite)
         else:
             dets = Detections.empty(dev)
         t3 = time.perf_counter()
@@ -305,6 +310,10 @@ class Pipeline:
                     break
                 if self.camset.pending:
                     self._apply_changes()
+                if self.stats and all(st.state is CameraState.DISABLED for st in self.stats):
+                    self.failure = "every camera is disabled (source.max_failures reached); nothing to do"
+                    log.error("%s: stopping", self.failure)
+                    break
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
                     self._dispatch(batch)
@@ -398,13 +407,18 @@ class _Finisher:
         self._raise()
 
 
+def _nonfinite_note(p: Pipeline) -> str:
+    n = p.nonfinite.value()
+    return f" nonfinite_dropped={n}" if n else ""
+
+
 class _PeriodicLog:
     """Every `interval` seconds: one line per camera (fps, drops, state) and one aggregate line."""
 
     def __init__(self, pipeline: Pipeline, interval: float) -> None:
         self.p = pipeline
         self.interval = interval
-        self.t = time.monotonic()
+        self.t = self.t0 = time.monotonic()
         self.prev: dict[str, tuple[CameraStats, int, int, int]] = {}  # by name: cameras come and go
         self.prev_batches = 0
         self.prev_frames = 0
@@ -415,6 +429,10 @@ class _PeriodicLog:
 
     def log_now(self, final: bool = False) -> None:
         now = time.monotonic()
+        if final:
+            # The final line's rates are over the whole run (the window since the last line may be ms).
+            self.t, self.prev = self.t0, {}
+            self.prev_batches = self.prev_frames = 0
         dt = max(now - self.t, 1e-6)
         p = self.p
         view = p.camset.view
@@ -425,10 +443,12 @@ class _PeriodicLog:
                 d0 = p0 = x0 = 0
             live = p.camset.get(cam.name)
             counts = p.analytics.summary(live.row) if p.analytics is not None and live is not None else ""
+            # The last error only while it is current: a camera that streams again has none.
+            err = st.last_error if st.state.value != "streaming" else ""
             log.info(
                 "camera=%s state=%s decode_fps=%.1f processed_fps=%.1f dropped=%d reconnects=%d processed=%d%s%s",
                 cam.name, st.state.value, (st.decoded - d0) / dt, (st.processed - p0) / dt, st.dropped - x0,
-                st.reconnects, st.processed, f" last_error={st.last_error!r}" if st.last_error else "",
+                st.reconnects, st.processed, f" last_error={err!r}" if err else "",
                 f" {counts}" if counts else "",
             )
             self.prev[cam.name] = (st, st.decoded, st.processed, st.dropped)
@@ -437,9 +457,9 @@ class _PeriodicLog:
         size, infer_ms, post_ms, track_ms = getattr(p, "_last_report", (0, 0.0, 0.0, 0.0))
         log.info(
             "pipeline%s: fps=%.1f batches=%d mean_batch=%.2f last_batch=%d infer_ms=%.1f post_ms=%.1f "
-            "track_ms=%.1f sink_drops=%d",
+            "track_ms=%.1f sink_drops=%d sink_errors=%d%s",
             " final" if final else "", frames / dt, batches, frames / max(batches, 1), size, infer_ms, post_ms,
-            track_ms, sum(p.sinks.dropped.values()),
+            track_ms, p.sinks.total_drops(), p.sinks.total_errors(), _nonfinite_note(p),
         )
         self.t = now
         self.prev_batches, self.prev_frames = p.batches, p.frames_out

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def offline_ultralytics():
-    """Import ultralytics so that it never touches the network (see /work/shared/notes/models-lab.md)."""
+    """Import ultralytics so that it never touches the network (see the project notes on ultralytics, models-lab.md)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "rtsp-worker-yolo-config"))

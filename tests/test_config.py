@@ -65,7 +65,19 @@ def test_disabled_camera(tmp_path):
         (lambda t: t + "model2: [\n", ["malformed YAML", "line"]),
         (lambda t: t.replace("rtsp://127", "rtsp://${NOPE_NOT_SET}127"), ["NOPE_NOT_SET", "not set"]),
         (lambda t: "defaults:\n  url: rtsp://x\n" + t, ["defaults.url"]),
-        (lambda t: t + "model:\n  path: a.onnx\n  input_size: [380, 640]\n", ["multiples of 32"]),
+        (lambda t: t.replace("  path: models/some-detector.onnx", "  path: a.onnx\n  input_size: [380, 640]"),
+         ["multiples of 32"]),
+        (lambda t: t.replace("8554/cam0", "99999/cam0"), ["camera 'cam0'", "url", "port '99999'"]),
+        (lambda t: t + "output:\n  redis: {url: 'redis://h:70000/0'}\n", ["output.redis.url", "port '70000'"]),
+        (lambda t: t + "output:\n  redis: {url: 'http://h/0'}\n", ["output.redis.url", "unsupported scheme"]),
+        (lambda t: t + "output:\n  redis: {url: 'redis://h/zero'}\n", ["output.redis.url", "database 'zero'"]),
+        # Duplicate keys at any level, with both lines: PyYAML would keep the last one silently.
+        (lambda t: t + "cameras:\n  - {name: x, url: 'rtsp://h/x'}\n", ["cameras.yaml", "duplicate key 'cameras'",
+                                                                      "line 9 (first at line 2)"]),
+        (lambda t: t.replace("  path: models/some-detector.onnx", "  path: a.onnx\n  path: b.onnx"),
+         ["duplicate key 'path' at line 9 (first at line 8)"]),
+        (lambda t: t.replace("    url: file:///path/to/clip.mp4", "    url: file:///a.mp4\n    url: file:///b.mp4"),
+         ["duplicate key 'url' at line 7"]),
     ],
 )
 def test_bad_config_names_the_culprit(tmp_path, mutate, expected):
@@ -76,6 +88,20 @@ def test_bad_config_names_the_culprit(tmp_path, mutate, expected):
     assert "\n" not in message
     for part in expected:
         assert part in message, message
+
+
+def test_unset_env_names_the_file_and_field(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("rtsp://127", "rtsp://u:${NOPE_NOT_SET}@127"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: cameras[0].url: environment variable NOPE_NOT_SET is not set"
+
+
+def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
+    text = MINIMAL.replace("  - name: cam0\n", "  - &base\n    name: cam0\n").replace(
+        "  - name: lobby\n    url: file:///path/to/clip.mp4", "  - <<: *base\n    name: lobby")
+    cfg = load_config(write(tmp_path, text))
+    assert [c.url for c in cfg.cameras] == ["rtsp://127.0.0.1:8554/cam0"] * 2
 
 
 def test_missing_file(tmp_path):

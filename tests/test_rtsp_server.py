@@ -15,7 +15,7 @@ from rtsp_worker.sim.devserver import RtspServerError, RtspServerProcess
 
 pytestmark = pytest.mark.rtsp
 
-# PyAV as an RTSP client, per /work/shared/notes/rtsp-lab.md: TCP (FFmpeg tries UDP first), small probing
+# PyAV as an RTSP client, per the project notes on RTSP (rtsp-lab.md): TCP (FFmpeg tries UDP first), small probing
 # (open in ~0.2 s instead of ~1 s), and the rtsp demuxer's own `timeout` (microseconds), the only read
 # bound that holds when a server freezes mid-stream (it raises after about twice the value).
 CLIENT_OPTIONS = {

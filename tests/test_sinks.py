@@ -40,8 +40,8 @@ FIXTURES = (redis_server_factory, small_clip, tiny_model)  # pytest finds fixtur
 
 # -- JSONL ------------------------------------------------------------------------------------------------
 def test_jsonl_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
-    sink = JsonlSink(tmp_path, max_bytes=2048, backups=3)
-    for i in range(40):
+    sink = JsonlSink(tmp_path, max_bytes=2048, backups=3, run="r1")
+    for i in range(41):  # 8 lines fill a file: the 41st starts a fresh one
         sink.write([result("cam", i)] + ([result("other", i, n_objects=0)] if i < 20 else []))
     sink.close()
     base = tmp_path / "cam.jsonl"
@@ -53,8 +53,8 @@ def test_jsonl_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
         assert 2048 <= f.stat().st_size < 2048 + 400, (f.name, f.stat().st_size)
     frames = [json.loads(line)["frame"] for f in files for line in f.read_text().splitlines()]
     # The oldest lines went with the backups that fell off the end; what is kept is contiguous and in order.
-    assert frames == list(range(frames[0], 40)) and frames[0] > 0
-    assert sink.lines["cam"] == 40
+    assert frames == list(range(frames[0], 41)) and frames[0] > 0
+    assert sink.lines["cam"] == 41
     # A camera that stays under the limit is never rotated.
     assert not (tmp_path / "other.jsonl.1").exists()
     assert len((tmp_path / "other.jsonl").read_text().splitlines()) == 20
@@ -237,7 +237,8 @@ def test_redis_sink_stream_per_camera_with_trimming(redis_server_factory) -> Non
     entries = r.xrange("t:a")
     _, last = entries[-1]
     assert last["camera"] == "a" and last["frame"] == "299" and float(last["ts"]) == pytest.approx(1e9 + 299 / 15)
-    assert json.loads(last["data"]) == result("a", 299).to_json_dict()
+    assert json.loads(last["data"]) == {"run": sink.run, **result("a", 299).to_json_dict()}
+    assert last["run"] == sink.run
     frames = [int(e[1]["frame"]) for e in entries]
     assert frames == list(range(300 - len(frames), 300)), "entries out of order or missing"
 

@@ -97,16 +97,21 @@ class _StatsCollector(Collector):
         yield failures
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
         dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
-                                      "its own buffer overflowed (buffer).", labels=["sink", "where"])
+                                      "its own buffer overflowed (buffer) or its writes failed (write).",
+                                      labels=["sink", "where"])
         errors = CounterMetricFamily(f"{NS}_sink_errors", "Failed sink writes (batches).", labels=["sink"])
         runner = p.sinks
         for sink in runner.sinks:
             dropped.add_metric([sink.name, "queue"], runner.dropped[sink.name])
             if hasattr(sink, "buffered"):
                 dropped.add_metric([sink.name, "buffer"], getattr(sink, "dropped", 0))
-            errors.add_metric([sink.name], runner.errors[sink.name])
+            # Entries lost to failed writes (disk full, Redis error replies, a write that raised).
+            dropped.add_metric([sink.name, "write"], runner.failed[sink.name] + getattr(sink, "failed", 0))
+            errors.add_metric([sink.name], runner.error_count(sink.name))
         yield dropped
         yield errors
+        yield CounterMetricFamily(f"{NS}_nonfinite_detections", "Detections with NaN/Inf boxes or scores, dropped "
+                                  "before the tracker.", value=p.nonfinite.value())
         buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",
                                      labels=["sink"])
         for sink in runner.sinks:

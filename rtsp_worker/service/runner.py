@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from rtsp_worker.redact import ScrubFilter, scrub
+
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_RUNTIME = 4
@@ -29,16 +31,25 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubFilter())  # secrets out of every line, from any logger or library
     logging.getLogger("libav").setLevel(logging.CRITICAL)  # FFmpeg's own chatter; our lines say what failed
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {scrub(message)}", err=True)
     return typer.Exit(code)
 
 
-def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None] | None = None) -> None:
-    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once. SIGHUP: `on_hup` (reload)."""
+def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None] | None = None,
+                            on_usr1: Callable[[], None] | None = None) -> None:
+    """First SIGINT/SIGTERM: stop, drain and flush. Second: exit at once.
+
+    SIGHUP: `on_hup` (e.g. reload the cameras); without one it is ignored with a log line, never the
+    default action (which kills the process: a closed terminal or a careless `kill -HUP` must not).
+    SIGUSR1: `on_usr1`, e.g. reopen output files after external log rotation.
+    Hooks run in the main thread between bytecodes: they must only set flags or hand work over.
+    """
     state = {"count": 0}
 
     def handler(signum: int, _frame: object) -> None:
@@ -48,21 +59,26 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
         log.info("received %s: stopping (send again to exit at once)", signal.Signals(signum).name)
         stop()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
     def hup(_signum: int, _frame: object) -> None:
         if on_hup is None:
-            log.info("received SIGHUP: ignored (no config file to reload)")
+            log.info("received SIGHUP: ignored (nothing to reload; stop with SIGTERM, reopen files with SIGUSR1)")
         else:
             log.info("received SIGHUP: reloading the cameras")
             on_hup()  # only wakes the reload thread: a handler must not block the inference thread
 
+    def usr1(_signum: int, _frame: object) -> None:
+        log.info("received SIGUSR1: reopening output files")
+        if on_usr1 is not None:
+            on_usr1()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGHUP, hup)
+    signal.signal(signal.SIGUSR1, usr1)
 
 
 def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -> None:  # noqa: ANN001 - Config
-    """Build, run and drain a pipeline, mapping failures to exit codes.
+    """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped.
 
     With `config_path`, SIGHUP (and `watch_config`) reload its cameras, and the control API is served
     on the metrics port (service/reload.py, service/control.py).
@@ -100,12 +116,13 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -
             ControlApi(metrics.http, reloader)
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
-    install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None)
+    install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
+                            on_usr1=pipeline.sinks.reopen)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
     try:
-        pipeline.run(duration=duration)  # drains and closes the sinks even when it raises
+        pipeline.run(duration=duration or None)  # drains and closes the sinks even when it raises
     except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
         log.exception("pipeline failed")
         raise fail(f"pipeline failed: {type(e).__name__}: {e}", EXIT_RUNTIME) from None
@@ -114,4 +131,6 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -
             reloader.close()
         if metrics is not None:
             metrics.close()
+    if pipeline.failure:
+        raise fail(pipeline.failure, EXIT_RUNTIME)
     log.info("stopped cleanly")

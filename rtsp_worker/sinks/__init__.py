@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ class Sink(Protocol):
     def write(self, results: Sequence[FrameResult]) -> None: ...
 
     def close(self) -> None: ...
+
+    # Optional, read with getattr: `failed` (entries the backend refused or a write lost: disk full, Redis
+    # error reply), `errors` (failed write operations the sink handled itself), `dropped` (entries its own
+    # buffer let go), `reopen()` (reopen files after external rotation, SIGUSR1).
 
     # Optional: `close_camera(name)` flushes and closes one camera's outputs (the camera was removed).
 
@@ -58,6 +63,7 @@ class SinkRunner:
         self.sinks = list(sinks)
         self.dropped = {s.name: 0 for s in self.sinks}
         self.errors = {s.name: 0 for s in self.sinks}
+        self.failed = {s.name: 0 for s in self.sinks}  # results of batches whose write raised
         # Batches that carry full frames are big (16 x 1080p = 100 MB): a slow image sink may hold few.
         self.bounds = [image_queue_size if s.wants_images else queue_size for s in self.sinks]
         # Unbounded queues with the bound enforced in `submit` (the only producer): the end marker that
@@ -67,8 +73,31 @@ class SinkRunner:
             threading.Thread(target=self._loop, args=(s, q), name=f"sink-{s.name}", daemon=True)
             for s, q in zip(self.sinks, self._queues)
         ]
+        self._throttle = ErrorThrottle(log)
         for t in self._threads:
             t.start()
+
+    def drops(self, name: str) -> int:
+        """Entries sink `name` lost: its queue was full, its buffer overflowed, or its writes failed."""
+        sink = next(s for s in self.sinks if s.name == name)
+        return self.dropped[name] + self.failed[name] + getattr(sink, "dropped", 0) + getattr(sink, "failed", 0)
+
+    def total_drops(self) -> int:
+        return sum(self.drops(s.name) for s in self.sinks)
+
+    def error_count(self, name: str) -> int:
+        """Failed writes of sink `name`: raised out of `write`, or handled (and counted) inside it."""
+        sink = next(s for s in self.sinks if s.name == name)
+        return self.errors[name] + getattr(sink, "errors", 0)
+
+    def total_errors(self) -> int:
+        return sum(self.error_count(s.name) for s in self.sinks)
+
+    def reopen(self) -> None:
+        """Ask every sink that writes files to reopen them (SIGUSR1; safe from a signal handler)."""
+        for s in self.sinks:
+            if hasattr(s, "reopen"):
+                s.reopen()
 
     @property
     def wants_images(self) -> bool:
@@ -115,13 +144,14 @@ class SinkRunner:
                     if events:
                         write_events(events)
                 sink.write(item)
-            except Exception as e:  # a failing sink must not take the worker down
+            except Exception as e:  # noqa: BLE001 - a failing sink must not take the worker down
                 self.errors[sink.name] += 1
-                if self.errors[sink.name] in (1, 10, 100) or self.errors[sink.name] % 1000 == 0:
-                    log.error("sink %s: write failed (%d so far): %s", sink.name, self.errors[sink.name], e)
+                self.failed[sink.name] += len(item)  # a batch that raised is counted as lost
+                self._throttle.error(f"sink {sink.name}: write failed, batch dropped: {e}")
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain every queue, then close every sink; `timeout` bounds the draining of all sinks together."""
+        self._throttle.flush()
         for q in self._queues:
             q.put_nowait(None)  # after what the queue holds: everything submitted is written first
         deadline = time.monotonic() + timeout
@@ -135,5 +165,5 @@ class SinkRunner:
                 continue  # still inside write(): closing under it would corrupt its output
             try:
                 s.close()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one sink failing to close must not keep the others open
                 log.error("sink %s: close failed: %s", s.name, e)

@@ -1,39 +1,61 @@
-"""One JSON line per processed frame, one file per camera, flushed after every batch.
+"""One JSON line per processed frame, one file per camera, written after every batch.
 
-Events (line crossings, zone enter/exit) go to `<camera>.events.jsonl`, one JSON line each.
+Lines go out whole through `LineFile` (a full disk never leaves half a record; lost lines are counted in
+`failed` and reported as drops), every record carries the worker's `run` id (a restart on the same folder
+appends, and `frame` starts at 0 again for the new run), and a file moved or removed by external log
+rotation is reopened (inode check every second, or at once on SIGUSR1 through `reopen`).
+
+Events (line crossings, zone enter/exit) go to `<camera>.events.jsonl`, one JSON line each, the same way.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
+from rtsp_worker.sinks.lines import LineFile, ensure_output_dir, record_json
+from rtsp_worker.sinks.run import run_id
+from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.types import Event, FrameResult
+
+log = logging.getLogger(__name__)
 
 
 class JsonlSink:
+    """`<directory>/<camera>.jsonl`, optionally rotated by size into `.1` ... `.<backups>`."""
+
     name = "jsonl"
     wants_images = False
 
-    def __init__(self, directory: Path, max_bytes: int | None = None, backups: int = 5) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: Path, max_bytes: int | None = None, backups: int = 5, run: str | None = None,
+                 check_interval_s: float = 1.0) -> None:
+        self.directory = ensure_output_dir(directory)
         self.max_bytes = max_bytes
         self.backups = backups
-        self._files: dict[str, IO[str]] = {}
-        self._event_files: dict[str, IO[str]] = {}
+        self.run = run or run_id()
+        self.check_interval_s = check_interval_s
+        self._files: dict[str, LineFile] = {}
+        self._event_files: dict[str, LineFile] = {}
         self.lines: dict[str, int] = {}
+        self.failed = 0  # records lost to failed writes (disk full, I/O error): counted as drops
+        self.errors = 0  # failed writes (one per camera and batch)
+        self.nonfinite = 0  # objects left out for carrying NaN/Infinity
+        self._throttle = ErrorThrottle(log)
 
     def path(self, camera: str) -> Path:
         return self.directory / f"{camera}.jsonl"
 
-    def _file(self, camera: str) -> IO[str]:
+    def _file(self, camera: str) -> LineFile:
         f = self._files.get(camera)
         if f is None:
-            f = self._files[camera] = open(self.path(camera), "a", encoding="utf-8")  # noqa: SIM115
+            f = self._files[camera] = LineFile(self.path(camera), self.check_interval_s)
         return f
+
+    def reopen(self) -> None:
+        """Reopen every file before its next write (SIGUSR1 after external log rotation)."""
+        for f in [*self._files.values(), *self._event_files.values()]:
+            f.request_reopen()
 
     def _rotate(self, camera: str) -> None:
         self._files.pop(camera).close()
@@ -48,32 +70,44 @@ class JsonlSink:
         base.replace(base.with_name(f"{base.name}.1"))
 
     def write(self, results: Sequence[FrameResult]) -> None:
-        touched = set()
+        per_camera: dict[str, list[str]] = {}
         for r in results:
-            f = self._file(r.camera)
-            f.write(json.dumps(r.to_json_dict(), separators=(",", ":")) + "\n")
-            self.lines[r.camera] = self.lines.get(r.camera, 0) + 1
-            touched.add(r.camera)
-        for cam in touched:
-            f = self._files[cam]
-            f.flush()  # a SIGTERM/SIGINT after this loses nothing already produced
-            if self.max_bytes is not None and f.tell() >= self.max_bytes:
+            line, dropped = record_json({"run": self.run, **r.to_json_dict()})
+            self.nonfinite += dropped
+            per_camera.setdefault(r.camera, []).append(line)
+        for cam, lines in per_camera.items():
+            f = self._file(cam)
+            try:
+                f.write(("\n".join(lines) + "\n").encode(), len(lines))
+            except OSError as e:
+                # One camera's file failing (disk full) costs its lines, never the other cameras' or sinks'.
+                self.failed += len(lines)
+                self.errors += 1
+                self._throttle.error(f"jsonl {f.path}: write failed, records dropped: {e.strerror or e}")
+                continue
+            self.lines[cam] = self.lines.get(cam, 0) + len(lines)
+            if self.max_bytes is not None and f.size() >= self.max_bytes:
                 self._rotate(cam)
 
     def events_path(self, camera: str) -> Path:
         return self.directory / f"{camera}.events.jsonl"
 
     def write_events(self, events: Sequence[Event]) -> None:
-        """Append each event to its camera's events file (not rotated: a few lines per crossing)."""
-        touched = set()
+        """Append each event to its camera's events file (whole lines, not rotated: a few per crossing)."""
+        per_camera: dict[str, list[str]] = {}
         for e in events:
-            f = self._event_files.get(e.camera)
+            line, _ = record_json({"run": self.run, **e.to_json_dict()})
+            per_camera.setdefault(e.camera, []).append(line)
+        for cam, lines in per_camera.items():
+            f = self._event_files.get(cam)
             if f is None:
-                f = self._event_files[e.camera] = open(self.events_path(e.camera), "a", encoding="utf-8")  # noqa: SIM115
-            f.write(json.dumps(e.to_json_dict(), separators=(",", ":")) + "\n")
-            touched.add(f)
-        for f in touched:
-            f.flush()
+                f = self._event_files[cam] = LineFile(self.events_path(cam), self.check_interval_s)
+            try:
+                f.write(("\n".join(lines) + "\n").encode(), len(lines))
+            except OSError as e:
+                self.failed += len(lines)
+                self.errors += 1
+                self._throttle.error(f"jsonl {f.path}: write failed, events dropped: {e.strerror or e}")
 
     def close_camera(self, camera: str) -> None:
         """The camera was removed: close its files (a camera added again later appends to them)."""
@@ -83,6 +117,9 @@ class JsonlSink:
                 f.close()
 
     def close(self) -> None:
+        self._throttle.flush()
+        if self.failed:
+            log.error("jsonl: %d records could not be written (%d failed writes)", self.failed, self.errors)
         for f in self._files.values():
             f.close()
         self._files.clear()

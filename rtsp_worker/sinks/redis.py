@@ -15,7 +15,6 @@ Events (line crossings, zone enter/exit) go to their own stream per camera, `str
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -23,7 +22,11 @@ from collections.abc import Sequence
 
 import redis
 
-from rtsp_worker.config import RedisConfig, mask_url
+from rtsp_worker.config import RedisConfig
+from rtsp_worker.redact import mask_url, register_url
+from rtsp_worker.sinks.lines import record_json
+from rtsp_worker.sinks.run import run_id
+from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -37,9 +40,12 @@ class RedisSink:
     name = "redis"
     wants_images = False
 
-    def __init__(self, cfg: RedisConfig, retry_initial_s: float = 0.5, retry_max_s: float = 5.0) -> None:
+    def __init__(self, cfg: RedisConfig, retry_initial_s: float = 0.5, retry_max_s: float = 5.0,
+                 run: str | None = None, error_interval_s: float = 30.0) -> None:
         self.cfg = cfg
+        register_url(cfg.url)  # redis-py's errors may quote the URL (and its password)
         self.safe_url = mask_url(cfg.url)
+        self.run = run or run_id()
         self._client = redis.Redis.from_url(cfg.url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._buffer: deque[tuple[str, dict[str, str]]] = deque()
         self._retry_initial = retry_initial_s
@@ -49,7 +55,11 @@ class RedisSink:
         self._down_since: float | None = None
         self.sent = 0  # entries Redis acknowledged
         self.dropped = 0  # entries dropped because the buffer was full
-        self.failed = 0  # entries Redis rejected with an error reply
+        self.failed = 0  # entries Redis rejected with an error reply: counted as drops
+        self.errors = 0  # rejected pipelined sends (one per chunk)
+        self.nonfinite = 0  # objects left out for carrying NaN/Infinity
+        # A Redis that rejects every write (wrong key type, bad DB index) would log one line per batch.
+        self._throttle = ErrorThrottle(log, error_interval_s)
 
     @property
     def buffered(self) -> int:
@@ -64,9 +74,10 @@ class RedisSink:
 
     def write(self, results: Sequence[FrameResult]) -> None:
         for r in results:
-            record = r.to_json_dict()
-            fields = {"camera": r.camera, "frame": str(r.frame), "ts": f"{r.ts:.6f}",
-                      "data": json.dumps(record, separators=(",", ":"))}
+            data, dropped = record_json({"run": self.run, **r.to_json_dict()})
+            self.nonfinite += dropped
+            fields = {"camera": r.camera, "run": self.run, "frame": str(r.frame), "ts": f"{r.ts:.6f}",
+                      "data": data}
             self._buffer.append((self.key(r.camera), fields))
         overflow = len(self._buffer) - self.cfg.buffer
         if overflow > 0:
@@ -87,7 +98,7 @@ class RedisSink:
         for e in events:
             fields = {"camera": e.camera, "frame": str(e.frame), "ts": f"{e.ts:.6f}", "kind": e.kind,
                       "name": e.name, "direction": e.direction,
-                      "data": json.dumps(e.to_json_dict(), separators=(",", ":"))}
+                      "run": self.run, "data": record_json({"run": self.run, **e.to_json_dict()})[0]}
             self._buffer.append((self.events_key(e.camera), fields))
 
     def flush(self, force: bool = False) -> bool:
@@ -103,16 +114,27 @@ class RedisSink:
                 pipe = self._client.pipeline(transaction=False)
                 for key, fields in chunk:
                     pipe.xadd(key, fields, maxlen=self.cfg.maxlen, approximate=True)
-                pipe.execute()
+                # Error replies are collected per entry, not raised for the first: one bad stream key (a
+                # key of another type) must not cost the entries of the other cameras.
+                replies = pipe.execute(raise_on_error=False)
                 for _ in chunk:
                     self._buffer.popleft()
-                self.sent += len(chunk)
+                rejected = [(k, r) for (k, _), r in zip(chunk, replies) if isinstance(r, redis.ResponseError)]
+                self.sent += len(chunk) - len(rejected)
+                if rejected:
+                    # Redis refused them (wrong key type, out-of-range DB, OOM): retrying cannot help.
+                    self.failed += len(rejected)
+                    self.errors += 1
+                    for key in sorted({k for k, _ in rejected}):
+                        reason = next(str(r) for k, r in rejected if k == key)
+                        self._throttle.error(f"redis {self.safe_url}: entries for {key} rejected, dropped: {reason}")
         except redis.ResponseError as e:
-            # Redis refused the entries (e.g. the key holds another type): retrying cannot help.
+            # The connection itself was refused a command (AUTH, SELECT of a DB index that does not exist).
             for _ in chunk:
                 self._buffer.popleft()
             self.failed += len(chunk)
-            log.error("redis %s: %d entries rejected: %s", self.safe_url, len(chunk), e)
+            self.errors += 1
+            self._throttle.error(f"redis {self.safe_url}: entries rejected, dropped: {e}")
             return False
         except (redis.ConnectionError, redis.TimeoutError) as e:
             if self._down_since is None:
@@ -130,6 +152,9 @@ class RedisSink:
         return True
 
     def close(self) -> None:
+        self._throttle.flush()
+        if self.failed:
+            log.error("redis %s: %d entries were rejected by the server and dropped", self.safe_url, self.failed)
         if self._buffer and not self.flush(force=True):
             log.error("redis %s: %d buffered entries could not be sent before exit", self.safe_url,
                       len(self._buffer))

@@ -3,6 +3,12 @@
 The sink asks for pixels (`wants_images`), so the pipeline attaches each frame as (H, W, 3) uint8 RGB on the
 CPU. Frames are timed from their decode timestamps (variable rate, like the camera delivered them) unless a
 fixed `fps` is given. A resolution change closes the file and starts `<camera>.<n>.mp4`.
+
+An existing file is never overwritten: a restart on the same folder starts the next free number
+(`<camera>.1.mp4`, `<camera>.2.mp4`, ...). Files are fragmented MP4 (a fragment per key frame, one key
+frame every `gop` frames, each fragment written out at once), so a SIGKILL, an OOM kill or a second
+signal keeps everything up to the last complete fragment: about `gop` frames plus the encoder's delay
+are lost, not the whole file (a plain MP4 is unreadable without the index written at close).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 import supervision as sv
 
 from rtsp_worker.config import CameraConfig
+from rtsp_worker.sinks.lines import ensure_output_dir
 from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,8 @@ _MS = Fraction(1, 1000)
 # supervision draws with OpenCV, which takes colours as BGR, on these RGB frames: swap to get the colour named.
 _LINE = sv.Color(r=0, g=0, b=230)  # red
 _ZONE = sv.Color(r=0, g=210, b=255)  # yellow
+# Fragmented MP4 written through at every fragment: readable after a hard stop.
+_FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
 @dataclass
@@ -48,11 +57,12 @@ class VideoSink:
     wants_images = True
 
     def __init__(self, directory: Path, fps: float = 0, crf: int = 23, preset: str = "veryfast",
-                 cameras: Sequence[CameraConfig] = ()) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+                 gop: int = 30, cameras: Sequence[CameraConfig] = ()) -> None:
+        self.directory = ensure_output_dir(directory)
         self.fps = fps
-        self.options = {"crf": str(crf), "preset": preset}
+        self.gop = gop
+        # No B-frames: fragmented MP4 has no edit list to hide their reorder delay (timestamps would shift).
+        self.options = {"crf": str(crf), "preset": preset, "bf": "0"}
         self._writers: dict[str, _Writer] = {}
         self._segments: dict[str, int] = {}
         self.paths: list[Path] = []  # every file written, in order
@@ -93,14 +103,18 @@ class VideoSink:
 
     def _open(self, camera: str, width: int, height: int, ts: float) -> _Writer:
         n = self._segments.get(camera, 0)
-        self._segments[camera] = n + 1
         path = self.directory / (f"{camera}.mp4" if n == 0 else f"{camera}.{n}.mp4")
-        container = av.open(str(path), mode="w")
+        while path.exists():  # an earlier run's video: keep it, take the next number
+            n += 1
+            path = self.directory / f"{camera}.{n}.mp4"
+        self._segments[camera] = n + 1
+        container = av.open(str(path), mode="w", options=_FRAGMENTED)
         stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1000) if self.fps
                                       else 30, options=self.options)
         # yuv420p needs even sizes; the encoder's reformat scales odd ones by a pixel.
         stream.width, stream.height = width - width % 2, height - height % 2
         stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = self.gop  # a key frame starts each fragment: bounds what a kill loses
         if not self.fps:
             stream.codec_context.time_base = _MS
             stream.time_base = _MS

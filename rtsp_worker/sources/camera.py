@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlsplit
 import av
 import torch
 
-from rtsp_worker.config import CameraConfig, SourceOptions, mask_url
+from rtsp_worker.config import CameraConfig, SourceOptions
+from rtsp_worker.redact import mask_url, register_url, scrub, url_host
 from rtsp_worker.sources.decoders import DecodedImage, UnsupportedCodec, VideoDecoder, make_decoder
 from rtsp_worker.types import Frame
 
@@ -165,13 +166,13 @@ def _fatal(exc: BaseException) -> bool:
 
 def _check_host(url: str) -> None:
     """Raise HostUnresolved when the URL's host does not resolve. Only called after a failed open."""
-    parts = urlsplit(url)
-    if not parts.hostname:
+    host = url_host(url)  # not urlsplit: a password with '#' or '/' would be read as the host
+    if not host:
         return
     try:
-        socket.getaddrinfo(parts.hostname, parts.port or 554, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(host, 554, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise HostUnresolved(f"{parts.hostname}: {e.strerror}") from None
+        raise HostUnresolved(f"{host}: {e.strerror}") from None
 
 
 def open_container(url: str, options: SourceOptions) -> av.container.InputContainer:
@@ -232,6 +233,7 @@ class CameraSource(threading.Thread):
         self._conn_frames = 0  # frames decoded on the current connection
         self._rng = random.Random(hash(cfg.name))
         self._is_file = urlsplit(cfg.url).scheme == "file"
+        register_url(cfg.url)  # FFmpeg's error texts quote the URL: its secret is scrubbed from them
         self.safe_url = mask_url(cfg.url)
 
     @property
@@ -250,12 +252,13 @@ class CameraSource(threading.Thread):
 
     def run(self) -> None:
         first = True
+        looped = False
         while not self.stop_event.is_set():
             self.stats.set_state(CameraState.CONNECTING)
             self._conn_frames = 0
-            if not first:
+            if not first and not looped:  # a file:// clip starting over is not a reconnect
                 self.stats.reconnects += 1
-            first = False
+            first = looped = False
             try:
                 self._stream_once()
                 if self.stop_event.is_set():
@@ -266,6 +269,7 @@ class CameraSource(threading.Thread):
                         self.stats.set_state(CameraState.STOPPED)
                         return
                     self.stats.failures = 0
+                    looped = True
                     continue  # loop the clip: reopen at once
                 raise StreamEnded()
             except Exception as e:  # any failure of one camera stays inside its thread
@@ -280,6 +284,7 @@ class CameraSource(threading.Thread):
                     if not isinstance(e, Stalled):
                         silent = time.monotonic() - self.stats.last_frame_mono
                         reason = f"stalled: no frame for {silent:.1f} s (read timed out)"
+                reason = scrub(reason)
                 self.stats.last_error = reason
                 limit = self.options.max_failures
                 if limit is not None and self.stats.failures >= limit:
@@ -379,6 +384,7 @@ class CameraSource(threading.Thread):
             if st.set_state(CameraState.STREAMING) == CameraState.STALLED:
                 log.info("camera %s: frames resumed after a stall", self.cfg.name)
             st.failures = 0
+            st.last_error = ""  # recovered: the error is history (the log has it)
         if (img.width, img.height) != (st.width, st.height):
             if st.width:
                 log.warning("camera %s: resolution changed %dx%d -> %dx%d", self.cfg.name, st.width, st.height,

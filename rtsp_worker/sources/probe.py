@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from rtsp_worker.config import CameraConfig, SourceOptions, mask_url
+from rtsp_worker.config import CameraConfig, SourceOptions
+from rtsp_worker.redact import mask_url, register_url, scrub
 from rtsp_worker.sources.camera import describe_error, open_container
 from rtsp_worker.sources.decoders import CpuDecoder
 
@@ -23,6 +24,10 @@ class ProbeResult:
     first_frame_s: float = 0.0
     error: str = ""
 
+    def __post_init__(self) -> None:
+        # Every way out of a probe (error texts from FFmpeg, pydantic, the decoder) quotes the URL.
+        object.__setattr__(self, "error", scrub(self.error))
+
     def describe(self) -> str:
         return (f"{self.url}: codec={self.codec} resolution={self.width}x{self.height} fps={self.fps:.2f} "
                 f"open={self.open_s * 1e3:.0f}ms first_frame={self.first_frame_s * 1e3:.0f}ms")
@@ -32,6 +37,7 @@ def probe_stream(url: str, timeout: float = 10.0) -> ProbeResult:
     """Open `url` the way a camera thread does, decode one frame, and report."""
     import av
 
+    register_url(url)
     safe = mask_url(url)
     try:
         cam = CameraConfig(name="probe", url=url)
