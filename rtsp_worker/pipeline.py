@@ -131,6 +131,7 @@ class Pipeline:
         self.frames_out = 0
         self._started = False
         self._finisher: _Finisher | None = None
+        self.loop_ts: float | None = None  # time.monotonic() of the loop's last round (service/health.py)
 
     # -- one batch ------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> list[FrameResult]:
@@ -254,7 +255,7 @@ class Pipeline:
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
                     self._dispatch(batch)
-                now = time.monotonic()
+                now = self.loop_ts = time.monotonic()
                 for source in self.sources:  # stall watchdog: a few comparisons per camera
                     source.check_stall(now)
                 reporter.maybe_log()

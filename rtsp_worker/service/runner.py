@@ -21,10 +21,11 @@ EXIT_RUNTIME = 4
 log = logging.getLogger("rtsp_worker")
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", worker: str | int | None = None) -> None:
+    tag = f" worker={worker}" if worker is not None else ""  # several workers share one stderr (supervisor)
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
@@ -56,18 +57,23 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
 
+    http, health = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     try:
         pipeline = Pipeline(cfg)
     except ModelError as e:
+        _close(http)
         raise fail(str(e), EXIT_MODEL) from None
     except (RuntimeError, ValueError) as e:
+        _close(http)
         raise fail(str(e), EXIT_RUNTIME) from None
+    if health is not None:
+        health.attach(pipeline)
     metrics = None
     if cfg.metrics.port is not None:
         from rtsp_worker.service.metrics import serve_metrics
 
         try:
-            metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port)
+            metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port, http=http)
         except OSError as e:
             pipeline.shutdown()
             raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
@@ -85,3 +91,24 @@ def run_pipeline(cfg, duration: float | None) -> None:  # noqa: ANN001 - Config
         if metrics is not None:
             metrics.close()
     log.info("stopped cleanly")
+
+
+def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
+    """The worker's one HTTP server with /healthz and /readyz, started early; /metrics joins it later."""
+    if cfg.metrics.port is None:
+        return None, None
+    from rtsp_worker.service.health import Health
+    from rtsp_worker.service.server import HttpServer
+
+    health = Health(cfg.metrics.health_max_silence_s)
+    try:
+        http = health.register(HttpServer(cfg.metrics.host, cfg.metrics.port)).start()
+    except OSError as e:
+        raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
+                   EXIT_RUNTIME) from None
+    return http, health
+
+
+def _close(http) -> None:  # HttpServer | None
+    if http is not None:
+        http.close()
