@@ -55,9 +55,9 @@ class CameraConfig(_Model):
     realtime: bool = Field(True, description="file:// sources: play at the clip's native rate.")
     loop: bool = Field(True, description="file:// sources: start again at the end.")
     resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="(width, height) the camera sends; with `fps`, weighs it when cameras are sharded."
+        None, description="(width, height) the camera sends; with `frame_rate`, weighs it when cameras are sharded."
     )
-    fps: float | None = Field(None, gt=0, le=1000, description="Frame rate the camera sends (shard balancing).")
+    frame_rate: float | None = Field(None, gt=0, le=1000, description="Frame rate the camera sends (shard balancing).")
 
     @field_validator("url")
     @classmethod

@@ -116,8 +116,8 @@ def _cfg(cameras: list[dict]):
 
 
 def test_costs_from_config_and_shard_config():
-    cfg = _cfg([{"name": "hd", "url": "rtsp://h/a", "resolution": [1920, 1080], "fps": 30},
-                {"name": "small", "url": "rtsp://h/b", "resolution": [320, 240], "fps": 15},
+    cfg = _cfg([{"name": "hd", "url": "rtsp://h/a", "resolution": [1920, 1080], "frame_rate": 30},
+                {"name": "small", "url": "rtsp://h/b", "resolution": [320, 240], "frame_rate": 15},
                 {"name": "unknown", "url": "rtsp://h/c"},
                 {"name": "off", "url": "rtsp://h/d", "enabled": False}])
     costs = camera_costs(cfg.enabled_cameras)

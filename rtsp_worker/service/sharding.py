@@ -108,9 +108,9 @@ def assign(names: Sequence[str], count: int, costs: Mapping[str, float] | None =
 
 
 def camera_costs(cameras: Sequence[CameraConfig]) -> dict[str, float]:
-    """pixels x fps where the config gives `resolution` and `fps`; the others weigh the known mean (or 1)."""
-    known = {c.name: c.resolution[0] * c.resolution[1] * c.fps for c in cameras
-             if c.resolution is not None and c.fps is not None}
+    """pixels x fps where the config gives `resolution` and `frame_rate`; the others weigh the known mean (or 1)."""
+    known = {c.name: c.resolution[0] * c.resolution[1] * c.frame_rate for c in cameras
+             if c.resolution is not None and c.frame_rate is not None}
     fill = sum(known.values()) / len(known) if known else 1.0
     return {c.name: known.get(c.name, fill) for c in cameras}
 
