@@ -97,7 +97,7 @@ def test_healthz_fails_when_the_loop_makes_no_progress():
     loop = _Loop()
     health.attach(loop)  # type: ignore[arg-type]
     http = health.register(HttpServer())
-    req = lambda: json.loads(http.dispatch(_request("/healthz")).body)  # noqa: E731
+    req = lambda: json.loads(http.dispatch(_request("/healthz")).body)
     assert req()["status"] == "starting"
     loop.loop_ts = 95.0
     assert http.dispatch(_request("/healthz")).status == 200
