@@ -4,6 +4,7 @@ the other keeps going, SIGTERM to the supervisor flushes both, one box-wide /met
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -119,7 +120,7 @@ def test_two_workers_split_restart_and_flush(tmp_path, rtsp_server_factory, smal
                 assert sup.poll() is None, err.read_text()[-3000:]
                 time.sleep(2.0)
                 other.append(sum(_lines(out, c) for c in mine[0]))
-            steps = [b - a for a, b in zip(other, other[1:])]
+            steps = [b - a for a, b in itertools.pairwise(other)]
             assert steps and min(steps) > 0, f"worker 0 stalled during worker 1's restart: {steps}"
             log = err.read_text()
             assert re.search(rf"worker 1 \(pid {pid}, shard 1/2\) exited with signal SIGKILL after [\d.]+ s; "
