@@ -11,12 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client  # the test extra: a missing client fails the run, never skips it
 
 from rtsp_worker.config import parse_config
 from rtsp_worker.service.sharding import SHARDS_ENV, Shard, parse_shard, shard_config
-
-k8s = pytest.importorskip("kubernetes", reason="pip install kubernetes (test extra)")
-from kubernetes import client  # noqa: E402
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 render = runpy.run_path(str(DEPLOY / "render.py"))["render"]
@@ -144,7 +142,7 @@ def test_compose_and_dockerfile():
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert "9100:9100" in worker["ports"] and "/healthz" in " ".join(worker["healthcheck"]["test"])
     docker = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", docker, re.M)
+    assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", docker, re.MULTILINE)
     runs = " ".join(line for line in docker.splitlines() if line.startswith("RUN"))
     # The engine is built when a container starts on its GPU, never while building the image.
     assert "build-engine" not in runs and ".engine" not in docker.replace("engines", "")
