@@ -44,13 +44,14 @@ class _NullDecoder:
 
     name = "null"
 
-    def __init__(self, stream) -> None:  # noqa: ANN001 - av VideoStream
+    def __init__(self, stream, size: tuple[int, int]) -> None:  # noqa: ANN001 - av VideoStream
         from rtsp_worker.sources.base import DecodedImage
 
         ctx = stream.codec_context
+        # The RTSP SDP does not always carry the size before the first decode: the clip's size is known.
+        w, h = (ctx.width, ctx.height) if ctx.width and ctx.height else size
         self.device = torch.device("cpu")
-        self._img = DecodedImage(torch.zeros((ctx.height, ctx.width, 3), dtype=torch.uint8), "rgb24",
-                                 ctx.height, ctx.width, None)
+        self._img = DecodedImage(torch.zeros((h, w, 3), dtype=torch.uint8), "rgb24", h, w, None)
 
     def decode(self, packet) -> list:  # noqa: ANN001
         return [self._img] if packet.size else []
@@ -107,7 +108,8 @@ def child(spec: dict) -> None:
     cfg = shard_config(cfg, Shard(spec["index"], spec["count"]))
     engine = None
     if spec["mode"] == "ceiling":
-        camera_mod.make_decoder = lambda _kind, stream, _dev, _cam: _NullDecoder(stream)
+        size = tuple(spec["size"])
+        camera_mod.make_decoder = lambda _kind, stream, _dev, _cam: _NullDecoder(stream, size)
         engine = _NullEngine(cfg.batcher.max_batch)
     pipe = Pipeline(cfg, engine=engine)
     if spec["mode"] == "ceiling":
@@ -144,14 +146,15 @@ def _cpu() -> float:
 
 
 def point(mode: str, urls: dict[str, str], processes: int, seconds: float, warmup: float, out: Path,
-          server_pid: int | None) -> dict:
+          server_pid: int | None, size: tuple[int, int]) -> dict:
     cams = [{"name": n, "url": u} for n, u in urls.items()]
     raw = {"cameras": cams, "model": {"path": str(common.TRAINED_MODEL), "threads": 1}, "device": "cpu",
            "output": {"dir": str(out)}, "log_interval": 3600, "batcher": {"max_batch": 64 if mode == "ceiling"
                                                                           else 16}}
     procs = []
     for k in range(processes):
-        spec = {"mode": mode, "config": raw, "index": k, "count": processes, "seconds": seconds, "warmup": warmup}
+        spec = {"mode": mode, "config": raw, "index": k, "count": processes, "seconds": seconds, "warmup": warmup,
+                "size": size}
         p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         procs.append(p)
@@ -190,10 +193,10 @@ def main() -> None:
     cameras = args.cameras or ([4] if args.smoke else [64] if ceiling else [8, 16])
     processes = args.processes or ([1, 2] if args.smoke or not ceiling else [1, 2, 4])
     seconds = 3.0 if args.smoke else args.seconds
+    size, fps = ((320, 240), 30) if args.smoke else ((1920, 1080), 30)
     if ceiling:
         from rtsp_worker.sim.clips import write_test_clip
 
-        size, fps = ((320, 240), 30) if args.smoke else ((1920, 1080), 30)
         clip = common.CACHE / "clips" / f"pattern_{size[0]}x{size[1]}_{fps}fps.mp4"
         if not clip.exists():
             clip.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +210,8 @@ def main() -> None:
         for n in cameras:
             urls = {f"cam{i:02d}": server.url(f"cam{i:02d}") for i in range(n)}
             for p in processes:
-                rows.append(point(args.mode, urls, p, seconds, args.warmup, Path(tmp) / f"{n}_{p}", server.pid))
+                rows.append(point(args.mode, urls, p, seconds, args.warmup, Path(tmp) / f"{n}_{p}", server.pid,
+                                  size))
                 print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         base = next(b for b in rows if b["cameras"] == r["cameras"] and b["processes"] == processes[0])
