@@ -44,7 +44,7 @@ class _NullDecoder:
 
     name = "null"
 
-    def __init__(self, stream, size: tuple[int, int]) -> None:  # noqa: ANN001 - av VideoStream
+    def __init__(self, stream, size: tuple[int, int]) -> None:
         from rtsp_worker.sources.base import DecodedImage
 
         ctx = stream.codec_context
@@ -53,7 +53,7 @@ class _NullDecoder:
         self.device = torch.device("cpu")
         self._img = DecodedImage(torch.zeros((h, w, 3), dtype=torch.uint8), "rgb24", h, w, None)
 
-    def decode(self, packet) -> list:  # noqa: ANN001
+    def decode(self, packet) -> list:
         return [self._img] if packet.size else []
 
     def flush(self) -> list:
@@ -84,10 +84,10 @@ class _NullEngine:
 class _HostPreprocess:
     """The letterbox bookkeeping of `Preprocessor` without the pixel work (done on the GPU there)."""
 
-    def __init__(self, real) -> None:  # noqa: ANN001 - Preprocessor
+    def __init__(self, real) -> None:
         self.real = real
 
-    def __call__(self, frames):  # noqa: ANN001, ANN204
+    def __call__(self, frames):
         from rtsp_worker.detection.preprocess import Letterbox, letterbox_geometry
 
         geo = [letterbox_geometry(f.height, f.width, self.real.input_size) for f in frames]
@@ -146,9 +146,9 @@ def _cpu() -> float:
 
 
 def point(mode: str, urls: dict[str, str], processes: int, seconds: float, warmup: float, out: Path,
-          server_pid: int | None, size: tuple[int, int]) -> dict:
+          server_pid: int | None, size: tuple[int, int], device: str = "cpu") -> dict:
     cams = [{"name": n, "url": u} for n, u in urls.items()]
-    raw = {"cameras": cams, "model": {"path": str(common.TRAINED_MODEL), "threads": 1}, "device": "cpu",
+    raw = {"cameras": cams, "model": {"path": str(common.TRAINED_MODEL), "threads": 1}, "device": device,
            "output": {"dir": str(out)}, "log_interval": 3600, "batcher": {"max_batch": 64 if mode == "ceiling"
                                                                           else 16}}
     procs = []
@@ -187,6 +187,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, nargs="+", default=None)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--device", default="cpu", help="--mode model: cpu or cuda:N (every process on it)")
     args = ap.parse_args()
     common.setup(args)
     ceiling = args.mode == "ceiling"
@@ -211,7 +212,7 @@ def main() -> None:
             urls = {f"cam{i:02d}": server.url(f"cam{i:02d}") for i in range(n)}
             for p in processes:
                 rows.append(point(args.mode, urls, p, seconds, args.warmup, Path(tmp) / f"{n}_{p}", server.pid,
-                                  size))
+                                  size, args.device if not ceiling else "cpu"))
                 print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         base = next(b for b in rows if b["cameras"] == r["cameras"] and b["processes"] == processes[0])
