@@ -171,6 +171,7 @@ def test_worker_count_and_devices_round_robin(monkeypatch):
     assert worker_devices(_Cfg(devices=["cuda:1", "cpu"]), 3) == ["cuda:1", "cpu", "cuda:1"]
     assert worker_devices(_Cfg(device="cuda:0"), 2) == ["cuda:0", "cuda:0"]
     assert worker_devices(cfg, 2, override="cpu") == ["cpu", "cpu"]
+    assert worker_devices(_Cfg(workers="auto"), 2) == ["cuda:0", "cuda:1"]  # auto: one worker per GPU
     monkeypatch.setattr(sup, "visible_gpus", lambda: 0)
     assert worker_count(_Cfg(workers="auto")) == 1 and worker_devices(cfg, 1) == ["cpu"]
     assert describe_exit(-9) == "signal SIGKILL" and describe_exit(4) == "code 4"

@@ -77,10 +77,13 @@ def worker_count(cfg: Config, override: int | None = None) -> int:
 
 
 def worker_devices(cfg: Config, count: int, override: str | None = None) -> list[str]:
-    """The device of each worker: `--device` for all, else `devices:` round robin, else `device:`."""
+    """The device of each worker: `--device` for all, else `devices:` round robin, else `device:`.
+
+    `workers: auto` without `devices:` means one worker per GPU, so the GPUs are dealt round robin too.
+    """
     if override is not None:
         devices: Sequence[str] = [override]
-    elif cfg.devices == "auto":
+    elif cfg.devices == "auto" or (cfg.devices is None and cfg.workers == "auto"):
         devices = [f"cuda:{i}" for i in range(visible_gpus())] or ["cpu"]
     elif cfg.devices:
         devices = cfg.devices
