@@ -1,4 +1,4 @@
-"""Command line: `rtsp-worker run | demo | probe | build-engine | doctor`. Thin: parsing, logging and exit codes.
+"""Command line: `rtsp-worker run | shards | demo | probe | build-engine | doctor`. Thin: parsing, logging and exit codes.
 
 Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
 """
@@ -32,11 +32,22 @@ def run(
     device: Annotated[Optional[str], typer.Option(help="Override `device:` (auto, cpu, cuda:N).")] = None,
     video: Annotated[bool, typer.Option(help="Also write an annotated MP4 per camera.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    shard: Annotated[str | None, typer.Option(help="Run only shard K/N of the cameras (auto: K from the "
+                                                 "pod name's ordinal, N from $RTSP_WORKER_SHARDS).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Run N worker processes, one shard each, under a "
+                                                   "supervisor (overrides `workers:`).", min=1)] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="Override `metrics.host`.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Override `metrics.port`.")] = None,
 ) -> None:
     """Run detection and tracking on the cameras of CONFIG until SIGINT/SIGTERM (or --duration)."""
     from rtsp_worker.config import ConfigError, load_config
+    from rtsp_worker.service import sharding, supervisor
 
-    setup_logging(log_level)
+    try:
+        the_shard = sharding.parse_shard(shard) if shard is not None else None
+    except ValueError as e:
+        raise fail(str(e), EXIT_CONFIG) from None
+    setup_logging(log_level, worker=None if the_shard is None else the_shard.index)
     try:
         cfg = load_config(config)
     except ConfigError as e:
@@ -46,9 +57,36 @@ def run(
         updates["device"] = device
     if video:
         updates["output"] = cfg.output.model_copy(update={"video": True})
+    if metrics_host is not None or metrics_port is not None:
+        m = {"host": metrics_host, "port": metrics_port}
+        updates["metrics"] = cfg.metrics.model_copy(update={k: v for k, v in m.items() if v is not None})
     if updates:
         cfg = cfg.model_copy(update=updates)
-    run_pipeline(cfg, duration, config_path=config)
+    try:
+        if the_shard is None and supervisor.wants_supervisor(cfg, workers):
+            setup_logging(log_level, worker="sup")
+            args = ["--log-level", log_level] + (["--video"] if video else [])
+            raise typer.Exit(supervisor.supervise(config, cfg, workers, device, args, duration))
+        if the_shard is not None:
+            cfg = sharding.shard_config(cfg, the_shard)
+    except ValueError as e:
+        raise fail(f"{config}: {e}", EXIT_CONFIG) from None
+    run_pipeline(cfg, duration, config_path=config, shard=the_shard)
+
+
+@app.command()
+def shards(
+    config: Annotated[Path, typer.Argument(help="cameras.yaml")],
+    count: Annotated[int, typer.Argument(help="Number of shards (workers).", min=1)],
+) -> None:
+    """Print which cameras each of COUNT shards runs, and each shard's share of the load."""
+    from rtsp_worker.config import ConfigError, load_config
+    from rtsp_worker.service.sharding import describe
+
+    try:
+        typer.echo(describe(load_config(config), count))
+    except ConfigError as e:
+        raise fail(str(e), EXIT_CONFIG) from None
 
 
 @app.command()

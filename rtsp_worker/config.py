@@ -164,6 +164,10 @@ class CameraConfig(_Model):
     loop: bool = Field(True, description="file:// sources: start again at the end.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines (issue 15).")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones (issue 15).")
+    resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="(width, height) the camera sends; with `frame_rate`, weighs it when cameras are sharded."
+    )
+    frame_rate: float | None = Field(None, gt=0, le=1000, description="Frame rate the camera sends (shard balancing).")
 
     @field_validator("url")
     @classmethod
@@ -275,6 +279,9 @@ class OutputConfig(_Model):
 class MetricsConfig(_Model):
     port: int | None = Field(None, ge=0, le=65535, description="Prometheus endpoint port (None: off).")
     host: str = "127.0.0.1"
+    health_max_silence_s: float = Field(
+        30.0, gt=0, le=3600, description="/healthz fails when the inference loop made no progress for this long."
+    )
 
 
 class ControlConfig(_Model):
@@ -300,20 +307,47 @@ class Config(_Model):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     log_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between per-camera FPS log lines.")
     defaults: dict[str, Any] | None = Field(None, description="Merged into every camera (already applied).")
+    control: ControlConfig = ControlConfig()
+    watch_config: bool = Field(False, description="Reload the cameras when this file changes (as on SIGHUP).")
+    workers: int | Literal["auto"] = Field(
+        1, description="Worker processes under one supervisor, each with a shard of the cameras (auto: one "
+        "per visible GPU x workers_per_gpu)."
+    )
+    devices: list[str] | Literal["auto"] | None = Field(
+        None, description="Devices the workers get, round robin (auto: every visible GPU; None: `device`)."
+    )
+    workers_per_gpu: int = Field(1, ge=1, le=16, description="workers: auto -> this many per GPU.")
+
     _source: str = PrivateAttr("<config>")  # the file it came from, for errors found after loading
 
     @property
     def origin(self) -> str:
         """Where this config came from (its file), for errors found after loading."""
         return self._source
-    control: ControlConfig = ControlConfig()
-    watch_config: bool = Field(False, description="Reload the cameras when this file changes (as on SIGHUP).")
 
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
             raise ValueError(f"device {v!r} must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _check_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError(f"workers {v} must be between 1 and 256, or auto")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("devices must list at least one device, or be auto")
+            for d in v:
+                if not re.fullmatch(r"cpu|cuda(:\d+)?", d):
+                    raise ValueError(f"devices: {d!r} must be cpu, cuda or cuda:N")
         return v
 
     @model_validator(mode="after")

@@ -136,6 +136,7 @@ class Pipeline:
         self._started = False
         self._finisher: _Finisher | None = None
         self.failure = ""  # why run() stopped by itself, when that is an error (exit 4)
+        self.loop_ts: float | None = None  # time.monotonic() of the loop's last round (service/health.py)
 
     # -- one batch ------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> list[FrameResult]:
@@ -317,7 +318,7 @@ class Pipeline:
                 batch = self.batcher.next_batch(self.stop_event, timeout=0.2)
                 if batch is not None and len(batch):
                     self._dispatch(batch)
-                now = time.monotonic()
+                now = self.loop_ts = time.monotonic()
                 for source in self.sources:  # stall watchdog: a few comparisons per camera
                     source.check_stall(now)
                 reporter.maybe_log()

@@ -201,11 +201,12 @@ class MetricsServer:
     `close()` stops the server and detaches the listener.
     """
 
-    def __init__(self, metrics: PipelineMetrics, host: str, port: int) -> None:
+    def __init__(self, metrics: PipelineMetrics, host: str, port: int, http: HttpServer | None = None) -> None:
         self.metrics = metrics
-        self.http = HttpServer(host, port)
+        self.http = http if http is not None else HttpServer(host, port)  # given: already started (health)
         self.http.route("GET", "/metrics", self._scrape)
-        self.http.start()
+        if http is None:
+            self.http.start()
         self.host = host
         self.port = self.http.port
         metrics.pipeline.batch_listeners.append(metrics.on_batch)
@@ -231,6 +232,10 @@ class MetricsServer:
         self.http.close()
 
 
-def serve_metrics(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
-    """Serve the pipeline's metrics at http://host:port/metrics (port 0: any free port, see `.port`)."""
-    return MetricsServer(PipelineMetrics(pipeline), host, port)
+def serve_metrics(pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0,
+                  http: HttpServer | None = None) -> MetricsServer:
+    """Serve the pipeline's metrics at http://host:port/metrics (port 0: any free port, see `.port`).
+
+    `http`: an already started server to add the route to (the runner starts it early for /healthz).
+    """
+    return MetricsServer(PipelineMetrics(pipeline), host, port, http)

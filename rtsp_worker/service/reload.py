@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,15 +115,18 @@ class Reloader:
     `request()` is safe to call from a signal handler: it only wakes the reload thread.
     """
 
-    def __init__(self, pipeline: Pipeline, path: Path, watch: bool = False, poll_s: float = 1.0) -> None:
+    def __init__(self, pipeline: Pipeline, path: Path, watch: bool = False, poll_s: float = 1.0,
+                 select: Callable[[Config], Config] | None = None) -> None:
         self.p = pipeline
+        # `select`: what of the file this worker runs (its shard's cameras, `run --shard K/N`).
+        self._select = select
         self.path = Path(path)
         self.watch = watch
         self.poll_s = poll_s
         self._lock = threading.Lock()
         try:
-            self.baseline = load_config(self.path)  # the file as it was (before command-line overrides)
-        except ConfigError:
+            self.baseline = self._mine(load_config(self.path))  # the file as it was (before command-line overrides)
+        except (ConfigError, ReloadError):
             self.baseline = pipeline.cfg
         self._sig = self._signature()
         self._wake = threading.Event()
@@ -194,7 +197,15 @@ class Reloader:
             except ConfigError as e:
                 log.error("reload (%s) refused: %s; nothing changed", why, e)
                 raise ReloadError(400, str(e)) from None
-            return self._apply(new, why)
+            return self._apply(self._mine(new), why)
+
+    def _mine(self, cfg: Config) -> Config:
+        if self._select is None:
+            return cfg
+        try:
+            return self._select(cfg)
+        except ValueError as e:
+            raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
 
     def _check(self, new: Config) -> ReloadPlan:
         plan = plan_reload(self.p.camset.configs(), self.baseline, new)
@@ -260,7 +271,7 @@ class Reloader:
 
     def _write(self, raw: dict[str, Any], why: str) -> list[str]:
         try:
-            new = parse_config(raw, source=str(self.path))
+            new = self._mine(parse_config(raw, source=str(self.path)))
         except ConfigError as e:
             raise ReloadError(400, str(e)) from None
         self._check(new)  # refused before anything is written

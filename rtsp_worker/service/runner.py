@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,10 +25,11 @@ EXIT_RUNTIME = 4
 log = logging.getLogger("rtsp_worker")
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", worker: str | int | None = None) -> None:
+    tag = f" worker={worker}" if worker is not None else ""  # several workers share one stderr (supervisor)
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
@@ -77,30 +79,38 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
     signal.signal(signal.SIGUSR1, usr1)
 
 
-def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -> None:  # noqa: ANN001 - Config
+def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  # noqa: ANN001 - Config
+                 shard: Any = None) -> None:
     """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped.
 
     With `config_path`, SIGHUP (and `watch_config`) reload its cameras, and the control API is served
-    on the metrics port (service/reload.py, service/control.py).
+    on the metrics port (service/reload.py, service/control.py). With `shard` (sharding.Shard), a reload
+    applies only the cameras of that shard.
     """
     from rtsp_worker.config import ConfigError
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
 
+    http, health = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     try:
         pipeline = Pipeline(cfg)
     except ModelError as e:
+        _close(http)
         raise fail(str(e), EXIT_MODEL) from None
     except ConfigError as e:  # found once the model's classes are known (lines/zones classes)
+        _close(http)
         raise fail(str(e), EXIT_CONFIG) from None
     except (RuntimeError, ValueError) as e:
+        _close(http)
         raise fail(str(e), EXIT_RUNTIME) from None
+    if health is not None:
+        health.attach(pipeline)
     metrics = None
     if cfg.metrics.port is not None:
         from rtsp_worker.service.metrics import serve_metrics
 
         try:
-            metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port)
+            metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port, http=http)
         except OSError as e:
             pipeline.shutdown()
             raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
@@ -109,7 +119,14 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -
     if config_path is not None:
         from rtsp_worker.service.reload import Reloader
 
-        reloader = Reloader(pipeline, config_path, watch=cfg.watch_config).start()
+        select = None
+        if shard is not None:
+            from rtsp_worker.service.sharding import shard_config
+
+            def select(c):  # noqa: ANN001, ANN202 - Config -> Config
+                return shard_config(c, shard)
+
+        reloader = Reloader(pipeline, config_path, watch=cfg.watch_config, select=select).start()
         if metrics is not None:
             from rtsp_worker.service.control import ControlApi
 
@@ -134,3 +151,24 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None) -
     if pipeline.failure:
         raise fail(pipeline.failure, EXIT_RUNTIME)
     log.info("stopped cleanly")
+
+
+def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
+    """The worker's one HTTP server with /healthz and /readyz, started early; /metrics joins it later."""
+    if cfg.metrics.port is None:
+        return None, None
+    from rtsp_worker.service.health import Health
+    from rtsp_worker.service.server import HttpServer
+
+    health = Health(cfg.metrics.health_max_silence_s)
+    try:
+        http = health.register(HttpServer(cfg.metrics.host, cfg.metrics.port)).start()
+    except OSError as e:
+        raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
+                   EXIT_RUNTIME) from None
+    return http, health
+
+
+def _close(http) -> None:  # HttpServer | None
+    if http is not None:
+        http.close()
