@@ -115,8 +115,9 @@ def test_confidence_floor() -> None:
     assert ids(step(trk, dets((0, A, 0.2)))) == []
     out = step(trk, dets((0, A, 0.35)))
     assert ids(out) == [1]
-    # A detection under the floor does not keep a track alive either (max_age 0: one miss ends it).
-    step(trk, dets((0, A, 0.1)))
+    # A detection under the second pass's floor (low_confidence 0.1) does not keep a track alive
+    # either (max_age 0: one miss ends it).
+    step(trk, dets((0, A, 0.05)))
     assert ids(step(trk, dets((0, A, 0.9)))) == [2]
 
 
