@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -328,7 +330,7 @@ def test_dropped_frames_move_tracks_by_elapsed_time() -> None:
     # Two cameras see the same object at 10 px per 25 fps frame; camera 1 gets every other frame only
     # (the batcher dropped the rest). Both must keep one identity and predict the same position.
     trk = tracker(num_cameras=2, min_hits=1, max_age=0)
-    for f in range(0, 30):
+    for f in range(30):
         box, ts = dets((0, shift(A, 10.0 * f)), (1, shift(A, 10.0 * f))), [f / 25, f / 25]
         out = _stamped(trk, box, ts, cameras=(0, 1)) if f % 2 == 0 else _stamped(
             trk, dets((0, shift(A, 10.0 * f))), ts[:1], cameras=(0,))
@@ -400,7 +402,7 @@ def test_no_motion_reports_the_detection_box() -> None:
 class _HostReads(torch.overrides.TorchFunctionMode):
     """Records tensor methods that read a device value on the host (a sync on CUDA)."""
 
-    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+    READS: ClassVar[set] = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
              torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu,
              torch.Tensor.nonzero, torch.nonzero, torch.Tensor.any, torch.Tensor.all}
 

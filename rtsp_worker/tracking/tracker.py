@@ -9,14 +9,16 @@ boxes or tracks in Python.
 
 Rules, in the order they apply to a camera whose frame was inferred:
 
-1. Prediction: every live track's box moves by its velocity (constant-velocity model, per tracker
-   step; ``predict=False`` keeps boxes still, i.e. plain IOU tracking).
-2. Detections below ``min_confidence`` are ignored (neither matched nor started).
-3. Association: pairs with IoU >= ``iou_threshold`` (and the same class when ``class_consistent``)
-   are matched greedily, highest IoU first; ties go to the lower detection row, then the lower slot.
-4. Matched tracks take the detection's (smoothed) box, score and class; their velocity is an EMA
-   (``velocity_smoothing`` = weight of the newest measurement) of the displacement per step since the
-   previous observation. A track is confirmed after ``min_hits`` consecutive matches and stays so.
+1. Prediction: every live track moves by the camera's time step (the motion model,
+   ``cfg.motion``: Kalman filter, velocity EMA or none; see motion.py).
+2. Detections below ``low_confidence`` are ignored (neither matched nor started).
+3. Association: detections at or above ``min_confidence`` first: pairs with IoU >= ``iou_threshold``
+   (and the same class when ``class_consistent``) are matched greedily, highest IoU first; ties go
+   to the lower detection row, then the lower slot. Then detections in ``[low_confidence,
+   min_confidence)`` the same way against the tracks still unmatched, at ``low_iou_threshold``
+   (ByteTrack's second pass). Low-score detections never start tracks.
+4. Matched tracks take the detection's score and class and the motion model's corrected box. A
+   track is confirmed after ``min_hits`` consecutive matches and stays so.
 5. Unmatched tentative tracks are dropped (DeepStream's early termination); unmatched confirmed
    tracks are shadow-tracked (state LOST) and dropped after more than ``max_age`` misses.
 6. Unmatched detections start tentative tracks, unless they overlap a live track by IoU >=
@@ -27,8 +29,8 @@ Rules, in the order they apply to a camera whose frame was inferred:
    ``min_hits`` inferred frames (after creation or :meth:`IouTracker.reset_camera`) skip probation,
    since everything in view is new then and probation would only hide it for ``min_hits`` frames.
 
-Reported boxes of matched tracks are the detection smoothed towards the prediction
-(``BOX_GAIN_CENTER``, ``BOX_GAIN_SIZE``); ``det_index`` gives the raw detection.
+Reported boxes of matched tracks are the motion model's estimate (filtered for ``kalman`` and
+``velocity``, the detection for ``none``); ``det_index`` gives the raw detection.
 
 Frame skipping (``inferred[b] == False``): the camera's tracks only move by prediction. Skipped
 frames are not misses (the detector did not look, so nothing was missed): ``max_age`` and the
@@ -41,8 +43,9 @@ number of rounds there (``CUDA_GREEDY_ROUNDS``) instead of checking for converge
 is looked at. On CPU, where reading a value costs nothing, the greedy runs to convergence (exactly
 sequential greedy) and only the leading slots that can hold a live or new track are processed.
 
-One call is one frame step for each camera in the batch: frames the batcher dropped in between are
-not known here, so a camera's velocity is per processed frame.
+Time: with ``timestamps`` each camera's step is the time since its previous call, so frames the
+batcher dropped or the detector skipped in between move its tracks further; without, every call is
+one ``DEFAULT_DT_S`` step.
 """
 
 from __future__ import annotations
