@@ -184,8 +184,10 @@ class Pipeline:
         t3 = time.perf_counter()
         cams = torch.tensor([f.camera for f in frames], dtype=torch.int64, device=dev)
         inferred = torch.tensor(flags, dtype=torch.bool, device=dev)
+        # Stream time where known: right across dropped frames and for file sources decoded faster than real time.
+        stamps = torch.tensor([f.ts if f.pts is None else f.pts for f in frames], dtype=torch.float64, device=dev)
         tracks = self.tracker.update(cams, dets.to(dev), inferred,
-                                     include_tentative=self.cfg.output.include_tentative)
+                                     include_tentative=self.cfg.output.include_tentative, timestamps=stamps)
         results = self._results(frames, tracks)
         t4 = time.perf_counter()
         self.sinks.submit(results)

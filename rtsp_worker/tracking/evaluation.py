@@ -101,6 +101,7 @@ def run_tracker_on_detections(
     *,
     num_frames: int | None = None,
     infer_interval: int = 1,
+    frame_rate: float | None = None,
     include_tentative: bool = False,
     startup_grace: bool = True,
     device: str | torch.device = "cpu",
@@ -109,7 +110,9 @@ def run_tracker_on_detections(
 
     ``rows``: ``frame, id, left, top, width, height, score`` (MOT det format). With
     ``infer_interval`` N, only frames 1, 1+N, ... get their detections (the others are skipped
-    frames, tracked by prediction). Returns ``(M, 7)`` rows ``frame, track_id, left, top, width,
+    frames, tracked by prediction). ``frame_rate``: frames are timestamped ``(frame - 1) / frame_rate``
+    seconds (the tracker's prediction uses the time between frames); None: no timestamps (one
+    default step per frame). Returns ``(M, 7)`` rows ``frame, track_id, left, top, width,
     height, score`` for every reported track.
     """
     from rtsp_worker.tracking.tracker import IouTracker  # late: keeps this module importable standalone
@@ -137,7 +140,8 @@ def run_tracker_on_detections(
             class_ids=torch.zeros(k, dtype=torch.int64),
             batch_index=torch.zeros(k, dtype=torch.int64),
         )
-        tracks = tracker.update(camera, dets, torch.tensor([inferred]), include_tentative).to("cpu")
+        ts = None if frame_rate is None else torch.tensor([(f - 1) / frame_rate], dtype=torch.float64)
+        tracks = tracker.update(camera, dets, torch.tensor([inferred]), include_tentative, ts).to("cpu")
         if len(tracks):
             b = tracks.boxes.numpy().astype(np.float64)
             out.append(np.column_stack([

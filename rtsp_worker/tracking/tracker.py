@@ -9,14 +9,16 @@ boxes or tracks in Python.
 
 Rules, in the order they apply to a camera whose frame was inferred:
 
-1. Prediction: every live track's box moves by its velocity (constant-velocity model, per tracker
-   step; ``predict=False`` keeps boxes still, i.e. plain IOU tracking).
-2. Detections below ``min_confidence`` are ignored (neither matched nor started).
-3. Association: pairs with IoU >= ``iou_threshold`` (and the same class when ``class_consistent``)
-   are matched greedily, highest IoU first; ties go to the lower detection row, then the lower slot.
-4. Matched tracks take the detection's (smoothed) box, score and class; their velocity is an EMA
-   (``velocity_smoothing`` = weight of the newest measurement) of the displacement per step since the
-   previous observation. A track is confirmed after ``min_hits`` consecutive matches and stays so.
+1. Prediction: every live track moves by the camera's time step (the motion model,
+   ``cfg.motion``: Kalman filter, velocity EMA or none; see motion.py).
+2. Detections below ``low_confidence`` are ignored (neither matched nor started).
+3. Association: detections at or above ``min_confidence`` first: pairs with IoU >= ``iou_threshold``
+   (and the same class when ``class_consistent``) are matched greedily, highest IoU first; ties go
+   to the lower detection row, then the lower slot. Then detections in ``[low_confidence,
+   min_confidence)`` the same way against the tracks still unmatched, at ``low_iou_threshold``
+   (ByteTrack's second pass). Low-score detections never start tracks.
+4. Matched tracks take the detection's score and class and the motion model's corrected box. A
+   track is confirmed after ``min_hits`` consecutive matches and stays so.
 5. Unmatched tentative tracks are dropped (DeepStream's early termination); unmatched confirmed
    tracks are shadow-tracked (state LOST) and dropped after more than ``max_age`` misses.
 6. Unmatched detections start tentative tracks, unless they overlap a live track by IoU >=
@@ -27,8 +29,8 @@ Rules, in the order they apply to a camera whose frame was inferred:
    ``min_hits`` inferred frames (after creation or :meth:`IouTracker.reset_camera`) skip probation,
    since everything in view is new then and probation would only hide it for ``min_hits`` frames.
 
-Reported boxes of matched tracks are the detection smoothed towards the prediction
-(``BOX_GAIN_CENTER``, ``BOX_GAIN_SIZE``); ``det_index`` gives the raw detection.
+Reported boxes of matched tracks are the motion model's estimate (filtered for ``kalman`` and
+``velocity``, the detection for ``none``); ``det_index`` gives the raw detection.
 
 Frame skipping (``inferred[b] == False``): the camera's tracks only move by prediction. Skipped
 frames are not misses (the detector did not look, so nothing was missed): ``max_age`` and the
@@ -41,8 +43,9 @@ number of rounds there (``CUDA_GREEDY_ROUNDS``) instead of checking for converge
 is looked at. On CPU, where reading a value costs nothing, the greedy runs to convergence (exactly
 sequential greedy) and only the leading slots that can hold a live or new track are processed.
 
-One call is one frame step for each camera in the batch: frames the batcher dropped in between are
-not known here, so a camera's velocity is per processed frame.
+Time: with ``timestamps`` each camera's step is the time since its previous call, so frames the
+batcher dropped or the detector skipped in between move its tracks further; without, every call is
+one ``DEFAULT_DT_S`` step.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import TrackerConfig
+from rtsp_worker.tracking.motion import make_motion
 from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
 
 log = logging.getLogger(__name__)
@@ -62,14 +66,13 @@ log = logging.getLogger(__name__)
 # longer than this (strictly increasing IoUs across 8+ overlapping boxes) are practically absent.
 CUDA_GREEDY_ROUNDS = 8
 
-# Reported boxes are smoothed (an alpha filter on the prediction): box = pred + gain * (det - pred),
-# separately for centre and size. Detector boxes jitter, above all in size, and the smoothed box fits
-# the object better (MOT15: +3-6 MOTA points); the raw box is still reachable through det_index.
-BOX_GAIN_CENTER = 0.7
-BOX_GAIN_SIZE = 0.5
+# Time step (s) of a call without timestamps, and of a camera's first step; a step outside
+# (0, MAX_DT_S] (a clock jump, a looping file's pts going back, a stall) reuses the camera's last good one.
+DEFAULT_DT_S = 1 / 25
+MAX_DT_S = 5.0
 
-_FLOAT_FIELDS = {"boxes": 4, "obs": 4, "vel": 4, "scores": 0}
-_INT_FIELDS = ("classes", "ids", "age", "hits", "streak", "misses", "since_obs")
+_FLOAT_FIELDS: dict[str, tuple[int, ...]] = {"boxes": (4,), "scores": ()}
+_INT_FIELDS = ("classes", "ids", "age", "hits", "streak", "misses")
 _BOOL_FIELDS = ("active", "confirmed")
 
 
@@ -142,11 +145,17 @@ class IouTracker:
         self.cfg = cfg
         self.device = torch.device(device)
         self.startup_grace = startup_grace
+        self.motion = make_motion(cfg)
+        self._float_fields = {**_FLOAT_FIELDS, **self.motion.fields}
         # Host reads of device values (window trimming, greedy convergence) are free on CPU only.
         self._host_reads = self.device.type == "cpu"
         self._state: dict[str, Tensor] = {}
         self._next_id = torch.ones((0,), dtype=torch.int64, device=self.device)
         self._frames = torch.zeros((0,), dtype=torch.int64, device=self.device)  # inferred frames seen
+        # Per camera: timestamp of the last processed frame (float64: wall-clock seconds need it) and
+        # the last good time step; NaN = no frame yet.
+        self._last_ts = torch.zeros((0,), dtype=torch.float64, device=self.device)
+        self._last_dt = torch.zeros((0,), dtype=torch.float64, device=self.device)
         # Detections not started because their camera had no free slot, per camera (device counter).
         self.dropped_starts = torch.zeros((0,), dtype=torch.int64, device=self.device)
         self._alloc(num_cameras)
@@ -158,9 +167,8 @@ class IouTracker:
     def _alloc(self, n: int) -> None:
         t, dev = self.cfg.max_tracks, self.device
         new: dict[str, Tensor] = {}
-        for name, width in _FLOAT_FIELDS.items():
-            shape = (n, t, width) if width else (n, t)
-            new[name] = torch.zeros(shape, dtype=torch.float32, device=dev)
+        for name, trailing in self._float_fields.items():
+            new[name] = torch.zeros((n, t, *trailing), dtype=torch.float32, device=dev)
         for name in _INT_FIELDS:
             new[name] = torch.zeros((n, t), dtype=torch.int64, device=dev)
         for name in _BOOL_FIELDS:
@@ -172,6 +180,9 @@ class IouTracker:
         self._next_id = torch.cat([self._next_id, torch.ones(n, dtype=torch.int64, device=dev)])
         self._frames = torch.cat([self._frames, torch.zeros(n, dtype=torch.int64, device=dev)])
         self.dropped_starts = torch.cat([self.dropped_starts, torch.zeros(n, dtype=torch.int64, device=dev)])
+        nan = torch.full((n,), float("nan"), dtype=torch.float64, device=dev)
+        self._last_ts = torch.cat([self._last_ts, nan])
+        self._last_dt = torch.cat([self._last_dt, torch.full_like(nan, DEFAULT_DT_S)])
 
     def add_cameras(self, n: int) -> None:
         """Grow the state by ``n`` cameras (indices after the existing ones); existing tracks and ids stay."""
@@ -186,6 +197,8 @@ class IouTracker:
         self._state["active"][camera] = False
         self._state["confirmed"][camera] = False
         self._frames[camera] = 0
+        self._last_ts[camera] = float("nan")
+        self._last_dt[camera] = DEFAULT_DT_S
 
     def update(
         self,
@@ -193,6 +206,7 @@ class IouTracker:
         dets: Detections,
         inferred: Tensor | None = None,
         include_tentative: bool = False,
+        timestamps: Tensor | None = None,
     ) -> Tracks:
         """Advance the cameras in ``cameras`` by one frame and return the tracks to report.
 
@@ -201,6 +215,9 @@ class IouTracker:
         ``inferred``: ``(B,)`` bool, False for rows whose frame was not run through the detector
         (their detections, if any, are ignored); None means all True.
         ``include_tentative``: also report tracks still on probation (state TENTATIVE).
+        ``timestamps``: ``(B,)`` seconds of each row's frame (any origin, per camera increasing);
+        prediction moves a track by the time since its camera's previous call, so frames dropped or
+        skipped in between count. None: every call is one step of ``DEFAULT_DT_S``.
         """
         cfg, dev = self.cfg, self.device
         cams = cameras.to(dev, torch.int64)
@@ -213,25 +230,34 @@ class IouTracker:
             if inferred is None
             else inferred.to(dev, torch.bool)
         )
+        dt = self._step_times(cams, timestamps)  # (B, 1) float32 seconds
         n_live, n_slots = self._window(cams, dets.batch_index, n_rows)
         s = {k: v.index_select(0, cams)[:, :n_slots] for k, v in self._state.items()}
         active, inf_col = s["active"], inf[:, None]
 
-        # 1. Constant-velocity prediction (every live track, inferred row or not).
-        step = s["vel"] if cfg.predict else torch.zeros_like(s["vel"])
-        pred = torch.where(active[..., None], s["boxes"] + step, s["boxes"])
+        # 1. Prediction (every live track, inferred row or not).
+        pred = self.motion.predict(s, active, dt)
 
-        # 2-3. Association of each detection with the slots of its own camera.
+        # 2-3. Association of each detection with the slots of its own camera: confident detections
+        # first, then the low-score ones with the tracks the first pass left (ByteTrack's second pass).
         n_det = len(dets)
         row = dets.batch_index
-        valid = (dets.scores >= cfg.min_confidence) & inf.index_select(0, row)
+        inf_det = inf.index_select(0, row)
+        valid = (dets.scores >= cfg.min_confidence) & inf_det
+        low = (dets.scores >= cfg.low_confidence) & (dets.scores < cfg.min_confidence) & inf_det
         # Only the first n_live slots can hold a live track; the rest of the window is for new ones.
         iou = pairwise_iou(dets.boxes[:, None, :], pred[:, :n_live].index_select(0, row))  # (N, L)
-        cand = valid[:, None] & active[:, :n_live].index_select(0, row) & (iou >= cfg.iou_threshold)
+        cand = active[:, :n_live].index_select(0, row)
         if cfg.class_consistent:
-            cand &= dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row)
+            cand = cand & (dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row))
         rounds = None if self._host_reads else CUDA_GREEDY_ROUNDS
-        det_slot = greedy_match(iou, cand, row, n_rows, rounds)
+        det_slot = greedy_match(iou, cand & valid[:, None] & (iou >= cfg.iou_threshold), row, n_rows, rounds)
+        if cfg.low_confidence < cfg.min_confidence:
+            taken = torch.zeros(n_rows * n_live + 1, dtype=torch.bool, device=dev)
+            taken.index_fill_(0, torch.where(det_slot >= 0, row * n_live + det_slot, n_rows * n_live), True)
+            free = ~taken[:-1].view(n_rows, n_live).index_select(0, row)
+            cand_low = cand & free & low[:, None] & (iou >= cfg.low_iou_threshold)
+            det_slot = torch.where(low, greedy_match(iou, cand_low, row, n_rows, rounds), det_slot)
 
         # Detection row matched by each slot; row n_det is a dummy so empty batches need no branch.
         flat_slot = torch.where(det_slot >= 0, row * n_slots + det_slot, n_rows * n_slots)
@@ -245,20 +271,12 @@ class IouTracker:
         det_of_slot = track_det.reshape(-1)
         dbox = boxes_p.index_select(0, det_of_slot).view(n_rows, n_slots, 4)
 
-        # 4. Matched tracks take the detection; velocity from the displacement since last observed.
-        m3 = matched[..., None]
-        since = (s["since_obs"] + 1).to(torch.float32)[..., None]
-        v_meas = (dbox - s["obs"]) / since
-        a = cfg.velocity_smoothing
-        v_smooth = torch.where((s["hits"] <= 1)[..., None], v_meas, a * v_meas + (1 - a) * s["vel"])
-        s["vel"] = torch.where(m3, v_smooth, s["vel"])
-        s["boxes"] = torch.where(m3, _blend(pred, dbox, BOX_GAIN_CENTER, BOX_GAIN_SIZE), pred)
-        s["obs"] = torch.where(m3, dbox, s["obs"])
+        # 4. Matched tracks take the detection (through the motion model's correction).
+        s["boxes"] = self.motion.correct(s, pred, matched, dbox)
         det_score = scores_p.index_select(0, det_of_slot).view_as(matched)
         det_class = classes_p.index_select(0, det_of_slot).view_as(matched)
         s["scores"] = torch.where(matched, det_score, s["scores"])
         s["classes"] = torch.where(matched, det_class, s["classes"])
-        s["since_obs"] = torch.where(matched, 0, s["since_obs"] + active.long())
         s["hits"] = s["hits"] + matched.long()
         missed = active & inf_col & ~matched
         s["streak"] = torch.where(matched, s["streak"] + 1, torch.where(missed, 0, s["streak"]))
@@ -294,9 +312,8 @@ class IouTracker:
         in_grace = (self._frames.index_select(0, cams) < grace).index_select(0, row)
         det_rows = torch.arange(n_det, device=dev)
         init: dict[str, Tensor] = {
+            **self.motion.init(dets.boxes),
             "boxes": dets.boxes,
-            "obs": dets.boxes,
-            "vel": torch.zeros_like(dets.boxes),
             "scores": dets.scores,
             "classes": dets.class_ids,
             "ids": next_id.index_select(0, row) + rank,
@@ -304,7 +321,6 @@ class IouTracker:
             "hits": torch.ones_like(rank),
             "streak": torch.ones_like(rank),
             "misses": torch.zeros_like(rank),
-            "since_obs": torch.zeros_like(rank),
             "active": torch.ones_like(start),
             "confirmed": in_grace | (cfg.min_hits <= 1),
         }
@@ -318,6 +334,19 @@ class IouTracker:
             self._state[name][:, :n_slots].index_copy_(0, cams, value)
 
         return self._report(s, track_det, inf_col, include_tentative)
+
+    def _step_times(self, cams: Tensor, timestamps: Tensor | None) -> Tensor:
+        """``(B, 1)`` float32 seconds since each row's camera was last processed; remembers ``timestamps``."""
+        last_dt = self._last_dt.index_select(0, cams)
+        if timestamps is None:
+            return last_dt.new_full((cams.shape[0], 1), DEFAULT_DT_S).float()
+        ts = timestamps.to(self.device, torch.float64)
+        dt = ts - self._last_ts.index_select(0, cams)  # NaN on a camera's first frame
+        good = (dt > 0) & (dt <= MAX_DT_S)  # False for NaN too
+        dt = torch.where(good, dt, last_dt)
+        self._last_dt.index_copy_(0, cams, dt)
+        self._last_ts.index_copy_(0, cams, ts)
+        return dt.float()[:, None]
 
     def _window(self, cams: Tensor, row: Tensor, n_rows: int) -> tuple[int, int]:
         """How many leading slots may hold a live track, and how many this batch may touch.
@@ -380,15 +409,6 @@ class IouTracker:
             hits=take(s["hits"]),
             state=take(state).to(torch.int8),
         )
-
-
-def _blend(pred: Tensor, meas: Tensor, gain_center: float, gain_size: float) -> Tensor:
-    """``pred + gain * (meas - pred)`` on box centres and sizes (xyxy in, xyxy out)."""
-    pc, ps = (pred[..., :2] + pred[..., 2:]) / 2, pred[..., 2:] - pred[..., :2]
-    mc, ms = (meas[..., :2] + meas[..., 2:]) / 2, meas[..., 2:] - meas[..., :2]
-    c = pc + gain_center * (mc - pc)
-    sz = ps + gain_size * (ms - ps)
-    return torch.cat([c - sz / 2, c + sz / 2], dim=-1)
 
 
 def _scatter_rows(field: Tensor, target: Tensor, value: Tensor) -> Tensor:
