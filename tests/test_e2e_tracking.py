@@ -106,9 +106,7 @@ def test_tracking_quality_end_to_end(tmp_path, rtsp_server_factory, scenes):
         "cameras": [{"name": s.name, "url": server.url(s.name)} for s in scenes],
         "model": {"path": str(MODEL)},
         "output": {"dir": str(tmp_path / "out")},
-        # The default split (0.85) is tuned on MOT15's Faster R-CNN scores; this detector scores its true
-        # positives lower (a quarter under 0.79), and 0.5 is its split (README, "Tracker").
-        "tracker": {"min_confidence": 0.5},
+        # The worker's default tracker config: what a user of the shipped model gets.
     }))
     proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg_path), "--duration", "15"],
                           check=False, capture_output=True, text=True, timeout=120)
