@@ -1,8 +1,12 @@
 """Batched letterbox preprocessing in torch, on whatever device the frames live on.
 
-Frames (RGB (H, W, 3) uint8, or NVDEC's NV12 (H*3/2, W) uint8) -> one (B, 3, H_in, W_in) tensor in [0, 1]
-written into a preallocated buffer, plus the `Letterbox` that maps boxes back. Frames of the same size are
-resized together in one `interpolate` call; the loop is over distinct frame sizes, never over pixels or boxes.
+Frames (RGB (H, W, 3) uint8, or NVDEC's NV12 (H*3/2, W) uint8) -> one (B, 3, H_in, W_in) tensor prepared
+as the model's `InputSpec` says (channel order, value mapping, letterbox placement and fill; default RGB in
+[0, 1], centred, grey 114) written into a preallocated buffer, plus the `Letterbox` that maps boxes back.
+Frames of the same size are resized together in one `interpolate` call; the loop is over distinct frame
+sizes, never over pixels or boxes. The conventions cost no extra pass: channel order is picked while the
+frames are gathered (or folded into the NV12 matrix), and the value mapping is the one multiply-add that
+the [0, 1] scaling already was.
 """
 
 from __future__ import annotations
@@ -13,17 +17,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rtsp_worker.detection.input_spec import InputSpec
 from rtsp_worker.types import NV12, RGB, Frame, Letterbox
 
 PAD_VALUE = 114 / 255  # the grey ultralytics models are trained with
 
 
-def letterbox_geometry(height: int, width: int, input_size: tuple[int, int]) -> tuple[float, int, int, int, int]:
-    """(scale, new_h, new_w, pad_x, pad_y) that fit a height x width frame into input_size, centred."""
+def letterbox_geometry(
+    height: int, width: int, input_size: tuple[int, int], placement: str = "center"
+) -> tuple[float, int, int, int, int]:
+    """(scale, new_h, new_w, pad_x, pad_y) that fit a height x width frame into input_size.
+
+    `placement` center (ultralytics) or topleft (YOLOX: all padding right and below). For stretch use
+    `stretch_scale`: the frame fills the input and each axis has its own scale.
+    """
     in_h, in_w = input_size
+    if placement == "stretch":
+        return min(in_h / height, in_w / width), in_h, in_w, 0, 0
     scale = min(in_h / height, in_w / width)
     new_h = min(in_h, max(1, round(height * scale)))
     new_w = min(in_w, max(1, round(width * scale)))
+    if placement == "topleft":
+        return scale, new_h, new_w, 0, 0
     return scale, new_h, new_w, (in_w - new_w) // 2, (in_h - new_h) // 2
 
 
@@ -35,20 +50,20 @@ _YUV2RGB = torch.tensor(
 )
 
 
-def nv12_to_rgb(nv12: Tensor, height: int, width: int) -> Tensor:
-    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]."""
+def nv12_to_rgb(nv12: Tensor, height: int, width: int, bgr: bool = False) -> Tensor:
+    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB (or BGR: the matrix rows swapped) in [0, 255]."""
     y = nv12[:, :height, :].float()
     uv = nv12[:, height : height + height // 2, :].reshape(nv12.shape[0], height // 2, width // 2, 2).float()
     uv = uv.permute(0, 3, 1, 2)  # (G, 2, H/2, W/2)
     uv = F.interpolate(uv, size=(height, width), mode="nearest") - 128.0
     yuv = torch.stack((y - 16.0, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
-    m = _YUV2RGB.to(nv12.device)
+    m = (_YUV2RGB.flip(0) if bgr else _YUV2RGB).to(nv12.device)
     rgb = torch.einsum("rc,gchw->grhw", m, yuv)
     return rgb.clamp_(0, 255)
 
 
-def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
-    """Same-size frames -> (G, 3, H, W) float32 in [0, 255]."""
+def _to_chw_float(frames: Sequence[Frame], bgr: bool = False) -> Tensor:
+    """Same-size frames -> (G, 3, H, W) float32 in [0, 255], RGB or BGR."""
     first = frames[0]
     if first.image.is_cuda:
         # NVDEC frames were allocated on the decoder's stream: keep their memory from being reused
@@ -58,48 +73,68 @@ def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
             f.image.record_stream(stream)
     stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
-        return nv12_to_rgb(stacked, first.height, first.width)
+        return nv12_to_rgb(stacked, first.height, first.width, bgr)
     if first.pixel_format != RGB:
         raise ValueError(f"unsupported pixel format {first.pixel_format!r}")
-    return stacked.permute(0, 3, 1, 2).float()
+    chw = stacked.permute(0, 3, 1, 2)
+    return (chw.flip(1) if bgr else chw).float()
 
 
 class Preprocessor:
-    """Letterboxes batches into a buffer allocated once for the largest batch."""
+    """Letterboxes batches into a buffer allocated once for the largest batch.
+
+    `input_size` may be an `InputSpec` (the model's conventions) or a plain (height, width), which means
+    the ultralytics defaults.
+    """
 
     def __init__(
-        self, input_size: tuple[int, int], max_batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+        self, input_size: tuple[int, int] | InputSpec, max_batch: int, device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.input_size = input_size
+        spec = input_size if isinstance(input_size, InputSpec) else InputSpec(tuple(input_size))  # type: ignore[arg-type]
+        self.spec = spec
+        self.input_size = spec.size
         self.device = device
         self.dtype = dtype
-        self._buffer = torch.empty((max_batch, 3, *input_size), dtype=dtype, device=device)
+        self._buffer = torch.empty((max_batch, 3, *spec.size), dtype=dtype, device=device)
+        self._bgr = spec.channels == "bgr"
+        self._mul = torch.tensor(spec.mul, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._add = torch.tensor(spec.add, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._pad = torch.tensor(spec.pad, dtype=dtype, device=device).view(1, 3, 1, 1)
 
     def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
         bsz = len(frames)
         if bsz > self._buffer.shape[0]:
             raise ValueError(f"batch of {bsz} exceeds the preallocated {self._buffer.shape[0]}")
         out = self._buffer[:bsz]
-        out.fill_(PAD_VALUE)
-        geo = [letterbox_geometry(f.height, f.width, self.input_size) for f in frames]
+        if self.spec.letterbox != "stretch":  # stretched frames cover the whole input
+            out.copy_(self._pad.expand_as(out))
+        placement = self.spec.letterbox
+        geo = [letterbox_geometry(f.height, f.width, self.input_size, placement) for f in frames]
 
         groups: dict[tuple[int, int, str], list[int]] = {}
         for i, f in enumerate(frames):
             groups.setdefault((f.height, f.width, f.pixel_format), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
-            imgs = _to_chw_float([frames[i] for i in idx]).to(self.device, non_blocking=True)
+            imgs = _to_chw_float([frames[i] for i in idx], self._bgr).to(self.device, non_blocking=True)
             if imgs.shape[-2:] != (new_h, new_w):
-                imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False)
-            region = imgs.mul_(1 / 255).clamp_(0, 1).to(self.dtype)
+                # bilinear can overshoot 0-255 slightly at edges; uint8 pixels need no clamp
+                imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False).clamp_(0, 255)
+            region = torch.addcmul(self._add, imgs, self._mul, out=imgs).to(self.dtype)  # v * mul + add
             index = torch.tensor(idx, device=self.device)
             if len(idx) == bsz:
                 out[:, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
             else:
                 out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
 
+        if placement == "stretch":
+            scale = torch.tensor([[self.input_size[1] / f.width, self.input_size[0] / f.height] for f in frames],
+                                 dtype=torch.float32)
+        else:
+            scale = torch.tensor([g[0] for g in geo], dtype=torch.float32)
         letterbox = Letterbox(
-            scale=torch.tensor([g[0] for g in geo], dtype=torch.float32),
+            scale=scale,
             pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
             source_size=torch.tensor([[f.width, f.height] for f in frames], dtype=torch.float32),
         )
