@@ -243,8 +243,8 @@ def resolve_layout(
         raise LayoutError(f"{source}: layout {name!r} output {list(shape)} does not say how many classes the "
                           "model has: set model.class_names (or write `names` into the model's metadata)")
     if num_names is not None and num_names != nc:
-        raise LayoutError(f"{source}: output shape {list(shape)} read as layout {name!r} (from {why}) has {nc} "
-                          f"classes but there are {num_names} class names; {hint}")
+        raise LayoutError(f"{source}: {num_names} class names for {nc} classes in output shape {list(shape)} "
+                          f"read as layout {name!r} (from {why}); check model.class_names or model.layout")
     return OutputLayout(name, nc)  # type: ignore[arg-type]
 
 
