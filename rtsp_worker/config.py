@@ -97,7 +97,7 @@ class ModelConfig(_Model):
         None, description="(height, width), multiples of 32; default: read from the model."
     )
     class_names: list[str] | None = Field(None, description="Override the names stored in the model.")
-    layout: Literal["auto", "yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr"] = Field(
+    layout: Literal["auto", "yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr", "rtdetr-topk"] = Field(
         "auto", description="Output layout (detection/layouts.py); auto: from metadata and output shape."
     )
     input: ModelInputConfig | None = Field(None, description="Override the model's pixel conventions.")

@@ -116,6 +116,10 @@ def test_unrecognizable_shapes_name_the_shape_and_the_fitting_values():
     assert resolve_layout((1, 3 * cells, 85), SIZE, None) == OutputLayout("yolov5", 80)
     assert resolve_layout((2, 300, 6), SIZE, 80) == OutputLayout("end2end", 80)
     assert resolve_layout((2, 300, 84), SIZE, None, {"head": "RTDETRDecoder"}) == OutputLayout("rtdetr", 80)
+    # what ultralytics 8.4 writes: RT-DETR's top-k (B, 300, 6); YOLOv10/YOLO26 `end2end: True`
+    assert resolve_layout((1, 300, 6), SIZE, 80, {"head": "RTDETRDecoder"}) == OutputLayout("rtdetr-topk", 80)
+    assert resolve_layout((1, 300, 6), SIZE, 80, {"head": "v10Detect", "end2end": "True"}).name == "end2end"
+    assert resolve_layout((1, 84, 2100), SIZE, 80, {"head": "v10Detect", "end2end": "False"}).name == "yolov8"
     with pytest.raises(LayoutError, match=r"cannot recognize the output layout from shape \[1, 3549, 85\] at "
                                           r"input 64x96; set model.layout \(.*: yolov5, yolox, yolox-decoded\)"):
         resolve_layout((1, 3549, 85), SIZE, None, source="m.onnx")
@@ -141,6 +145,20 @@ def test_run_refuses_a_model_of_unknown_layout_with_exit_3(tmp_path):
     cfg.write_text(yaml.safe_dump({"cameras": [{"name": "cam0", "url": "rtsp://127.0.0.1:9/none"}],
                                    "model": {"path": str(model)}, "output": {"dir": str(tmp_path / "out")}}))
     proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg), "--duration", "3"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "odd.onnx" in proc.stderr and "[1, 3549, 85]" in proc.stderr and "model.layout" in proc.stderr
+
+
+def test_inspect_prints_layout_conventions_and_keys(tmp_path):
+    path = export_layout_model(tmp_path / "x.onnx", "yolox", SIZE, dynamic_batch=False, names=["cat", "dog", "owl"])
+    proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "inspect", str(path)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "layout:       yolox ([B, N, 8]; NMS)" in out and "64x96" in out and "fixed at 1" in out
+    assert "BGR, value x 1," in out and "letterbox topleft" in out and "cat, dog, owl" in out
+    assert "model.layout (" in out and "model.input.{channels" in out
+    proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "inspect", str(path), "--layout", "end2end"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "[1, 126, 8]" in proc.stderr and "yolox" in proc.stderr

@@ -69,6 +69,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "yolox-decoded": {"channels": "bgr", "scale": 1.0, "letterbox": "topleft"},
     # ultralytics' RT-DETR predictor resizes without keeping the aspect ratio.
     "rtdetr": {"letterbox": "stretch"},
+    "rtdetr-topk": {"letterbox": "stretch"},
 }
 # Metadata keys an exporter may write (ours does); values are strings, lists as JSON.
 META_KEYS = {"input_channels": "channels", "input_scale": "scale", "input_mean": "mean", "input_std": "std",

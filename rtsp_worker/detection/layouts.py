@@ -8,6 +8,7 @@
 | `yolox-decoded` | (B, N, 5 + nc)       | as yolov5, one anchor per cell (`decode_in_inference`)    | yes |
 | `end2end`       | (B, K, 6)            | x1 y1 x2 y2 (input px), score, class (YOLOv10, YOLO26)    | no  |
 | `rtdetr`        | (B, Q, 4 + nc)       | normalized cx cy w h, class scores                        | no  |
+| `rtdetr-topk`   | (B, K, 6)            | normalized cx cy w h, score, class (ultralytics >= 8.4)   | no  |
 
 Every decoder works on the whole batch at once with torch ops that run on CPU and CUDA alike, and
 hands back either dense candidates (for the shared top-k + NMS path in `postprocess`) or final boxes.
@@ -23,7 +24,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-LayoutName = Literal["yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr"]
+LayoutName = Literal["yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr", "rtdetr-topk"]
 LAYOUTS: tuple[str, ...] = get_args(LayoutName)
 STRIDES = (8, 16, 32)  # the P3-P5 heads every layout with a grid uses
 MAX_QUERIES = 1000  # end2end / rtdetr outputs hold at most this many rows (300 in practice)
@@ -43,13 +44,14 @@ class OutputLayout:
     @property
     def nms(self) -> bool:
         """False for NMS-free models (the model already removed duplicates)."""
-        return self.name not in ("end2end", "rtdetr")
+        return self.name not in ("end2end", "rtdetr", "rtdetr-topk")
 
     def expected_shape(self) -> str:
         nc = self.num_classes
         return {
             "yolov8": f"[B, {4 + nc}, N]",
             "end2end": "[B, K, 6]",
+            "rtdetr-topk": "[B, K, 6]",
             "rtdetr": f"[B, Q, {4 + nc}]",
         }.get(self.name, f"[B, N, {5 + nc}]")
 
@@ -136,6 +138,15 @@ def decode_rtdetr(raw: Tensor, input_size: tuple[int, int]) -> Final:
     return Final(boxes, scores, cls)
 
 
+def decode_rtdetr_topk(raw: Tensor, input_size: tuple[int, int]) -> Final:
+    pred = raw.float()
+    h, w = input_size
+    b = pred[..., :4] * torch.tensor([w, h, w, h], dtype=pred.dtype, device=pred.device)
+    half = b[..., 2:4] / 2
+    boxes = torch.cat((b[..., 0:2] - half, b[..., 0:2] + half), dim=-1)
+    return Final(boxes, pred[..., 4], pred[..., 5].round().long())
+
+
 DECODERS = {
     "yolov8": decode_yolov8,
     "yolov5": decode_yolov5,
@@ -143,6 +154,7 @@ DECODERS = {
     "yolox-decoded": decode_yolov5,  # same rows; only the anchor count differs
     "end2end": decode_end2end,
     "rtdetr": decode_rtdetr,
+    "rtdetr-topk": decode_rtdetr_topk,
 }
 
 
@@ -162,7 +174,7 @@ def _num_classes(name: str, shape: Sequence[int | None]) -> int | None:
         return b - 5 if b is not None else None
     if name == "rtdetr":
         return b - 4 if b is not None else None
-    return None  # end2end: the class count is not in the shape
+    return None  # end2end, rtdetr-topk: the class count is not in the shape
 
 
 def fits(name: str, shape: Sequence[int | None]) -> bool:
@@ -174,7 +186,7 @@ def fits(name: str, shape: Sequence[int | None]) -> bool:
         return a is not None and a >= 5 and (b is None or b > a)
     if name in ("yolov5", "yolox", "yolox-decoded"):
         return b is not None and b >= 6 and (a is None or a > b)
-    if name == "end2end":
+    if name in ("end2end", "rtdetr-topk"):
         return b == 6 and (a is None or a <= MAX_QUERIES)
     if name == "rtdetr":
         return b is not None and b >= 5 and (a is None or a <= MAX_QUERIES)
@@ -188,13 +200,15 @@ def check_shape(shape: tuple[int | None, ...], layout: OutputLayout, source: str
                           f"{layout.num_classes} classes (expected {layout.expected_shape()})")
 
 
-def _meta_layout(meta: Mapping[str, str]) -> str | None:
+def _meta_layout(meta: Mapping[str, str], shape: tuple[int | None, ...], num_names: int | None) -> str | None:
     """The layout the exporter recorded: ours (`layout`), or what ultralytics' metadata implies."""
     if meta.get("layout") in LAYOUTS:
         return meta["layout"]
     head = meta.get("head", "")
     if "RTDETR" in head or "rtdetr" in meta.get("description", "").lower().replace("-", ""):
-        return "rtdetr"
+        # ultralytics >= 8.4 exports the decoder's top-k (B, 300, 6); older ones the query scores
+        topk = len(shape) == 3 and shape[2] == 6 and num_names != 2
+        return "rtdetr-topk" if topk else "rtdetr"
     if str(meta.get("end2end", "")).lower() == "true":
         return "end2end"
     if meta.get("author") == "Ultralytics" or head == "Detect":
@@ -226,7 +240,7 @@ def resolve_layout(
         name = override
         why = f"model.layout: {override}"
     else:
-        name = _meta_layout(meta or {})
+        name = _meta_layout(meta or {}, shape, num_names)
         why = "the model's metadata"
         if name is None:
             why = "its shape"

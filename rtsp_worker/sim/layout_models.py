@@ -60,9 +60,16 @@ class LayoutNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         t, cells, strides = self._rows(x)
-        if self.layout == "rtdetr":
+        if self.layout in ("rtdetr", "rtdetr-topk"):
             q = t[:, : t.shape[1] // 4]  # fewer queries than cells, like the real decoder's 300
-            return torch.cat((torch.sigmoid(q[..., :4] / 8), torch.sigmoid(q[..., 5:] / 4)), dim=-1)
+            boxes, scores = torch.sigmoid(q[..., :4] / 8), torch.sigmoid(q[..., 5:] / 4)
+            if self.layout == "rtdetr":
+                return torch.cat((boxes, scores), dim=-1)
+            # ultralytics >= 8.4: top-k over (query, class) pairs, normalized cx cy w h, score, class
+            top, index = scores.flatten(1).topk(min(END2END_K, scores.shape[1] * self.nc), dim=1)
+            query = torch.div(index, self.nc, rounding_mode="floor")
+            picked = torch.gather(boxes, 1, query.unsqueeze(-1).expand(-1, -1, 4))
+            return torch.cat((picked, top.unsqueeze(-1), (index - query * self.nc).unsqueeze(-1).to(x.dtype)), -1)
         # Smooth bounds instead of clamps (clamps would make ties): offsets within 1.5 cells, sizes within
         # e^3 strides, scores away from saturation.
         offset = 1.5 * torch.tanh(t[..., 0:2] / 8)
@@ -90,7 +97,8 @@ class LayoutNet(nn.Module):
 
 # What our exporter writes besides `names`: layouts the shape alone cannot tell get a metadata entry,
 # the way ultralytics' exporter records `head` and `end2end`.
-_META = {"rtdetr": {"head": "RTDETRDecoder"}, "yolox-decoded": {"layout": "yolox-decoded"}}
+_META = {"rtdetr": {"head": "RTDETRDecoder"}, "rtdetr-topk": {"head": "RTDETRDecoder"},
+         "yolox-decoded": {"layout": "yolox-decoded"}}
 
 
 def make_layout_model(layout: str, nc: int = 3, seed: int = 0) -> LayoutNet:

@@ -40,8 +40,11 @@ def _row_candidates(rows: Sequence[Sequence[float]], layout: str, input_size: tu
     h, w = input_size
     out: list[Det] = []
     for i, r in enumerate(rows):
-        if layout == "end2end":
-            box, score, cls = (r[0], r[1], r[2], r[3]), r[4], int(round(r[5]))
+        if layout in ("end2end", "rtdetr-topk"):
+            box, score, cls = (r[0], r[1], r[2], r[3]), r[4], round(r[5])
+            if layout == "rtdetr-topk":
+                cx, cy, bw, bh = r[0] * w, r[1] * h, r[2] * w, r[3] * h
+                box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
             if classes is not None and cls not in classes:
                 continue
             out.append((box, score, cls))
@@ -72,7 +75,7 @@ def reference_image(rows: Sequence[Sequence[float]], layout: str, input_size: tu
     """One image's detections in model-input pixels, best first."""
     cands = [d for d in _row_candidates(rows, layout, input_size, classes) if d[1] > conf]
     cands.sort(key=lambda d: -d[1])
-    if layout in ("end2end", "rtdetr"):
+    if layout in ("end2end", "rtdetr", "rtdetr-topk"):
         return cands[:max_det]
     kept: list[Det] = []
     for d in cands:  # greedy NMS within each class
