@@ -162,3 +162,19 @@ def test_inspect_prints_layout_conventions_and_keys(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "inspect", str(path), "--layout", "end2end"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and "[1, 126, 8]" in proc.stderr and "yolox" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_decoding_on_cuda_matches_cpu(tmp_path, layout):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    eng = load(export_layout_model(tmp_path / f"{layout}.onnx", layout, SIZE))
+    images, letterbox = Preprocessor(eng.info.spec, 8, torch.device("cpu"))(frames())
+    raw = eng.infer(images)
+    cpu = postprocess(raw, letterbox, CONF, IOU, max_det=MAX_DET, layout=eng.info.layout, input_size=SIZE)
+    dev = torch.device("cuda")
+    lb = type(letterbox)(*(t.to(dev) for t in (letterbox.scale, letterbox.pad, letterbox.source_size)))
+    gpu = postprocess(raw.to(dev), lb, CONF, IOU, max_det=MAX_DET, layout=eng.info.layout, input_size=SIZE).to("cpu")
+    assert cpu.boxes.shape[0] > 0
+    assert_matches(gpu, reference(raw, layout, letterbox))
