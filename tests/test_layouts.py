@@ -178,3 +178,22 @@ def test_decoding_on_cuda_matches_cpu(tmp_path, layout):
     gpu = postprocess(raw.to(dev), lb, CONF, IOU, max_det=MAX_DET, layout=eng.info.layout, input_size=SIZE).to("cpu")
     assert cpu.boxes.shape[0] > 0
     assert_matches(gpu, reference(raw, layout, letterbox))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fp16_conversion_keeps_every_layout_working(tmp_path, layout):
+    """build-engine's FP16 ONNX keeps float32 inputs/outputs and decodes to (nearly) the same boxes."""
+    from rtsp_worker.engine_build.fp16 import convert_file_to_fp16
+
+    src = export_layout_model(tmp_path / f"{layout}.onnx", layout, SIZE)
+    half = convert_file_to_fp16(src, tmp_path / f"{layout}_fp16.onnx")
+    e32, e16 = load(src), load(half)
+    assert e16.info.layout == e32.info.layout and e16.info.spec == e32.info.spec
+    images, letterbox = Preprocessor(e32.info.spec, 8, torch.device("cpu"))(frames())
+    r32, r16 = e32.infer(images), e16.infer(images)
+    assert r16.dtype == torch.float32 and r16.shape == r32.shape
+    d32 = postprocess(r32, letterbox, CONF, IOU, max_det=MAX_DET, layout=e32.info.layout, input_size=SIZE)
+    d16 = postprocess(r16, letterbox, CONF, IOU, max_det=MAX_DET, layout=e16.info.layout, input_size=SIZE)
+    assert d32.boxes.shape[0] > 0
+    # fp16 may flip a box sitting on the threshold or NMS boundary: the count must stay close
+    assert abs(d16.boxes.shape[0] - d32.boxes.shape[0]) <= max(2, d32.boxes.shape[0] // 5)
