@@ -196,8 +196,8 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def layouts_main(args) -> None:
-    from rtsp_worker.detection.layouts import LAYOUTS, OutputLayout
     from rtsp_worker.detection.input_spec import spec_for
+    from rtsp_worker.detection.layouts import LAYOUTS, OutputLayout
     from rtsp_worker.sim.layout_models import make_layout_model
     from rtsp_worker.sim.layout_reference import reference_image, rows_of, to_source
     from rtsp_worker.types import Frame
@@ -216,10 +216,10 @@ def layouts_main(args) -> None:
                 raw = net(images)
             lay = OutputLayout(layout, nc)
 
-            def vectorized():
+            def vectorized(raw=raw, lb=lb, lay=lay):
                 return postprocess(raw, lb, conf, IOU, max_det=MAX_DET, layout=lay, input_size=size)
 
-            def loop():
+            def loop(raw=raw, lb=lb, bsz=bsz, layout=layout):
                 out = []
                 for i in range(bsz):  # the per-box reference: one image, one row, one box at a time
                     dets = reference_image(rows_of(raw[i].tolist(), layout), layout, size, conf, IOU, MAX_DET)
