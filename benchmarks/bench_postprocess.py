@@ -1,6 +1,11 @@
 """Postprocessing: a per-anchor Python loop with `.item()` calls vs `rtsp_worker.detection.postprocess.postprocess`.
 
     .venv/bin/python benchmarks/bench_postprocess.py [--batch 4] [--smoke] [--json FILE]
+    .venv/bin/python benchmarks/bench_postprocess.py --layouts [--smoke] [--json FILE]
+
+`--layouts`: every output layout (detection/layouts.py) at batch 8 and 32, the vectorized decoder + NMS or
+top-k against the per-box reference loop (rtsp_worker/sim/layout_reference.py), on outputs of the project's
+tiny layout models (sim/layout_models.py, random weights, 256x256 input, 20 classes) for real-size frames.
 
 The loop is the classic slow version: for every image, for every anchor, take the best class score with
 `.item()`, keep it above the threshold, read the box with four more `.item()` calls, sort, then greedy
@@ -181,11 +186,71 @@ def measure(name: str, model: common.ModelChoice, frames: list, vec_repeat: int,
     }
 
 
+def _median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def layouts_main(args) -> None:
+    from rtsp_worker.detection.input_spec import spec_for
+    from rtsp_worker.detection.layouts import LAYOUTS, OutputLayout
+    from rtsp_worker.sim.layout_models import make_layout_model
+    from rtsp_worker.sim.layout_reference import reference_image, rows_of, to_source
+    from rtsp_worker.types import Frame
+
+    size, nc, conf = (256, 256), 20, 0.5
+    batches = (2,) if args.smoke else (8, 32)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for layout in LAYOUTS:
+        net = make_layout_model(layout, nc)
+        for bsz in batches:
+            frames = [Frame(i, 0, 0.0, torch.randint(0, 256, (360, 640, 3), dtype=torch.uint8, generator=g), 360, 640)
+                      for i in range(bsz)]
+            images, lb = Preprocessor(spec_for(size, layout), bsz, torch.device("cpu"))(frames)
+            with torch.no_grad():
+                raw = net(images)
+            lay = OutputLayout(layout, nc)
+
+            def vectorized(raw=raw, lb=lb, lay=lay):
+                return postprocess(raw, lb, conf, IOU, max_det=MAX_DET, layout=lay, input_size=size)
+
+            def loop(raw=raw, lb=lb, bsz=bsz, layout=layout):
+                out = []
+                for i in range(bsz):  # the per-box reference: one image, one row, one box at a time
+                    dets = reference_image(rows_of(raw[i].tolist(), layout), layout, size, conf, IOU, MAX_DET)
+                    scale = lb.scale[i].tolist()
+                    out.append([to_source(d, tuple(scale) if isinstance(scale, list) else scale,
+                                          tuple(lb.pad[i].tolist()), tuple(lb.source_size[i].tolist())) for d in dets])
+                return out
+
+            vec_ms = _median_ms(vectorized, 3 if args.smoke else 7)
+            loop_ms = _median_ms(loop, 1)
+            same = sum(len(x) for x in loop()) == vectorized().boxes.shape[0]
+            rows.append({"layout": layout, "batch": bsz, "rows_per_image": raw.shape[2 if layout == "yolov8" else 1],
+                         "detections": vectorized().boxes.shape[0], "loop_ms_per_batch": round(loop_ms, 2),
+                         "vectorized_ms_per_batch": round(vec_ms, 3), "ratio": round(loop_ms / vec_ms, 1),
+                         "same_count": same})
+    common.print_table(f"Postprocessing per layout (input {size[0]}x{size[1]}, {nc} classes, conf {conf}, "
+                       f"iou {IOU}): per-box loop vs vectorized", rows,
+                       ["layout", "batch", "rows_per_image", "detections", "loop_ms_per_batch",
+                        "vectorized_ms_per_batch", "ratio", "same_count"])
+    common.write_json(args.json, {"benchmark": "postprocess_layouts", **common.metadata(args), "cases": rows})
+
+
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--batch", type=int, default=4, help="images per batch (cameras)")
+    ap.add_argument("--layouts", action="store_true", help="every output layout, batch 8 and 32")
     args = ap.parse_args()
     common.setup(args)
+    if args.layouts:
+        layouts_main(args)
+        return
     batch = 2 if args.smoke else args.batch
     clip = common.synthetic_clip(0, seconds=2 if args.smoke else 4)
     images = common.decode_clip(clip, max_frames=batch * 8)

@@ -1,4 +1,5 @@
-"""Command line: `rtsp-worker run | shards | demo | probe | build-engine | doctor`. Thin: parsing, logging and exit codes.
+"""Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`. Thin: parsing,
+logging and exit codes.
 
 Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
 """
@@ -103,6 +104,23 @@ def probe(
     if result.error:
         raise fail(f"{result.url}: {result.error}", 1)
     typer.echo(result.describe())
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX, TorchScript or TensorRT model")],
+    layout: Annotated[str, typer.Option(help="Try a `model.layout` value (default: auto).")] = "auto",
+    device: Annotated[str, typer.Option(help="Device to load it on.")] = "cpu",
+) -> None:
+    """Print what the worker will do with MODEL: layout, input size and conventions, classes, batch."""
+    from rtsp_worker.engines import ModelError
+    from rtsp_worker.engines.inspect import inspect_model
+
+    setup_logging("WARNING")
+    try:
+        typer.echo(inspect_model(model, layout, device))
+    except (ModelError, ValueError) as e:
+        raise fail(str(e), EXIT_MODEL) from None
 
 
 def _register_build_engine() -> None:

@@ -182,6 +182,26 @@ class CameraConfig(_Model):
         return v
 
 
+class ModelInputConfig(_Model):
+    """`model.input:` the model's pixel conventions; unset fields come from metadata or the layout's default."""
+
+    channels: Literal["rgb", "bgr"] | None = Field(None, description="Channel order the model wants.")
+    scale: float | None = Field(None, gt=0, le=1, description="0-255 values are multiplied by this (1/255 or 1).")
+    mean: tuple[float, float, float] | None = Field(None, description="Subtracted after scaling, per channel.")
+    std: tuple[float, float, float] | None = Field(None, description="Divided after subtracting, per channel.")
+    letterbox: Literal["center", "topleft", "stretch"] | None = Field(
+        None, description="Frame placement: centred, top-left corner (YOLOX), or stretched (RT-DETR)."
+    )
+    pad_value: float | None = Field(None, ge=0, le=255, description="Letterbox fill, 0-255 units.")
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, v: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if v is not None and any(x == 0 for x in v):
+            raise ValueError(f"std {list(v)} must not contain 0")
+        return v
+
+
 class ModelConfig(_Model):
     """The detector."""
 
@@ -193,6 +213,10 @@ class ModelConfig(_Model):
         None, description="(height, width), multiples of 32; default: read from the model."
     )
     class_names: list[str] | None = Field(None, description="Override the names stored in the model.")
+    layout: Literal["auto", "yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr", "rtdetr-topk"] = Field(
+        "auto", description="Output layout (detection/layouts.py); auto: from metadata and output shape."
+    )
+    input: ModelInputConfig | None = Field(None, description="Override the model's pixel conventions.")
     fp16: bool = Field(True, description="torch backend on CUDA: run in half precision.")
     cuda_graphs: bool = Field(True, description="torch backend on CUDA: capture one graph per batch bucket.")
     contexts: int = Field(2, ge=1, le=8, description="TensorRT: execution contexts (batches in flight).")

@@ -113,7 +113,7 @@ class Pipeline:
         self.work_device = self.engine.device
         det = cfg.detection
         self._classes = class_mask(det.classes, info.class_names, self.work_device)
-        self.preprocess = Preprocessor(info.input_size, cfg.batcher.max_batch, self.work_device,
+        self.preprocess = Preprocessor(info.spec, cfg.batcher.max_batch, self.work_device,
                                        self.engine.input_dtype)
         self.tracker = IouTracker(cfg.tracker, len(cameras), self.work_device)
         # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
@@ -173,7 +173,8 @@ class Pipeline:
         if inf.raw is not None:
             det = self.cfg.detection
             dets = postprocess(inf.raw, inf.letterbox, det.confidence, det.iou, max_det=det.max_detections,
-                               max_candidates=det.max_candidates, classes=self._classes)
+                               max_candidates=det.max_candidates, classes=self._classes,
+                               layout=self.engine.info.output_layout, input_size=self.engine.info.input_size)
             if len(rows) != len(frames):  # rows of the inferred subset -> rows of the batch
                 row_map = torch.tensor(rows, device=dets.batch_index.device)
                 dets = Detections(dets.boxes, dets.scores, dets.class_ids, row_map[dets.batch_index])

@@ -50,7 +50,7 @@ class Batch:
 class Letterbox:
     """How each batch image was mapped into the model input: input = source * scale + pad."""
 
-    scale: Tensor  # (B,) float32, same device as the batch tensor
+    scale: Tensor  # (B,) float32, same device as the batch tensor; (B, 2) (sx, sy) when stretched (RT-DETR)
     pad: Tensor  # (B, 2) float32, (pad_x, pad_y) in input pixels
     source_size: Tensor  # (B, 2) float32, (width, height) of each source frame
 

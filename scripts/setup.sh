@@ -2,7 +2,8 @@
 # One-time set-up on Debian/Ubuntu: system packages (GStreamer RTSP server for the local cameras, redis
 # for the Redis sink tests) and a virtual environment in .venv with the project and its test extras.
 #   bash scripts/setup.sh            # CPU machine
-#   EXTRAS=test,gpu bash scripts/setup.sh   # + PyNvVideoCodec/cupy on an NVIDIA machine
+#   EXTRAS=test,parity,gpu bash scripts/setup.sh   # + PyNvVideoCodec/cupy on an NVIDIA machine
+# The default extras include `parity` (ultralytics, AGPL, test-only: tests/test_ultralytics_parity.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +25,5 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q -e ".[${EXTRAS:-test}]"
+.venv/bin/python -m pip install -q -e ".[${EXTRAS:-test,parity}]"
 .venv/bin/python -c "import rtsp_worker, torch, av, onnxruntime; print('rtsp-worker ready: torch', torch.__version__)"

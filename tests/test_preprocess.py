@@ -55,3 +55,37 @@ def test_batch_larger_than_buffer_is_rejected():
     pre = Preprocessor((64, 64), max_batch=1, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="exceeds"):
         pre([frame_with_box(64, 64, (0, 0, 8, 8)), frame_with_box(64, 64, (0, 0, 8, 8))])
+
+
+def test_input_spec_conventions_in_one_pass():
+    """Channel order, value mapping, pad value and placement, against the per-pixel definition."""
+    from rtsp_worker.detection.input_spec import InputSpec
+    from rtsp_worker.types import Frame
+
+    img = torch.randint(0, 256, (32, 64, 3), dtype=torch.uint8)
+    frame = Frame(0, 0, 0.0, img, 32, 64)
+    spec = InputSpec((64, 64), channels="bgr", scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                     letterbox="topleft", pad_value=0.0)
+    batch, lb = Preprocessor(spec, 1, torch.device("cpu"))([frame])
+    want = (img.flip(-1).permute(2, 0, 1).float() / 255 - torch.tensor(spec.mean).view(3, 1, 1)) \
+        / torch.tensor(spec.std).view(3, 1, 1)
+    assert torch.allclose(batch[0, :, :32, :], want, atol=1e-5)  # frame at the top-left, BGR, normalized
+    assert torch.allclose(batch[0, :, 32:, :], torch.tensor(spec.pad).view(3, 1, 1).expand(3, 32, 64))
+    assert lb.pad.tolist() == [[0.0, 0.0]] and lb.scale.tolist() == [1.0]
+    # 0-255 models (YOLOX) get raw values
+    raw, _ = Preprocessor(InputSpec((32, 64), scale=1.0), 1, torch.device("cpu"))([frame])
+    assert torch.equal(raw[0], img.permute(2, 0, 1).float())
+
+
+def test_stretch_scales_each_axis_and_maps_boxes_back():
+    from rtsp_worker.detection.input_spec import InputSpec
+    from rtsp_worker.detection.postprocess import to_source_pixels
+    from rtsp_worker.types import Detections, Frame
+
+    frame = Frame(0, 0, 0.0, torch.full((100, 400, 3), 50, dtype=torch.uint8), 100, 400)
+    batch, lb = Preprocessor(InputSpec((64, 64), letterbox="stretch"), 1, torch.device("cpu"))([frame])
+    assert torch.allclose(batch, torch.full_like(batch, 50 / 255))  # no pad anywhere
+    assert torch.allclose(lb.scale, torch.tensor([[64 / 400, 64 / 100]]))
+    dets = Detections(torch.tensor([[16.0, 16.0, 32.0, 48.0]]), torch.ones(1), torch.zeros(1, dtype=torch.long),
+                      torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(to_source_pixels(dets, lb).boxes, torch.tensor([[100.0, 25.0, 200.0, 75.0]]))

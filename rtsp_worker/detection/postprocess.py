@@ -1,7 +1,8 @@
-"""Vectorized postprocessing of ultralytics-layout outputs for a whole batch.
+"""Vectorized postprocessing of a whole batch, for every output layout (detection/layouts.py).
 
-`(B, 4 + nc, N)` raw output -> per-box confidence filter -> top-k candidates -> class- and image-aware NMS
-in one `nms` call -> at most `max_det` boxes per image -> boxes mapped back to source pixels.
+NMS layouts: raw output -> dense candidates -> per-box confidence filter -> top-k candidates -> class- and
+image-aware NMS in one `nms` call -> at most `max_det` boxes per image -> boxes mapped back to source pixels.
+NMS-free layouts (end2end, rtdetr): class filter -> threshold -> the `max_det` best rows per image.
 No Python loop over anchors or boxes, and no `.item()`: the only host syncs are the ones that
 variable-length outputs force (the candidate mask and NMS), once per batch, never per frame. (On the CPU with
 more than 1000 candidates NMS runs per (image, class) group, see `nms_per_image_and_class`.)
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
+from rtsp_worker.detection.layouts import Dense, Final, OutputLayout, decode
 from rtsp_worker.types import Detections, Letterbox
 
 CPU_GROUPED_NMS_ABOVE = 1000  # boxes; see nms_per_image_and_class
@@ -66,36 +68,53 @@ def decode_predictions(
     max_det: int = 300,
     max_candidates: int = 3000,
     classes: Tensor | None = None,
+    layout: OutputLayout | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Detections:
     """Boxes (xyxy, model-input pixels) kept after confidence filter and NMS, for every image of the batch.
 
-    `classes` is an optional (nc,) bool mask of the classes to keep.
+    `classes` is an optional (nc,) bool mask of the classes to keep. `layout` defaults to `yolov8`
+    with the class count of the output; `input_size` (height, width) is needed by layouts that
+    depend on the grid (`yolox`) or on normalized boxes (`rtdetr`).
     """
-    if raw.ndim != 3 or raw.shape[1] < 5:
-        raise ValueError(f"expected raw output (B, 4 + nc, N), got {tuple(raw.shape)}")
-    bsz, _, n = raw.shape
-    pred = raw.float().transpose(1, 2)  # (B, N, 4 + nc), a view
-    class_scores = pred[..., 4:]
+    if layout is None:
+        if raw.ndim != 3 or raw.shape[1] < 5:
+            raise ValueError(f"expected raw output (B, 4 + nc, N), got {tuple(raw.shape)}")
+        layout = OutputLayout("yolov8", raw.shape[1] - 4)
+    size = input_size or (0, 0)
+    out = decode(raw, layout, size)
+    if isinstance(out, Final):
+        return _select_final(out, conf, max_det, classes)
+    return _nms_dense(out, conf, iou, max_det, max_candidates, classes)
+
+
+def _nms_dense(
+    dense: Dense, conf: float, iou: float, max_det: int, max_candidates: int, classes: Tensor | None
+) -> Detections:
+    class_scores = dense.class_scores
+    bsz, n, nc = class_scores.shape
     if classes is not None:
         class_scores = class_scores * classes.to(class_scores.dtype)
     # Best score per anchor without its class index: `max(dim)` also computes indices for every anchor,
     # which cost 97% of this function on an 80-class model (OPTIMIZATION_SUMMARY.md).
     scores = class_scores.amax(dim=2)  # (B, N)
+    if dense.objectness is not None:  # obj >= 0, so max(obj x cls) = obj x max(cls): no (B, N, nc) product
+        scores = scores * dense.objectness
 
     # Untrained or badly calibrated models can leave thousands of candidates; NMS cost is quadratic.
     k = min(max_candidates, n)
     top_scores, top_idx = scores.topk(k, dim=1)  # (B, k), sorted by score
     keep = top_scores > conf  # (B, k)
-    batch_index = torch.arange(bsz, device=raw.device).unsqueeze(1).expand(bsz, k)
+    batch_index = torch.arange(bsz, device=scores.device).unsqueeze(1).expand(bsz, k)
 
     flat_keep = keep.reshape(-1).nonzero().squeeze(1)  # one sync per batch
     bi = batch_index.reshape(-1)[flat_keep]
     anchor = top_idx.reshape(-1)[flat_keep]
-    boxes = cxcywh_to_xyxy(pred[bi, anchor, :4])
+    boxes = cxcywh_to_xyxy(dense.boxes[bi, anchor])
     cand_scores = top_scores.reshape(-1)[flat_keep]
     cand_cls = class_scores[bi, anchor].argmax(dim=1)  # class ids for the candidates only
 
-    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou, class_scores.shape[2])
+    kept = nms_per_image_and_class(boxes, cand_scores, bi, cand_cls, iou, nc)
     kept = cap_per_image(kept, bi, bsz, max_det)
 
     return Detections(
@@ -106,10 +125,28 @@ def decode_predictions(
     )
 
 
+def _select_final(out: Final, conf: float, max_det: int, classes: Tensor | None) -> Detections:
+    """NMS-free layouts: class filter, threshold, the `max_det` best rows per image. No NMS."""
+    scores = out.scores
+    bsz, k = scores.shape
+    if classes is not None:  # ids outside the mask's range (a broken model) count as unwanted, not a crash
+        ids = out.class_ids.clamp(0, classes.shape[0] - 1)
+        scores = scores * (classes[ids] & (out.class_ids == ids)).to(scores.dtype)
+    top_scores, top_idx = scores.topk(min(max_det, k), dim=1)
+    keep = top_scores > conf
+    batch_index = torch.arange(bsz, device=scores.device).unsqueeze(1).expand_as(top_idx)
+    flat_keep = keep.reshape(-1).nonzero().squeeze(1)  # one sync per batch
+    bi = batch_index.reshape(-1)[flat_keep]
+    row = top_idx.reshape(-1)[flat_keep]
+    return Detections(boxes=out.boxes[bi, row], scores=top_scores.reshape(-1)[flat_keep],
+                      class_ids=out.class_ids[bi, row], batch_index=bi)
+
+
 def to_source_pixels(dets: Detections, letterbox: Letterbox) -> Detections:
     """Undo the letterbox: input pixels -> each source frame's pixels, clipped to the frame."""
     bi = dets.batch_index
-    scale = letterbox.scale[bi].unsqueeze(1)
+    scale = letterbox.scale[bi]
+    scale = scale.repeat(1, 2) if scale.ndim == 2 else scale.unsqueeze(1)  # (B, 2): stretched, per axis
     pad = letterbox.pad[bi].repeat(1, 2)
     boxes = (dets.boxes - pad) / scale
     limits = letterbox.source_size[bi].repeat(1, 2)
@@ -142,7 +179,10 @@ def postprocess(
     max_det: int = 300,
     max_candidates: int = 3000,
     classes: Tensor | None = None,
+    layout: OutputLayout | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Detections:
     """Raw engine output of a batch -> detections in source-frame pixels."""
-    dets = decode_predictions(raw, conf, iou, max_det=max_det, max_candidates=max_candidates, classes=classes)
+    dets = decode_predictions(raw, conf, iou, max_det=max_det, max_candidates=max_candidates, classes=classes,
+                              layout=layout, input_size=input_size)
     return to_source_pixels(dets, letterbox)

@@ -1,8 +1,12 @@
 """Batched letterbox preprocessing in torch, on whatever device the frames live on.
 
-Frames (RGB (H, W, 3) uint8, or NVDEC's NV12 (H*3/2, W) uint8) -> one (B, 3, H_in, W_in) tensor in [0, 1]
-written into a preallocated buffer, plus the `Letterbox` that maps boxes back. Frames of the same size are
-resized together in one `interpolate` call; the loop is over distinct frame sizes, never over pixels or boxes.
+Frames (RGB (H, W, 3) uint8, or NVDEC's NV12 (H*3/2, W) uint8) -> one (B, 3, H_in, W_in) tensor prepared
+as the model's `InputSpec` says (channel order, value mapping, letterbox placement and fill; default RGB in
+[0, 1], centred, grey 114) written into a preallocated buffer, plus the `Letterbox` that maps boxes back.
+Frames of the same size are resized together in one `interpolate` call; the loop is over distinct frame
+sizes, never over pixels or boxes. The conventions cost no extra pass: channel order is picked while the
+frames are gathered (or folded into the NV12 matrix), and the value mapping is the one multiply-add that
+the [0, 1] scaling already was.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rtsp_worker.detection.input_spec import InputSpec
 from rtsp_worker.types import NV12, RGB, Frame, Letterbox
 
 log = logging.getLogger(__name__)
@@ -22,12 +27,22 @@ log = logging.getLogger(__name__)
 PAD_VALUE = 114 / 255  # the grey ultralytics models are trained with
 
 
-def letterbox_geometry(height: int, width: int, input_size: tuple[int, int]) -> tuple[float, int, int, int, int]:
-    """(scale, new_h, new_w, pad_x, pad_y) that fit a height x width frame into input_size, centred."""
+def letterbox_geometry(
+    height: int, width: int, input_size: tuple[int, int], placement: str = "center"
+) -> tuple[float, int, int, int, int]:
+    """(scale, new_h, new_w, pad_x, pad_y) that fit a height x width frame into input_size.
+
+    `placement` center (ultralytics) or topleft (YOLOX: all padding right and below). For stretch use
+    `stretch_scale`: the frame fills the input and each axis has its own scale.
+    """
     in_h, in_w = input_size
+    if placement == "stretch":
+        return min(in_h / height, in_w / width), in_h, in_w, 0, 0
     scale = min(in_h / height, in_w / width)
     new_h = min(in_h, max(1, round(height * scale)))
     new_w = min(in_w, max(1, round(width * scale)))
+    if placement == "topleft":
+        return scale, new_h, new_w, 0, 0
     return scale, new_h, new_w, (in_w - new_w) // 2, (in_h - new_h) // 2
 
 
@@ -51,8 +66,11 @@ def yuv_coefficients(colorimetry: str) -> tuple[tuple[float, ...], float, float]
     return sum(m, ()), y_off, 128.0
 
 
-def nv12_to_rgb(nv12: Tensor, height: int, width: int, colorimetry: str | None = None) -> Tensor:
-    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB in [0, 255]. Default colorimetry: BT.601 limited."""
+def nv12_to_rgb(nv12: Tensor, height: int, width: int, colorimetry: str | None = None,
+                bgr: bool = False) -> Tensor:
+    """(G, H*3/2, W) uint8 NV12 -> (G, 3, H, W) float32 RGB (or BGR: the matrix rows swapped) in [0, 255].
+
+    Default colorimetry: BT.601 limited."""
     if colorimetry is None:
         m, y_off = _YUV2RGB, 16.0
     else:
@@ -63,6 +81,7 @@ def nv12_to_rgb(nv12: Tensor, height: int, width: int, colorimetry: str | None =
     uv = uv.permute(0, 3, 1, 2)  # (G, 2, H/2, W/2)
     uv = F.interpolate(uv, size=(height, width), mode="nearest") - 128.0
     yuv = torch.stack((y - y_off, uv[:, 0], uv[:, 1]), dim=1)  # (G, 3, H, W)
+    m = m.flip(0) if bgr else m
     rgb = torch.einsum("rc,gchw->grhw", m.to(nv12.device), yuv)
     return rgb.clamp_(0, 255)
 
@@ -77,8 +96,8 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device, non_blocking=device.type != "cpu")
 
 
-def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
-    """Same-size frames -> (G, 3, H, W) float32 in [0, 255]."""
+def _to_chw_float(frames: Sequence[Frame], bgr: bool = False) -> Tensor:
+    """Same-size frames -> (G, 3, H, W) float32 in [0, 255], RGB or BGR."""
     first = frames[0]
     if first.image.is_cuda:
         # NVDEC frames were allocated on the decoder's stream: keep their memory from being reused
@@ -88,22 +107,34 @@ def _to_chw_float(frames: Sequence[Frame]) -> Tensor:
             f.image.record_stream(stream)
     stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
-        return nv12_to_rgb(stacked, first.height, first.width, first.colorimetry)
+        return nv12_to_rgb(stacked, first.height, first.width, first.colorimetry, bgr)
     if first.pixel_format != RGB:
         raise ValueError(f"unsupported pixel format {first.pixel_format!r}")
-    return stacked.permute(0, 3, 1, 2).float()
+    chw = stacked.permute(0, 3, 1, 2)
+    return (chw.flip(1) if bgr else chw).float()
 
 
 class Preprocessor:
-    """Letterboxes batches into a buffer allocated once for the largest batch."""
+    """Letterboxes batches into a buffer allocated once for the largest batch.
+
+    `input_size` may be an `InputSpec` (the model's conventions) or a plain (height, width), which means
+    the ultralytics defaults.
+    """
 
     def __init__(
-        self, input_size: tuple[int, int], max_batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+        self, input_size: tuple[int, int] | InputSpec, max_batch: int, device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        self.input_size = input_size
+        spec = input_size if isinstance(input_size, InputSpec) else InputSpec(tuple(input_size))  # type: ignore[arg-type]
+        self.spec = spec
+        self.input_size = spec.size
         self.device = device
         self.dtype = dtype
-        self._buffer = torch.empty((max_batch, 3, *input_size), dtype=dtype, device=device)
+        self._buffer = torch.empty((max_batch, 3, *spec.size), dtype=dtype, device=device)
+        self._bgr = spec.channels == "bgr"
+        self._mul = torch.tensor(spec.mul, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._add = torch.tensor(spec.add, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self._pad = torch.tensor(spec.pad, dtype=dtype, device=device).view(1, 3, 1, 1)
         self._fused: Any = None  # the cupy kernel (detection.kernels), False where it cannot be used
 
     def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
@@ -111,7 +142,8 @@ class Preprocessor:
         if bsz > self._buffer.shape[0]:
             raise ValueError(f"batch of {bsz} exceeds the preallocated {self._buffer.shape[0]}")
         out = self._buffer[:bsz]
-        geo = [letterbox_geometry(f.height, f.width, self.input_size) for f in frames]
+        placement = self.spec.letterbox
+        geo = [letterbox_geometry(f.height, f.width, self.input_size, placement) for f in frames]
         if self._fused_ok(frames):  # NVDEC frames on the GPU: one cupy launch for the whole batch
             from rtsp_worker.detection.kernels import ImageGeometry
 
@@ -120,17 +152,19 @@ class Preprocessor:
                 [ImageGeometry(f.height, f.width, g[4], g[3], g[1], g[2]) for f, g in zip(frames, geo)], out,
                 [yuv_coefficients(f.colorimetry) for f in frames])
             return out, self._letterbox(frames, geo)
-        out.fill_(PAD_VALUE)
+        if placement != "stretch":  # stretched frames cover the whole input
+            out.copy_(self._pad.expand_as(out))
 
         groups: dict[tuple[int, int, str, str], list[int]] = {}
         for i, f in enumerate(frames):
             groups.setdefault((f.height, f.width, f.pixel_format, f.colorimetry), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
-            imgs = to_device(_to_chw_float([frames[i] for i in idx]), self.device)
+            imgs = to_device(_to_chw_float([frames[i] for i in idx], self._bgr), self.device)
             if imgs.shape[-2:] != (new_h, new_w):
-                imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False)
-            region = imgs.mul_(1 / 255).clamp_(0, 1).to(self.dtype)
+                # bilinear can overshoot 0-255 slightly at edges; uint8 pixels need no clamp
+                imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False).clamp_(0, 255)
+            region = torch.addcmul(self._add, imgs, self._mul, out=imgs).to(self.dtype)  # v * mul + add
             index = torch.tensor(idx, device=self.device)
             if len(idx) == bsz:
                 out[:, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
@@ -146,18 +180,22 @@ class Preprocessor:
             return False
         if self._fused is None:
             try:
-                from rtsp_worker.detection.input_spec import InputSpec
                 from rtsp_worker.detection.kernels import FusedPreprocess
 
-                self._fused = FusedPreprocess(InputSpec(self.input_size), self.dtype, self.device)
+                self._fused = FusedPreprocess(self.spec, self.dtype, self.device)
             except Exception as e:  # noqa: BLE001 - no cupy, or it cannot compile: the torch path works
                 log.warning("fused preprocessing kernel unavailable (%s: %s); using torch", type(e).__name__, e)
                 self._fused = False
         return self._fused is not False
 
     def _letterbox(self, frames: Sequence[Frame], geo: list[tuple[float, int, int, int, int]]) -> Letterbox:
+        if self.spec.letterbox == "stretch":
+            scale = torch.tensor([[self.input_size[1] / f.width, self.input_size[0] / f.height] for f in frames],
+                                 dtype=torch.float32)
+        else:
+            scale = torch.tensor([g[0] for g in geo], dtype=torch.float32)
         letterbox = Letterbox(
-            scale=torch.tensor([g[0] for g in geo], dtype=torch.float32),
+            scale=scale,
             pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
             source_size=torch.tensor([[f.width, f.height] for f in frames], dtype=torch.float32),
         )

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from rtsp_worker.detection.input_spec import InputSpec
+from rtsp_worker.detection.layouts import LayoutError, OutputLayout, check_shape, resolve_layout
+
+if TYPE_CHECKING:
+    from rtsp_worker.config import ModelConfig
 
 
 class ModelError(ValueError):
@@ -21,15 +28,25 @@ class ModelInfo:
     class_names: tuple[str, ...]  # index = class id
     max_batch: int | None  # largest batch one call accepts (None: any)
     dynamic_batch: bool  # False: the model itself is fixed at batch max_batch (usually 1)
+    layout: OutputLayout | None = None  # how to read the raw output (None: yolov8, one score per class name)
+    input_spec: InputSpec | None = field(default=None)  # pixel conventions (None: InputSpec(input_size))
+
+    @property
+    def output_layout(self) -> OutputLayout:
+        return self.layout or OutputLayout("yolov8", len(self.class_names))
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.input_spec or InputSpec(self.input_size)
 
 
 @runtime_checkable
 class Engine(Protocol):
     """Runs a detector on a preprocessed batch.
 
-    `infer` takes a (B, 3, H, W) float tensor in [0, 1] (RGB) on `self.device` and returns the raw
-    model output (B, 4 + num_classes, N) float32 on `self.device`, ultralytics YOLOv8 layout: rows are
-    cx, cy, w, h in input pixels, then one score per class. It must not synchronize with the host
+    `infer` takes a (B, 3, H, W) float tensor prepared as `info.spec` says (default: RGB in [0, 1]) on
+    `self.device` and returns the raw model output float32 on `self.device`, in the layout `info.layout`
+    names (detection/layouts.py; default ultralytics YOLOv8's (B, 4 + nc, N)). It must not synchronize with the host
     where it can avoid it: postprocessing reads the output tensor directly.
     """
 
@@ -42,8 +59,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def check_output(output: Tensor, num_classes: int, source: str) -> None:
-    """Reject a model whose output is not (B, 4 + nc, N)."""
+def check_output(output: Tensor, num_classes: int, source: str, layout: OutputLayout | None = None) -> None:
+    """Reject a model whose output does not fit `layout` (default: yolov8, (B, 4 + nc, N))."""
+    if layout is not None:
+        try:
+            check_shape(tuple(output.shape), layout, f"{source}: model")
+        except LayoutError as e:
+            raise ModelError(str(e)) from None
+        return
     if output.ndim != 3 or output.shape[1] != 4 + num_classes:
         raise ModelError(
             f"{source}: model output has shape {list(output.shape)}, expected [B, 4 + num_classes, N] "
@@ -77,3 +100,28 @@ def parse_names(value: str | None) -> tuple[str, ...] | None:
     if isinstance(obj, list):
         return tuple(str(x) for x in obj)
     return None
+
+
+def model_layout(
+    cfg: ModelConfig, shape: Sequence[int | None], input_size: tuple[int, int], names: tuple[str, ...] | None,
+    meta: Mapping[str, str], source: str,
+) -> OutputLayout:
+    """The output layout of a loaded model (`model.layout`, else metadata, else the shape), or a ModelError."""
+    try:
+        return resolve_layout(shape, input_size, len(names) if names is not None else None, meta,
+                              cfg.layout, source)
+    except LayoutError as e:
+        raise ModelError(str(e)) from None
+
+
+def model_input_spec(
+    cfg: ModelConfig, input_size: tuple[int, int], layout: OutputLayout, meta: Mapping[str, str]
+) -> InputSpec:
+    """Pixel conventions: `model.input:` over the exporter's metadata over the layout's family default."""
+    from rtsp_worker.detection.input_spec import spec_for
+
+    overrides = cfg.input.model_dump(exclude_none=True) if cfg.input is not None else {}
+    try:
+        return spec_for(input_size, layout.name, meta, overrides)
+    except ValueError as e:
+        raise ModelError(f"{cfg.path}: model.input: {e}") from None

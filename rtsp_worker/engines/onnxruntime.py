@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
-from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names, parse_names
+from rtsp_worker.engines.base import (
+    ModelError,
+    ModelInfo,
+    check_output,
+    default_class_names,
+    model_input_spec,
+    model_layout,
+    parse_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,29 +81,27 @@ class OnnxRuntimeEngine:
         if size[0] % 32 or size[1] % 32:
             raise ModelError(f"{cfg.path}: input size {size[0]}x{size[1]} is not a multiple of 32")
         fixed = _static_dim(shape[0])
-        out_shape = self.session.get_outputs()[0].shape
-        nc = _static_dim(out_shape[1]) if len(out_shape) == 3 else None
-        if len(out_shape) != 3 or (nc is not None and nc < 5):
-            raise ModelError(f"{cfg.path}: model output has shape {out_shape}, expected [B, 4 + num_classes, N] "
-                             "(ultralytics YOLOv8 layout)")
+        outputs = self.session.get_outputs()
+        if len(outputs) != 1 or len(outputs[0].shape) != 3:
+            raise ModelError(f"{cfg.path}: expected one output (B, rows, columns), got "
+                             f"{[(o.name, o.shape) for o in outputs]}; layouts: yolov8 [B, 4 + nc, N], "
+                             "yolov5/yolox [B, N, 5 + nc], end2end [B, K, 6], rtdetr [B, Q, 4 + nc]")
         names = tuple(cfg.class_names) if cfg.class_names else parse_names(meta.get("names"))
-        if nc is not None and names is not None and len(names) != nc - 4:
-            raise ModelError(f"{cfg.path}: model output has shape {out_shape}: {len(names)} class names for "
-                             f"{nc - 4} classes; expected [B, 4 + num_classes, N] (ultralytics YOLOv8 layout)")
-        if names is None:
-            if nc is None:
-                raise ModelError(f"{cfg.path}: number of classes unknown: set model.class_names")
-            names = default_class_names(nc - 4)
-        self.info = ModelInfo(input_size=size, class_names=names, max_batch=fixed or max_batch,
-                              dynamic_batch=fixed is None)
         self.device = torch.device("cpu")
         self.input_dtype = torch.float32
+        self._chunk = fixed
+        # Fail at start-up, not on the first camera frame, if the model's output is not what we decode:
+        # the probe's real shape (dynamic dims resolved) decides the layout.
+        probe = self.infer(torch.zeros((fixed or 1, 3, *size), dtype=torch.float32))
+        layout = model_layout(cfg, tuple(probe.shape), size, names, meta, str(cfg.path))
+        if names is None:
+            names = default_class_names(layout.num_classes)
+        self.info = ModelInfo(input_size=size, class_names=names, max_batch=fixed or max_batch,
+                              dynamic_batch=fixed is None, layout=layout,
+                              input_spec=model_input_spec(cfg, size, layout, meta))
         if fixed is not None and fixed < max_batch:
             log.info("%s: model has a fixed batch of %d; batches run in chunks of that size", cfg.path, fixed)
-        self._chunk = fixed
-        # Fail at start-up, not on the first camera frame, if the model's output is not what we decode.
-        probe = self.infer(torch.zeros((fixed or 1, 3, *size), dtype=torch.float32))
-        check_output(probe, len(names), str(cfg.path))
+        check_output(probe, len(names), str(cfg.path), layout)
 
     def infer(self, images: Tensor) -> Tensor:
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
