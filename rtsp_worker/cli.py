@@ -12,14 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rtsp_worker.service.runner import (
-    EXIT_CONFIG,
-    EXIT_MODEL,
-    EXIT_RUNTIME,
-    fail,
-    run_pipeline,
-    setup_logging,
-)
+from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_MODEL, fail, run_pipeline, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 

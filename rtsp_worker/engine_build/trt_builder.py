@@ -23,7 +23,7 @@ from typing import Any
 
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engine_build.profile import ProfileShape
-from rtsp_worker.engines.trt_plan import MIN_TRT_MAJOR, TRT_MISSING
+from rtsp_worker.engines.trt_plan import MIN_TRT_MAJOR, TRT_MISSING  # noqa: F401 - TRT_MISSING re-exported
 from rtsp_worker.engines.trt_plan import import_tensorrt as _import_tensorrt
 
 log = logging.getLogger(__name__)
