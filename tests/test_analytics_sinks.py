@@ -39,6 +39,7 @@ def test_runner_hands_events_to_jsonl_in_their_own_file(tmp_path: Path) -> None:
     runner.submit([result("a", 1, [event("a", 1, "exit", "zone", "lobby")]), result("b", 1, [event("b", 1, "out")])])
     runner.close()
     a = [json.loads(x) for x in (tmp_path / "a.events.jsonl").read_text().splitlines()]
+    assert {r.pop("run") for r in a} == {sink.run}  # every event carries the worker's run id, like the frames
     assert a == [event("a", 0).to_json_dict(), event("a", 1, "exit", "zone", "lobby").to_json_dict()]
     assert a[0] == {"camera": "a", "frame": 0, "ts": 1e9, "track_id": 3, "class_id": 0, "class": "person",
                     "kind": "line", "line": "door", "direction": "in", "point": [10.0, 20.0]}
@@ -63,7 +64,9 @@ def test_redis_events_stream_per_camera(redis_server_factory) -> None:
     assert [int(f["frame"]) for _, f in entries] == [0, 3, 6, 9]
     first = entries[0][1]
     assert (first["camera"], first["kind"], first["name"], first["direction"]) == ("a", "line", "door", "out")
-    assert json.loads(first["data"]) == event("a", 0, "out").to_json_dict()
+    data = json.loads(first["data"])
+    assert data.pop("run") == first["run"] == sink.run
+    assert data == event("a", 0, "out").to_json_dict()
     assert r.xlen("t:a") == 10
 
 
