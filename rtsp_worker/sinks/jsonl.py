@@ -77,13 +77,7 @@ class JsonlSink:
             per_camera.setdefault(r.camera, []).append(line)
         for cam, lines in per_camera.items():
             f = self._file(cam)
-            try:
-                f.write(("\n".join(lines) + "\n").encode(), len(lines))
-            except OSError as e:
-                # One camera's file failing (disk full) costs its lines, never the other cameras' or sinks'.
-                self.failed += len(lines)
-                self.errors += 1
-                self._throttle.error(f"jsonl {f.path}: write failed, records dropped: {e.strerror or e}")
+            if not self._append(f, lines, "records"):
                 continue
             self.lines[cam] = self.lines.get(cam, 0) + len(lines)
             if self.max_bytes is not None and f.size() >= self.max_bytes:
@@ -96,18 +90,24 @@ class JsonlSink:
         """Append each event to its camera's events file (whole lines, not rotated: a few per crossing)."""
         per_camera: dict[str, list[str]] = {}
         for e in events:
-            line, _ = record_json({"run": self.run, **e.to_json_dict()})
-            per_camera.setdefault(e.camera, []).append(line)
+            per_camera.setdefault(e.camera, []).append(record_json({"run": self.run, **e.to_json_dict()})[0])
         for cam, lines in per_camera.items():
             f = self._event_files.get(cam)
             if f is None:
                 f = self._event_files[cam] = LineFile(self.events_path(cam), self.check_interval_s)
-            try:
-                f.write(("\n".join(lines) + "\n").encode(), len(lines))
-            except OSError as e:
-                self.failed += len(lines)
-                self.errors += 1
-                self._throttle.error(f"jsonl {f.path}: write failed, events dropped: {e.strerror or e}")
+            self._append(f, lines, "events")
+
+    def _append(self, f: LineFile, lines: list[str], what: str) -> bool:
+        """Write whole lines; on failure (disk full) count them as lost and return False. One camera's file
+        failing costs its lines, never the other cameras' or sinks'."""
+        try:
+            f.write(("\n".join(lines) + "\n").encode(), len(lines))
+        except OSError as e:
+            self.failed += len(lines)
+            self.errors += 1
+            self._throttle.error(f"jsonl {f.path}: write failed, {what} dropped: {e.strerror or e}")
+            return False
+        return True
 
     def close_camera(self, camera: str) -> None:
         """The camera was removed: close its files (a camera added again later appends to them)."""
