@@ -37,4 +37,5 @@ def test_run_over_rtsp_with_each_layout(tmp_path, rtsp_server_factory, test_clip
     for o in objects:
         x1, y1, x2, y2 = o["box"]
         assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 360, o
-        assert o["class_name"] in ("a", "b", "c") and 0.2 < o["confidence"] <= 1
+        # > 0.2 before the JSON's 4-decimal rounding, so >= 0.2 after it
+        assert o["class_name"] in ("a", "b", "c") and 0.2 <= o["confidence"] <= 1
