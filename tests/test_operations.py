@@ -218,8 +218,12 @@ def test_redis_outage_loses_nothing_within_the_buffer(
         jsonl = [(d["frame"], d["ts"]) for d in read_jsonl(out / f"{cam}.jsonl")]
         entries = r.xrange(f"cams:{cam}")
         in_redis = [(int(f["frame"]), float(f["ts"])) for _, f in entries]
-        assert len(in_redis) == len(jsonl) == pipeline.stats[[c.name for c in pipeline.cameras].index(cam)].processed
-        assert [f for f, _ in in_redis] == [f for f, _ in jsonl], f"{cam}: Redis and JSONL disagree"
+        # Delivery is at-least-once (README): a pipelined send cut by the shutdown may be stored twice. Nothing
+        # may be missing, and a duplicate can only repeat an entry right where the connection broke.
+        unique = list(dict.fromkeys(in_redis))
+        assert len(unique) == len(jsonl) == pipeline.stats[[c.name for c in pipeline.cameras].index(cam)].processed
+        assert [f for f, _ in unique] == [f for f, _ in jsonl], f"{cam}: Redis and JSONL disagree"
+        assert len(in_redis) - len(unique) <= 500, f"{cam}: more duplicates than one pipelined chunk (_CHUNK)"
     assert "redis" in caplog.text and "unreachable" in caplog.text and "reconnected after" in caplog.text
 
 

@@ -163,8 +163,8 @@ def _processed_totals(log: str, cam: str) -> list[int]:
 
 
 def _dropped_total(log: str, cam: str) -> int:
-    # The periodic lines report the drops of their interval: their sum is the camera's total.
-    return sum(int(n) for n in re.findall(rf"camera={cam} state=\w+ .*?dropped=(\d+)", log))
+    # The final line of a camera reports its whole run (the periodic ones their interval): its drops are the total.
+    return int(re.findall(rf"camera={cam} state=\w+ .*?dropped=(\d+)", log)[-1])
 
 
 def _missing(frames: list[int]) -> int:
