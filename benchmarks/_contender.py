@@ -32,6 +32,30 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def thread_groups() -> dict[str, float]:
+    """CPU seconds of this process's threads, summed by role: decode (camera-*), inference, finish, sinks,
+    http and the main thread by their Python names; threads Python does not know (ONNX Runtime's pool,
+    torch's intra-op pool, OpenCV/FFmpeg workers) by their kernel name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = names.get(int(task.name))
+        if name is None:
+            group = f"native:{comm.rstrip('0123456789-_')}"
+        elif name.startswith(("camera-", "sink-")):
+            group = name.split("-", 1)[0]
+        else:
+            group = name.rstrip("0123456789-_ ()") or "python"
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 class Window:
     """Counts results per camera and latencies inside [start, end) of the measurement window."""
 
@@ -43,6 +67,9 @@ class Window:
         self.start: float | None = None  # monotonic; set `warmup` s after every camera had a result
         self.end: float | None = None
         self.cpu0: tuple[float, float] | None = None  # (monotonic, CPU seconds) at the first counted result
+        self.threads0: dict[str, float] = {}  # thread_groups() at the same moment
+        self.decoded: object = None  # worker: a callable giving the frames decoded so far (all cameras)
+        self.decoded0 = 0
         self.t0 = time.monotonic()
         self.startup_s = float("nan")
 
@@ -58,6 +85,8 @@ class Window:
             return
         if self.cpu0 is None:
             self.cpu0 = (now, cpu_seconds())
+            self.threads0 = thread_groups()
+            self.decoded0 = self.decoded() if callable(self.decoded) else 0
         self.counts[camera] += 1
         if latency is not None:
             self.latencies.append(latency)
@@ -69,9 +98,13 @@ class Window:
     def result(self) -> dict:
         now, cpu = time.monotonic(), cpu_seconds()
         t_cpu, c_cpu = self.cpu0 or (now, cpu)
+        threads = thread_groups()
         return {"cameras": self.n, "window_s": self.seconds, "counts": self.counts,
                 "cpu_cores": (cpu - c_cpu) / max(now - t_cpu, 1e-9), "latencies_s": self.latencies,
-                "startup_s": self.startup_s, "complete": self.done}
+                "startup_s": self.startup_s, "complete": self.done,
+                # CPU seconds of each thread role over the window (threads that started inside it: all of theirs)
+                "thread_cpu_s": {k: v - self.threads0.get(k, 0.0) for k, v in threads.items()},
+                "decoded": (self.decoded() - self.decoded0) if callable(self.decoded) else None}
 
 
 def run_worker(args: argparse.Namespace) -> dict:
@@ -88,6 +121,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     cfg = load_config(args.source)
     pipe = Pipeline(cfg)
     win = Window(len(pipe.cameras), args.warmup, args.seconds)
+    win.decoded = lambda: sum(s.decoded for s in pipe.stats)
     lock = threading.Lock()
 
     def listener(report: BatchReport) -> None:

@@ -279,7 +279,7 @@ def decode_clip(path: Path, max_frames: int | None = None) -> list[torch.Tensor]
     """All frames of a clip (or the first `max_frames`) as RGB (H, W, 3) uint8, by the project's decoder."""
     from rtsp_worker.sources.decoders import CpuDecoder
 
-    return [img.image for img in decode_file(path, CpuDecoder, max_frames)]
+    return [img.image for img in decode_file(path, lambda s: CpuDecoder(s, pixel_format="rgb24"), max_frames)]
 
 
 def make_frame(camera: int, seq: int, image: torch.Tensor):

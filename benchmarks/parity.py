@@ -125,7 +125,7 @@ def main() -> None:
         synthetic.encode_mp4((rgb for rgb, _ in synthetic.render(scene)), clip, scene.fps, scene.width, scene.height)
         path, label = model_path(args.model, Path(tmp))
 
-        cpu_frames = decode_file(clip, lambda s: CpuDecoder(s))
+        cpu_frames = decode_file(clip, lambda s: CpuDecoder(s, pixel_format="rgb24"))
         gpu_frames = decode_file(clip, lambda s: nv12_decoder(s, gpu, simulate))
         if len(cpu_frames) != len(gpu_frames):
             raise SystemExit(f"parity: CPU decoded {len(cpu_frames)} frames, GPU {len(gpu_frames)}")

@@ -65,6 +65,10 @@ class SourceOptions(_Model):
     max_failures: int | None = Field(
         None, ge=1, description="Disable a camera after this many failed connects in a row (None: never)."
     )
+    skip_nonref: bool = Field(
+        True, description="When the pipeline takes fewer than 1 in 4 of a camera's decoded frames, the CPU decoder "
+        "skips frames no other frame refers to (B-frames; FFmpeg skip_frame=nonref) until it takes more than 1 in 2.",
+    )
 
 
 # -- lines and zones (issue 15) -------------------------------------------------------------------------
@@ -224,6 +228,12 @@ class ModelConfig(_Model):
         False, description="TensorRT: build `<path>.engine` from the ONNX on first start if missing or stale."
     )
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: library default).")
+    parallel_runs: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime on the CPU: run a batch as this many single-threaded sub-batches "
+        "at once (0: one per usable core; 1: off, one multi-threaded run). Independent runs do not wait for each "
+        "other at every layer as one multi-threaded run does, so a decode thread that takes a core stalls one run, "
+        "not all. Batches smaller than this run as one run with model.threads.",
+    )
     spin: bool = Field(
         False, description="ONNX Runtime: let idle pool threads spin-wait between runs (burns CPU that decode needs)."
     )

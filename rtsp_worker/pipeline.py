@@ -25,12 +25,12 @@ from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig
 from rtsp_worker.detection.finite import NonFiniteCounter, drop_nonfinite
 from rtsp_worker.detection.postprocess import class_mask, postprocess
-from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
+from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner
 from rtsp_worker.sources.camera import CameraSource, CameraState, CameraStats, FrameSlot
 from rtsp_worker.tracking.tracker import IouTracker
-from rtsp_worker.types import NV12, Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
+from rtsp_worker.types import Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +236,7 @@ class Pipeline:
 
     @staticmethod
     def _images(frames: Sequence[Frame]) -> list[torch.Tensor]:
-        imgs = []
-        for f in frames:
-            if f.pixel_format == NV12:
-                rgb = nv12_to_rgb(f.image.unsqueeze(0), f.height, f.width, f.colorimetry)[0]
-                imgs.append(rgb.round().to(torch.uint8).permute(1, 2, 0).cpu())
-            else:
-                imgs.append(f.image.cpu())
-        return imgs
+        return [frame_rgb(f) for f in frames]
 
     # -- the camera set: service/reload.py and service/control.py change it while the pipeline runs --------
     @property

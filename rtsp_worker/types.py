@@ -8,6 +8,7 @@ every stage can work on the whole batch with vectorized ops and split per camera
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +16,11 @@ from torch import Tensor
 # Pixel formats a decoder may hand over.
 RGB = "rgb"  # image: (H, W, 3) uint8, RGB order
 NV12 = "nv12"  # image: (H * 3 // 2, W) uint8, Y plane then interleaved UV plane (NVDEC's output)
+# image: the CPU decoder's own av.VideoFrame, in the codec's native layout (planar YUV 4:2:0 for camera H.264 and
+# HEVC), in host memory. Nothing is converted when it is decoded: the batched preprocessing converts the frames a
+# batch takes, so that a frame the batcher drops costs its decode and nothing else (NVDEC's NV12 frames are kept
+# the same way, on the GPU).
+NATIVE = "native"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +30,7 @@ class Frame:
     camera: int  # index of the camera in the config's enabled-camera list
     seq: int  # per-camera decoded-frame number, from 0, never reset by reconnects
     ts: float  # wall-clock time (time.time()) when the frame was decoded
-    image: Tensor  # RGB: (H, W, 3) uint8; NV12: (H*3/2, W) uint8; CPU or CUDA
+    image: Tensor | Any  # RGB: (H, W, 3) uint8; NV12: (H*3/2, W) uint8, CPU or CUDA; NATIVE: av.VideoFrame
     height: int  # source-frame height in pixels
     width: int  # source-frame width in pixels
     pixel_format: str = RGB

@@ -142,5 +142,9 @@ def test_bench_vs_ultralytics(tmp_path: Path, cache: Path) -> None:
     for run in result["runs"]:
         for key in ("aggregate_fps", "cpu_cores", "cpu_ms_per_frame", "latency_ms_p50"):
             assert positive(run[key]), (key, run)
-        assert len(run["fps_per_camera"]) == result["cameras"]
+        assert len(run["fps_per_camera"]) == run["cameras"] == result["cameras"][0]
+        if run["contender"] == "worker":  # the per-thread profile names the worker's own threads
+            assert {"camera", "inference"} <= set(run["thread_ms_per_frame"]), run["thread_ms_per_frame"]
+            assert positive(run["decoded_fps"])
     assert positive(result["fps_ratio"]) and positive(result["cpu_per_frame_ratio"])
+    assert [s["cameras"] for s in result["series"]] == result["cameras"]

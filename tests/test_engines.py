@@ -30,6 +30,30 @@ def test_fixed_batch_one_model_still_runs_batches(tmp_path):
     assert torch.allclose(fixed.infer(x), dyn.infer(x), atol=1e-5)
 
 
+def test_parallel_runs_split_a_batch_and_give_the_same_output(tmp_path):
+    """model.parallel_runs: sub-batches at once on a single-threaded session; smaller batches one run."""
+    path = export_tiny(tmp_path / "m.onnx", nc=2)
+    one = load(path, parallel_runs=1)
+    three = load_engine(ModelConfig(path=path, parallel_runs=3), torch.device("cpu"), max_batch=8)
+    x = torch.rand(7, 3, 64, 96)
+    try:
+        assert one._single is None and three._single is not None and three._runs == 3
+        assert torch.allclose(three.infer(x), one.infer(x), atol=1e-5)  # 7 images as 3 + 2 + 2, in order
+        assert three._pool is not None and three._pool._max_workers == 2  # the caller runs one sub-batch
+        assert torch.allclose(three.infer(x[:2]), one.infer(x[:2]), atol=1e-5)  # 2 < 3: one run
+    finally:
+        three.close()
+    assert three._pool is None
+
+
+def test_parallel_runs_auto_is_one_per_usable_core():
+    import os
+
+    from rtsp_worker.engines.onnxruntime import parallel_runs
+
+    assert parallel_runs(0) == len(os.sched_getaffinity(0)) and parallel_runs(5) == 5
+
+
 def test_wrong_output_layout_is_rejected(tmp_path):
     path = export_tiny(tmp_path / "bad.onnx", bad_layout=True, names=["a", "b", "c"])
     with pytest.raises(ModelError, match=r"bad.onnx: cannot recognize the output layout from shape \[1, 96, 7\].*model.layout"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -39,6 +40,13 @@ def _parse_imgsz(value: str | None) -> tuple[int, int] | None:
     return (dims[0], dims[1]) if len(dims) == 2 else None
 
 
+def parallel_runs(configured: int) -> int:
+    """`model.parallel_runs`, 0 (auto) being the number of cores this process may use."""
+    if configured:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class OnnxRuntimeEngine:
     """Runs an ONNX detector with ONNX Runtime on host memory.
 
@@ -50,17 +58,25 @@ class OnnxRuntimeEngine:
         import onnxruntime as ort
 
         self.path = cfg.path
-        opts = ort.SessionOptions()
-        if cfg.threads:
-            opts.intra_op_num_threads = cfg.threads
-        if not cfg.spin:  # idle pool threads sleep instead of busy-waiting for the next batch
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._pool = None  # threads of model.parallel_runs, made on the first parallel batch
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        self._runs = parallel_runs(cfg.parallel_runs) if providers == ["CPUExecutionProvider"] else 1
+
+        def session(threads: int):
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            if not cfg.spin:  # idle pool threads sleep instead of busy-waiting for the next batch
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            return ort.InferenceSession(str(cfg.path), sess_options=opts, providers=providers)
+
         try:
-            self.session = ort.InferenceSession(str(cfg.path), sess_options=opts, providers=providers)
+            self.session = session(cfg.threads)  # batches smaller than parallel_runs: one run, all its threads
+            # parallel_runs: sub-batches at once on a single-threaded session of their own
+            self._single = session(1) if self._runs > 1 else None
         except Exception as e:  # noqa: BLE001 - no package, no driver, no such device: the GPU series are left out
             raise ModelError(f"{cfg.path}: cannot load ONNX model: {str(e).splitlines()[0]}") from None
         inputs = self.session.get_inputs()
@@ -105,7 +121,9 @@ class OnnxRuntimeEngine:
 
     def infer(self, images: Tensor) -> Tensor:
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        if self._chunk is None or x.shape[0] == self._chunk:
+        if self._chunk is None and self._single is not None and x.shape[0] >= self._runs:
+            out = self._run_parallel(x)
+        elif self._chunk is None or x.shape[0] == self._chunk:
             out = self.session.run(None, {self._input: x})[0]
         else:
             parts = []
@@ -118,5 +136,21 @@ class OnnxRuntimeEngine:
             out = np.concatenate(parts)
         return torch.from_numpy(out)
 
+    def _run_parallel(self, x: np.ndarray) -> np.ndarray:
+        """Sub-batches run at once (ONNX Runtime's run is thread-safe and releases the GIL); the caller runs the
+        first, pool threads the others."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self._runs - 1, thread_name_prefix="ort-run")
+        run = self._single.run  # type: ignore[union-attr]
+        parts = np.array_split(x, self._runs)
+        futures = [self._pool.submit(run, None, {self._input: p}) for p in parts[1:]]
+        outs = [run(None, {self._input: parts[0]})[0]] + [f.result()[0] for f in futures]
+        return np.concatenate(outs)
+
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.session = self._single = None  # type: ignore[assignment]

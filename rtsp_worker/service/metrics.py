@@ -92,9 +92,14 @@ class _StatsCollector(Collector):
         yield state
         failures = GaugeMetricFamily(f"{NS}_camera_consecutive_failures", "Failed connects in a row.",
                                      labels=["camera"])
+        skipping = GaugeMetricFamily(f"{NS}_camera_skipping_nonref", "1 while the decoder skips non-reference "
+                                     "frames (the pipeline takes under 1 in 4 of them; source.skip_nonref).",
+                                     labels=["camera"])
         for name, st in zip(names, stats):
             failures.add_metric([name], st.failures)
+            skipping.add_metric([name], 1.0 if st.skipping_nonref else 0.0)
         yield failures
+        yield skipping
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
         dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
                                       "its own buffer overflowed (buffer) or its writes failed (write).",

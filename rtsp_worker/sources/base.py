@@ -6,7 +6,7 @@ Both decoder modules (`decoders` for FFmpeg, `nvdec` for NVDEC) import this one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import torch
@@ -34,16 +34,21 @@ class UnsupportedCodec(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    image: Tensor  # RGB (H, W, 3) uint8 or NV12 (H*3/2, W) uint8, on the decoder's device
+    image: Tensor | Any  # RGB (H, W, 3) or NV12 (H*3/2, W) uint8 on the decoder's device, or (NATIVE) the av.VideoFrame
     pixel_format: str
     height: int
     width: int
     pts: float | None  # seconds
-    colorimetry: str = "bt601-limited"  # NV12: YUV matrix and range from the stream's colour tags
+    colorimetry: str = "bt601-limited"  # NV12: YUV matrix and range from the stream's colour tags (NATIVE frames
+    # carry their own tags, which FFmpeg's conversion reads)
 
 
 class VideoDecoder(Protocol):
-    """Turns demuxed packets of one video stream into images."""
+    """Turns demuxed packets of one video stream into images.
+
+    A decoder that can skip non-reference frames (which nothing else is decoded from, so the reference chain
+    holds) also has `skip_nonref(on: bool) -> None`; the camera turns it on while most frames are dropped anyway.
+    """
 
     name: str  # "cpu" or "nvdec"
     device: torch.device

@@ -58,6 +58,7 @@ class CameraStats:
     height: int = 0
     codec: str = ""
     decoder: str = ""
+    skipping_nonref: bool = False  # the decoder skips non-reference frames (most frames were dropped anyway)
 
 
     def __post_init__(self) -> None:
@@ -104,6 +105,35 @@ class FrameSlot:
         """Caller holds the condition's lock."""
         frame, self._frame = self._frame, None
         return frame
+
+
+class SkipPolicy:
+    """Decides, every `window` decoded frames, whether a camera's decoder should skip non-reference frames.
+
+    On when the pipeline took fewer than 1 in 4 of the frames decoded in the window (the rest were replaced in
+    the slot unseen), off again when it took more than 1 in 2: a hysteresis, so it does not flap at the edge.
+    Skipping never breaks the reference chain (only frames nothing refers to are skipped); streams without
+    B-frames, the usual IP-camera setting, have nearly none to skip.
+    """
+
+    ON_BELOW, OFF_ABOVE = 0.25, 0.5
+
+    def __init__(self, window: int = 30) -> None:
+        self.window = window
+        self._decoded = self._dropped = 0
+
+    def update(self, decoded: int, dropped: int, skipping: bool) -> bool | None:
+        """The new setting when it should change, else None."""
+        n = decoded - self._decoded
+        if n < self.window:
+            return None
+        taken = 1.0 - (dropped - self._dropped) / n
+        self._decoded, self._dropped = decoded, dropped
+        if not skipping and taken < self.ON_BELOW:
+            return True
+        if skipping and taken > self.OFF_ABOVE:
+            return False
+        return None
 
 
 class StreamEnded(Exception):
@@ -233,6 +263,8 @@ class CameraSource(threading.Thread):
         self._conn_frames = 0  # frames decoded on the current connection
         self._rng = random.Random(hash(cfg.name))
         self._is_file = urlsplit(cfg.url).scheme == "file"
+        self._skip = SkipPolicy() if options.skip_nonref else None
+        self._decoder: VideoDecoder | None = None
         register_url(cfg.url)  # FFmpeg's error texts quote the URL: its secret is scrubbed from them
         self.safe_url = mask_url(cfg.url)
 
@@ -323,6 +355,8 @@ class CameraSource(threading.Thread):
                 raise UnsupportedCodec("no video stream")
             stream = container.streams.video[0]
             decoder = make_decoder(self.cfg.decoder, stream, self.device, self.cfg.name)
+            self._decoder = decoder
+            self.stats.skipping_nonref = False  # a new decoder decodes every frame
             self.stats.codec = stream.codec_context.name
             self.stats.decoder = decoder.name
             ctx = stream.codec_context
@@ -396,3 +430,19 @@ class CameraSource(threading.Thread):
         st.decoded += 1
         st.last_frame_wall = frame.ts
         self.slot.put(frame)
+        if self._skip is not None:
+            self._adapt_skip()
+
+    def _adapt_skip(self) -> None:
+        st = self.stats
+        change = self._skip.update(st.decoded, st.dropped, st.skipping_nonref)  # type: ignore[union-attr]
+        skip = getattr(self._decoder, "skip_nonref", None)
+        if change is None or skip is None:
+            return
+        skip(change)
+        st.skipping_nonref = change
+        if change:
+            log.info("camera %s: the pipeline takes under 1 in 4 of its frames: skipping non-reference frames",
+                     self.cfg.name)
+        else:
+            log.info("camera %s: the pipeline takes over 1 in 2 of its frames: decoding every frame", self.cfg.name)

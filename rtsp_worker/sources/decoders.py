@@ -18,7 +18,7 @@ from rtsp_worker.sources.base import (
     VideoDecoder,
     colorimetry_from_tags,
 )
-from rtsp_worker.types import NV12, RGB
+from rtsp_worker.types import NATIVE, NV12, RGB
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 class CpuDecoder:
     """FFmpeg (PyAV) decoding on the CPU; the decode call releases the GIL.
 
-    Frames come out as RGB; `pixel_format="nv12"` gives NVDEC's layout instead (the GPU path's parity
-    checks and its simulation on a CPU use it).
+    Frames come out as FFmpeg decoded them (`native`: the av.VideoFrame itself, converted later only if a
+    batch takes it, see `rtsp_worker.types.NATIVE`); `pixel_format="rgb24"` converts each frame at once (tools
+    that want pixels), `"nv12"` gives NVDEC's layout (the GPU path's parity checks and its simulation on a CPU).
     """
 
     name = "cpu"
 
-    def __init__(self, stream: av.video.stream.VideoStream, threads: int = 1, pixel_format: str = "rgb24") -> None:
-        if pixel_format not in ("rgb24", "nv12"):
-            raise ValueError(f"pixel_format must be rgb24 or nv12, not {pixel_format!r}")
+    def __init__(self, stream: av.video.stream.VideoStream, threads: int = 1, pixel_format: str = NATIVE) -> None:
+        if pixel_format not in (NATIVE, "rgb24", "nv12"):
+            raise ValueError(f"pixel_format must be {NATIVE}, rgb24 or nv12, not {pixel_format!r}")
         if stream.codec_context.name not in SUPPORTED_CODECS:
             raise UnsupportedCodec(
                 f"codec {stream.codec_context.name!r} is not supported (supported: {', '.join(SUPPORTED_CODECS)})"
@@ -49,9 +50,13 @@ class CpuDecoder:
 
     def _convert(self, frames: list[av.VideoFrame]) -> list[DecodedImage]:
         out = []
+        tb = self._time_base
         for f in frames:
+            pts = float(f.pts * tb) if f.pts is not None and tb else None
+            if self._format == NATIVE:  # FFmpeg's conversion, when it comes, reads the frame's own colour tags
+                out.append(DecodedImage(f, NATIVE, f.height, f.width, pts))
+                continue
             arr = torch.from_numpy(f.to_ndarray(format=self._format))
-            pts = float(f.pts * self._time_base) if f.pts is not None and self._time_base else None
             # FFmpeg's rgb24 conversion follows the frame's colour tags; NV12 frames carry them along.
             color = colorimetry_from_tags(f.colorspace, f.color_range)
             out.append(DecodedImage(arr, RGB if self._format == "rgb24" else NV12, f.height, f.width, pts, color))
@@ -59,6 +64,10 @@ class CpuDecoder:
 
     def decode(self, packet: av.Packet) -> list[DecodedImage]:
         return self._convert(self._ctx.decode(packet))
+
+    def skip_nonref(self, on: bool) -> None:
+        """Skip (on) or decode (off) frames no other frame refers to; takes effect from the next packet."""
+        self._ctx.skip_frame = "NONREF" if on else "DEFAULT"
 
     def flush(self) -> list[DecodedImage]:
         try:
