@@ -93,10 +93,12 @@ class FrameSlot:
 
     def put(self, frame: Frame) -> None:
         with self._cond:
-            if self._frame is not None:
-                self._stats.dropped += 1
+            replaced = self._frame is not None
             self._frame = frame
-            self._cond.notify_all()
+            if replaced:  # the batcher already counted this camera as fresh: no need to wake it
+                self._stats.dropped += 1
+            else:
+                self._cond.notify_all()
 
     def peek(self) -> Frame | None:
         return self._frame
