@@ -25,35 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import common  # noqa: E402 - the benchmarks' shared helpers (this script's own folder is on the path)
 
 
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def thread_groups() -> dict[str, float]:
-    """CPU seconds of this process's threads, summed by role: decode (camera-*), inference, finish, sinks,
-    http and the main thread by their Python names; threads Python does not know (ONNX Runtime's pool,
-    torch's intra-op pool, OpenCV/FFmpeg workers) by their kernel name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
-    out: dict[str, float] = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            comm = (task / "comm").read_text().strip()
-        except OSError:
-            continue  # the thread ended meanwhile
-        name = names.get(int(task.name))
-        if name is None:
-            group = f"native:{comm.rstrip('0123456789-_')}"
-        elif name.startswith(("camera-", "sink-")):
-            group = name.split("-", 1)[0]
-        else:
-            group = name.rstrip("0123456789-_ ()") or "python"
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 class Window:
@@ -67,7 +44,7 @@ class Window:
         self.start: float | None = None  # monotonic; set `warmup` s after every camera had a result
         self.end: float | None = None
         self.cpu0: tuple[float, float] | None = None  # (monotonic, CPU seconds) at the first counted result
-        self.threads0: dict[str, float] = {}  # thread_groups() at the same moment
+        self.threads0: dict[str, float] = {}  # common.thread_groups() at the same moment
         self.decoded: object = None  # worker: a callable giving the frames decoded so far (all cameras)
         self.decoded0 = 0
         self.t0 = time.monotonic()
@@ -85,7 +62,7 @@ class Window:
             return
         if self.cpu0 is None:
             self.cpu0 = (now, cpu_seconds())
-            self.threads0 = thread_groups()
+            self.threads0 = common.thread_groups()
             self.decoded0 = self.decoded() if callable(self.decoded) else 0
         self.counts[camera] += 1
         if latency is not None:
@@ -98,7 +75,7 @@ class Window:
     def result(self) -> dict:
         now, cpu = time.monotonic(), cpu_seconds()
         t_cpu, c_cpu = self.cpu0 or (now, cpu)
-        threads = thread_groups()
+        threads = common.thread_groups()
         return {"cameras": self.n, "window_s": self.seconds, "counts": self.counts,
                 "cpu_cores": (cpu - c_cpu) / max(now - t_cpu, 1e-9), "latencies_s": self.latencies,
                 "startup_s": self.startup_s, "complete": self.done,

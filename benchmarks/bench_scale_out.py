@@ -118,7 +118,7 @@ def child(spec: dict) -> None:
     pipe.batch_listeners.append(lambda r: latencies.extend(s for _, s in r.latencies))
     import threading
 
-    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
     runner.start()
     deadline = time.monotonic() + 120
     while any(s.state != CameraState.STREAMING for s in pipe.stats) and time.monotonic() < deadline:
@@ -126,17 +126,20 @@ def child(spec: dict) -> None:
     time.sleep(spec["warmup"])
     print("ready", flush=True)
     sys.stdin.readline()  # "go": every child measures the same window
-    p0, c0, n0 = pipe.frames_out, _cpu(), len(latencies)
+    p0, c0, n0, g0 = pipe.frames_out, _cpu(), len(latencies), common.thread_groups()
     t0 = time.monotonic()
     time.sleep(spec["seconds"])
     dt = time.monotonic() - t0
-    p1, c1 = pipe.frames_out, _cpu()
+    p1, c1, g1 = pipe.frames_out, _cpu(), common.thread_groups()
+    frames = max(p1 - p0, 1)
+    # where the host time goes: CPU ms per frame of each thread role (decode threads, inference, finish, sinks)
+    threads = {k: 1e3 * (v - g0.get(k, 0.0)) / frames for k, v in g1.items() if v - g0.get(k, 0.0) > 0.01}
     window = sorted(latencies[n0:])
     streaming = sum(s.state == CameraState.STREAMING for s in pipe.stats)
     pipe.stop()
     runner.join(30)
     print(json.dumps({"frames": p1 - p0, "seconds": dt, "cpu_s": c1 - c0, "cameras": len(pipe.cameras),
-                      "streaming": streaming,
+                      "streaming": streaming, "thread_ms_per_frame": threads,
                       "latency_p50_ms": 1e3 * window[len(window) // 2] if window else None}), flush=True)
 
 
@@ -177,7 +180,18 @@ def point(mode: str, urls: dict[str, str], processes: int, seconds: float, warmu
             "cpu_ms_per_frame_workers": 1e3 * sum(r["cpu_s"] for r in results) / max(frames, 1),
             "server_cores": (s1 - s0) / secs, "latency_p50_ms": sum(lat) / len(lat) if lat else None,
             "streaming": sum(r["streaming"] for r in results), "per_process_fps": [r["frames"] / r["seconds"]
-                                                                                   for r in results]}
+                                                                                   for r in results],
+            # summed over the processes: each process's threads per frame it moved, weighted by its frames
+            "thread_ms_per_frame": _merge_threads(results)}
+
+
+def _merge_threads(results: list[dict]) -> dict[str, float]:
+    total = max(sum(r["frames"] for r in results), 1)
+    out: dict[str, float] = {}
+    for r in results:
+        for k, v in r.get("thread_ms_per_frame", {}).items():
+            out[k] = out.get(k, 0.0) + v * max(r["frames"], 1) / total
+    return out
 
 
 def main() -> None:
@@ -220,6 +234,9 @@ def main() -> None:
     common.print_table(f"scale-out ({args.mode})", rows, ["cameras", "processes", "fps", "fps_vs_first",
                                                           "cpu_ms_per_frame_workers", "server_cores",
                                                           "latency_p50_ms", "streaming"])
+    profile = [{"cameras": r["cameras"], "processes": r["processes"], **r["thread_ms_per_frame"]} for r in rows]
+    columns = ["cameras", "processes", *sorted({k for row in profile for k in row} - {"cameras", "processes"})]
+    common.print_table("CPU ms per frame by thread role (all processes)", profile, columns)
     common.write_json(args.json, common.metadata(args, rows=rows))
 
 

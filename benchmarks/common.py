@@ -217,6 +217,30 @@ def thread_cpu_seconds() -> dict[int, float]:
     return out
 
 
+def thread_groups() -> dict[str, float]:
+    """CPU seconds of this process's threads, summed by role: decode (camera-*), inference, finish, sinks,
+    http and the main thread by their Python names; threads Python does not know (ONNX Runtime's pool,
+    torch's intra-op pool, OpenCV/FFmpeg workers) by their kernel name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = names.get(int(task.name))
+        if name is None:
+            group = f"native:{comm.rstrip('0123456789-_')}"
+        elif name.startswith(("camera-", "sink-")):
+            group = name.split("-", 1)[0]
+        else:
+            group = name.rstrip("0123456789-_ ()") or "python"
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU seconds of another process and its reaped children (0.0 when it is gone)."""
     try:
