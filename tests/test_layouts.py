@@ -197,3 +197,26 @@ def test_fp16_conversion_keeps_every_layout_working(tmp_path, layout):
     assert d32.boxes.shape[0] > 0
     # fp16 may flip a box sitting on the threshold or NMS boundary: the count must stay close
     assert abs(d16.boxes.shape[0] - d32.boxes.shape[0]) <= max(2, d32.boxes.shape[0] // 5)
+
+
+# .pt2 (torch.export, the project's format) for some layouts, TorchScript (ultralytics') for the others:
+# every layout and both formats are read once, at a fraction of the time seven exports of each would take.
+TORCH_FORMATS = {"yolov8": ".torchscript", "yolov5": ".torchscript", "yolox": ".pt2",
+                 "yolox-decoded": ".torchscript", "end2end": ".pt2", "rtdetr": ".torchscript", "rtdetr-topk": ".pt2"}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_engine_reads_the_layout_and_detects_like_onnxruntime(tmp_path, layout):
+    """The same tiny model as ONNX and as a torch file (metadata in config.txt): the torch engine reads the
+    same layout, classes and input conventions as ONNX Runtime and finds the same boxes in the same frames."""
+    ort = load(export_layout_model(tmp_path / f"{layout}.onnx", layout, SIZE))
+    eng = load(export_layout_model(tmp_path / f"{layout}{TORCH_FORMATS[layout]}", layout, SIZE))
+    assert (eng.info.layout, eng.info.spec, eng.info.class_names) == (ort.info.layout, ort.info.spec,
+                                                                      ort.info.class_names)
+    images, letterbox = Preprocessor(ort.info.spec, 8, torch.device("cpu"))(frames())
+    ref, got = (postprocess(e.infer(images), letterbox, CONF, IOU, max_det=MAX_DET, layout=e.info.layout,
+                            input_size=SIZE) for e in (ort, eng))
+    assert ref.boxes.shape[0] >= 4 and got.batch_index.tolist() == ref.batch_index.tolist()
+    assert got.class_ids.tolist() == ref.class_ids.tolist()
+    torch.testing.assert_close(got.boxes, ref.boxes, atol=1e-2, rtol=0)  # source-frame pixels
+    torch.testing.assert_close(got.scores, ref.scores, atol=1e-5, rtol=0)
