@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from rtsp_worker.cli import app
 from rtsp_worker.config import ModelConfig, parse_config
+from rtsp_worker.detection.layouts import LAYOUTS, OutputLayout
 from rtsp_worker.detection.preprocess import PAD_VALUE
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engine_build.calibration import letterbox_frames, load_frames, sample_folder, sample_video
@@ -42,6 +43,7 @@ from rtsp_worker.engines.trt_plan import (
     write_plan,
 )
 from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.sim.layout_models import export_layout_model, make_layout_model
 from rtsp_worker.types import Detections
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -201,7 +203,7 @@ def test_inspect_rejects_non_detectors(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x00not a model")
     with pytest.raises(BuildError, match="junk.onnx: not a readable ONNX model"):
         inspect_onnx(tmp_path / "junk.onnx")
-    with pytest.raises(BuildError, match=r"two.onnx: expected one output \(B, 4 \+ num_classes, N\)"):
+    with pytest.raises(BuildError, match=r"two.onnx: expected one output \(B, rows, columns\)"):
         inspect_onnx(io_only_onnx(tmp_path / "two.onnx", ["b", 3, 64, 64], ["b", 7]))
 
 
@@ -465,6 +467,22 @@ def test_compare_raw_and_match_detections():
     diff = compare_raw(ref, out, conf=0.25)
     assert diff.boxes_compared == 2 and abs(diff.max_score_diff - 0.03) < 1e-6 and diff.max_box_diff == 1.5
     assert diff.within(0.05, 2.0) and not diff.within(0.01, 2.0)
+
+    # NMS-free rows come in score order: each kept reference row is compared with its same-class partner
+    e2e = torch.tensor([[[0, 0, 10, 10, 0.9, 0], [20, 20, 40, 40, 0.5, 1], [5, 5, 9, 9, 0.1, 0]]])
+    other = e2e[:, [1, 0, 2]].clone()  # reordered, one score drifted
+    other[0, 1, 4] = 0.88
+    diff = compare_raw(e2e, other, 0.25, OutputLayout("end2end", 2))
+    assert diff.boxes_compared == 2 and diff.max_box_diff == 0 and abs(diff.max_score_diff - 0.02) < 1e-6
+    other[0, 0, 2] += 3  # the class-1 box grew by 3 px
+    assert compare_raw(e2e, other, 0.25, OutputLayout("end2end", 2)).max_box_diff == 3
+    # yolov5 rows: score = objectness x class score, per anchor
+    v5 = torch.tensor([[[10, 10, 4, 4, 0.5, 0.8], [30, 30, 4, 4, 0.9, 0.1]]])
+    moved = v5.clone()
+    moved[0, 1, 0] += 7  # box drift on a background anchor (score 0.09): not counted
+    moved[0, 0, 4] = 0.45  # objectness drift: score 0.4 -> 0.36
+    diff = compare_raw(v5, moved, 0.25, OutputLayout("yolov5", 1))
+    assert diff.boxes_compared == 1 and diff.max_box_diff == 0 and abs(diff.max_score_diff - 0.04) < 1e-6
 
     def dets(boxes, scores, cls, bi):
         return Detections(torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores),
@@ -733,3 +751,62 @@ def test_build_int8_on_tensorrt_11_fails_before_building(tmp_path, fake_trt):
     with pytest.raises(BuildError, match="removed INT8 calibration"):
         build_engine(BuildOptions(onnx=src, max_batch=2, precision="int8"), echo=lambda m: None)
     assert "profile" not in rec.calls and not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_engine_reads_the_layout_and_conventions_of_its_onnx(tmp_path, fake_trt, layout):
+    """build-engine stores the ONNX's metadata with the plan; from it and the engine's output shape the
+    TensorRT engine reads what ONNX Runtime reads from the ONNX. (The output shape here is ONNX Runtime's:
+    TensorRT gives the same at the same input size; the shape of a real engine is checked on a GPU.)"""
+    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
+    from rtsp_worker.engines.tensorrt import plan_model_info
+
+    fake_trt("10.13.3.9")
+    src = export_layout_model(tmp_path / f"{layout}.onnx", layout, (64, 96), metadata={"input_pad_value": "0"})
+    build_engine(BuildOptions(onnx=src, max_batch=4, precision="fp32"), echo=lambda m: None)
+    meta, _ = read_plan(tmp_path / f"{layout}.engine")
+    assert meta.model_metadata["layout"] == layout and meta.model_metadata["input_pad_value"] == "0"
+    ort = load_engine(ModelConfig(path=src), torch.device("cpu"), max_batch=4)
+    shape = tuple(ort.infer(torch.zeros(1, 3, 64, 96)).shape)
+    cfg = ModelConfig(path=tmp_path / f"{layout}.engine")
+    info = plan_model_info(cfg, meta, shape, (64, 96), str(cfg.path), max_batch=4, dynamic_batch=True)
+    assert (info.layout, info.spec, info.class_names) == (ort.info.layout, ort.info.spec, ort.info.class_names)
+    assert info.spec.pad_value == 0
+
+
+def test_plain_plan_layout_comes_from_the_shape_or_is_refused_with_the_values_that_fit():
+    from rtsp_worker.engines.tensorrt import plan_model_info
+
+    cfg = ModelConfig(path="odd.engine")
+    info = plan_model_info(cfg, None, (1, 7, 126), (64, 96), "odd.engine", max_batch=4, dynamic_batch=True)
+    assert info.output_layout.name == "yolov8" and info.class_names == ("0", "1", "2")
+    with pytest.raises(ModelError, match=r"odd.engine: cannot recognize the output layout from shape \[1, 3549, 85\] "
+                                         r"at input 64x96; set model.layout \(.*: yolov5, yolox, yolox-decoded\)"):
+        plan_model_info(cfg, None, (1, 3549, 85), (64, 96), "odd.engine", max_batch=4, dynamic_batch=True)
+    info = plan_model_info(cfg.model_copy(update={"layout": "yolox-decoded"}), None, (1, 3549, 85), (64, 96),
+                           "odd.engine", max_batch=4, dynamic_batch=True)
+    assert info.layout.name == "yolox-decoded" and info.spec.letterbox == "topleft"
+
+
+def test_dry_run_reads_the_layout_of_a_dynamic_size_export(tmp_path):
+    """An export with dynamic height and width declares its anchor count dynamic: the layout comes from a run
+    at the engine's input size, and a layout without a class count needs names."""
+    model = make_layout_model("yolov5")
+    path = tmp_path / "v5.onnx"
+    torch.onnx.export(model, (torch.rand(2, 3, 64, 96),), str(path), input_names=["images"], output_names=["output0"],
+                      opset_version=17, dynamic_axes={"images": {0: "b", 2: "h", 3: "w"}, "output0": {0: "b", 1: "n"}},
+                      dynamo=False)
+    assert inspect_onnx(path).output_shape == (None, None, None)
+    result = runner.invoke(app, ["build-engine", str(path), "--max-batch", "2", "--height", "64", "--width", "96",
+                                 "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "layout: yolov5 [B, N, 8]" in result.output and "classes: 3 (0, 1, 2)" in result.output
+    e2e = export_onnx(make_layout_model("end2end"), tmp_path / "e2e.onnx", (64, 96))  # no names in metadata
+    result = runner.invoke(app, ["build-engine", str(e2e), "--max-batch", "2", "--dry-run"])
+    assert result.exit_code == 1 and "e2e.onnx: layout 'end2end' output [" in result.output
+    assert "50, 6] does not say how many classes the model has: set model.class_names" in result.output
+    from rtsp_worker.engine_build.cli import BuildOptions, plan_build
+
+    # build-on-start reads the ONNX with the worker's model config, as the engine will be read
+    plan = plan_build(BuildOptions(onnx=e2e, max_batch=2, model=ModelConfig(path=e2e, class_names=["a", "b", "c"])))
+    assert plan.layout == OutputLayout("end2end", 3) and plan.class_names == ("a", "b", "c")

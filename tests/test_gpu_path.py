@@ -465,7 +465,7 @@ def test_config_overrides_and_fallbacks(tmp_path):
     assert eng.info.class_names == ("a", "b")
     with pytest.raises(ModelError, match=r"plain\.torchscript.*set model\.input_size"):
         TorchScriptEngine(ModelConfig(path=path), cpu, max_batch=2)
-    with pytest.raises(ModelError, match=r"plain\.torchscript.*num_classes=3"):
+    with pytest.raises(ModelError, match=r"plain\.torchscript: 3 class names for 2 classes in output shape \[1, 6, 96\]"):
         TorchScriptEngine(ModelConfig(path=path, input_size=(64, 96), class_names=["a", "b", "c"]), cpu, 2)
 
 
@@ -475,18 +475,19 @@ def test_bad_files_give_errors_naming_the_file(tmp_path):
     with pytest.raises(ModelError, match="garbage.torchscript: cannot load as TorchScript"):
         TorchScriptEngine(ModelConfig(path=garbage, input_size=(64, 96)), torch.device("cpu"), 2)
 
-    class Transposed(nn.Module):
+    class Transposed(nn.Module):  # (B, N, 4 + nc): no layout reads it (the error path every backend shares)
         def __init__(self) -> None:
             super().__init__()
-            self.inner = TinyYolo()
+            self.inner = TinyYolo(nc=3)
 
         def forward(self, x):
             return self.inner(x).transpose(1, 2)
 
     bad = tmp_path / "bad.torchscript"
     torch.jit.save(torch.jit.trace(Transposed().eval(), torch.rand(1, 3, 64, 96), check_trace=False), str(bad))
-    with pytest.raises(ModelError, match=r"bad\.torchscript: model output has shape"):
-        TorchScriptEngine(ModelConfig(path=bad, input_size=(64, 96), class_names=["a", "b"]), torch.device("cpu"), 2)
+    with pytest.raises(ModelError, match=r"bad\.torchscript: cannot recognize the output layout from shape "
+                                         r"\[1, 96, 7\] at input 64x96; set model.layout"):
+        TorchScriptEngine(ModelConfig(path=bad, input_size=(64, 96)), torch.device("cpu"), 2)
 
 
 @pytest.mark.parametrize("suffix", [".pt2", ".torchscript"])

@@ -17,9 +17,11 @@ from tiny_models import export_tiny
 
 from rtsp_worker.cli import app
 from rtsp_worker.config import ModelConfig
+from rtsp_worker.detection.layouts import LAYOUTS
 from rtsp_worker.engine_build.validate import compare_raw, run_onnxruntime
 from rtsp_worker.engines import ModelError, load_engine
 from rtsp_worker.engines.trt_plan import read_plan, write_plan
+from rtsp_worker.sim.layout_models import export_layout_model
 
 CUDA = torch.device("cuda")
 runner = CliRunner()
@@ -55,6 +57,21 @@ def test_built_engine_matches_onnxruntime_for_every_batch(tiny, tmp_path, precis
             assert compare_raw(ref[:b], out, conf=0.25).within(*tol)
         with pytest.raises(ModelError, match="exceeds the engine's max batch 4"):
             eng.infer(torch.rand(5, 3, 64, 96, device=CUDA))
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_engine_of_every_layout_reads_and_runs_like_onnxruntime(tmp_path, layout):
+    onnx_path = export_layout_model(tmp_path / f"{layout}.onnx", layout, (64, 96))
+    eng = load_engine(ModelConfig(path=build(onnx_path, tmp_path / f"{layout}.engine", "-p", "fp16")), CUDA, 4)
+    ort = load_engine(ModelConfig(path=onnx_path), torch.device("cpu"), 4)
+    try:
+        assert (eng.info.layout, eng.info.spec, eng.info.class_names) == (ort.info.layout, ort.info.spec,
+                                                                          ort.info.class_names)
+        x = torch.rand(3, 3, 64, 96)
+        diff = compare_raw(ort.infer(x), eng.infer(x.to(CUDA, eng.input_dtype)), 0.25, eng.info.layout, (64, 96))
+        assert diff.within(2e-2, 1.0), diff
     finally:
         eng.close()
 

@@ -23,11 +23,18 @@ from typing import Annotated
 import torch
 import typer
 
-from rtsp_worker.config import Config, ConfigError, load_config
+from rtsp_worker.config import Config, ConfigError, ModelConfig, load_config
+from rtsp_worker.detection.layouts import OutputLayout
 from rtsp_worker.engine_build import BuildError
-from rtsp_worker.engine_build.profile import OnnxModelInfo, ProfileShape, derive_profile, inspect_onnx
+from rtsp_worker.engine_build.profile import (
+    OnnxModelInfo,
+    ProfileShape,
+    derive_profile,
+    inspect_onnx,
+    output_shape_at,
+)
 from rtsp_worker.engine_build.validate import OutputDiff, compare_raw, run_chunked, run_onnxruntime
-from rtsp_worker.engines.base import ModelError, default_class_names
+from rtsp_worker.engines.base import ModelError, default_class_names, model_layout
 from rtsp_worker.engines.trt_plan import EngineMetadata, file_sha256, write_plan
 
 log = logging.getLogger(__name__)
@@ -69,6 +76,7 @@ class BuildOptions:
     conf: float = 0.25  # boxes compared by the accuracy guard: reference score >= conf
     progress: bool = True
     contexts: int = 2  # execution contexts the engine will serve at once (one optimization profile each)
+    model: ModelConfig | None = None  # model.layout / class_names to read the ONNX with (default: config's)
 
     @property
     def engine_path(self) -> Path:
@@ -82,30 +90,32 @@ class BuildPlan:
     onnx: OnnxModelInfo
     profile: ProfileShape
     class_names: tuple[str, ...]
+    layout: OutputLayout  # the output read at the profile's input size, as the runtime reads it
+
+    @property
+    def model_metadata(self) -> dict[str, str]:
+        """What the engine carries to be read like its ONNX (`EngineMetadata.model_metadata`)."""
+        return {**self.onnx.metadata, "layout": self.layout.name}
 
 
 def plan_build(opts: BuildOptions) -> BuildPlan:
-    """Read the ONNX, derive the profile and class names, check the options. Raises BuildError."""
+    """Read the ONNX, derive the profile, layout and class names, check the options. Raises BuildError
+    (ModelError for an output that fits no layout, with the `model.layout` values that would fit)."""
     info = inspect_onnx(opts.onnx)
     profile = derive_profile(info, opts.config, min_batch=opts.min_batch, opt_batch=opts.opt_batch,
                              max_batch=opts.max_batch, height=opts.height, width=opts.width)
-    nc = info.output_shape[1]
-    names = info.class_names
-    if opts.config is not None and opts.config.model.class_names:  # the config overrides the model's names
-        names = tuple(opts.config.model.class_names)
-    if names is None:
-        if nc is None:
-            raise BuildError(f"{opts.onnx}: number of classes unknown (no `names` metadata, dynamic output)")
-        names = default_class_names(nc - 4)
-    if nc is not None and len(names) != nc - 4:
-        raise BuildError(f"{opts.onnx}: {len(names)} class names for {nc - 4} classes in the output")
     if opts.precision not in DEFAULT_TOLERANCE:
         raise BuildError(f"--precision {opts.precision!r}: must be fp32, fp16 or int8")
     if opts.workspace_gib is not None and opts.workspace_gib <= 0:
         raise BuildError(f"--workspace {opts.workspace_gib}: must be > 0 GiB")
     if opts.calib_batch < 1 or opts.calib_frames < opts.calib_batch:
         raise BuildError(f"--calib-frames ({opts.calib_frames}) must be >= --calib-batch ({opts.calib_batch}) >= 1")
-    return BuildPlan(info, profile, tuple(names))
+    # The config's model.layout / model.class_names override the model's, as they do at run time.
+    model_cfg = opts.model or (opts.config.model if opts.config is not None else ModelConfig(path=opts.onnx))
+    names = tuple(model_cfg.class_names) if model_cfg.class_names else info.class_names
+    size = (profile.height, profile.width)
+    layout = model_layout(model_cfg, output_shape_at(info, size), size, names, info.metadata, str(opts.onnx))
+    return BuildPlan(info, profile, names if names is not None else default_class_names(layout.num_classes), layout)
 
 
 def build_engine(opts: BuildOptions, echo: Callable[[str], None] = print) -> EngineMetadata:
@@ -158,7 +168,8 @@ def build_engine(opts: BuildOptions, echo: Callable[[str], None] = print) -> Eng
         class_names=tuple(names), precision=plan.precision, tensorrt_version=trt.__version__,
         gpu_name=gpu_name, compute_capability=cc, onnx_sha256=file_sha256(opts.onnx),
         onnx_path=str(opts.onnx), output_name=info.output_name,
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model_metadata=decided.model_metadata)
     write_plan(out, meta, serialized)
     echo(f"wrote {out} ({out.stat().st_size >> 20} MiB)")
     if opts.validate:
@@ -185,12 +196,13 @@ def tolerances(opts: BuildOptions, precision: str) -> tuple[float, float]:
 
 def check_accuracy(
     reference_onnx: Path, infer: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor, max_batch: int,
-    tol: tuple[float, float], conf: float = 0.25,
+    tol: tuple[float, float], conf: float = 0.25, layout: OutputLayout | None = None,
 ) -> OutputDiff:
-    """Raw outputs of `infer` vs ONNX Runtime FP32 on `frames`; BuildError above `tol` (score, box px)."""
+    """Raw outputs of `infer` vs ONNX Runtime FP32 on `frames`, read as `layout` (default yolov8);
+    BuildError above `tol` (score, box px)."""
     ref = run_onnxruntime(reference_onnx, frames, batch=min(max_batch, frames.shape[0]))
     got = run_chunked(infer, frames, max_batch)
-    diff = compare_raw(ref, got, conf)
+    diff = compare_raw(ref, got, conf, layout, (frames.shape[2], frames.shape[3]))
     if not diff.within(*tol):
         raise BuildError(f"engine differs from {reference_onnx} beyond tolerance (score {tol[0]}, box {tol[1]} px): "
                          f"{diff}. Try --precision fp16/fp32, more calibration frames, or raise --score-tol/--box-tol")
@@ -213,7 +225,7 @@ def validate_engine(opts: BuildOptions, meta: EngineMetadata, echo: Callable[[st
     tol = tolerances(opts, meta.precision)
     try:
         diff = check_accuracy(opts.onnx, lambda x: engine.infer(x.to("cuda", engine.input_dtype)), frames,
-                              meta.max_batch, tol, opts.conf)
+                              meta.max_batch, tol, opts.conf, engine.info.output_layout)
     except BuildError as e:
         out.unlink(missing_ok=True)
         raise BuildError(f"{out}: {e} (engine deleted)") from None
@@ -233,8 +245,9 @@ Opt = typer.Option
 
 
 def build_engine_cli(
-    onnx: Annotated[Path, typer.Argument(help="ONNX detector, ultralytics layout (B, 4 + nc, N), exported with a "
-                                         "dynamic batch axis (ultralytics: dynamic=True) or the project's own.")],
+    onnx: Annotated[Path, typer.Argument(help="ONNX detector in any layout the worker reads (model.layout; "
+                                         "its metadata is stored with the engine), exported with a dynamic "
+                                         "batch axis (ultralytics: dynamic=True) or the project's own.")],
     output: Annotated[Path | None, Opt("--output", "-o", help="Engine file (default: the ONNX path with .engine).")] = None,
     config: Annotated[Path | None, Opt(
         "--config", "-c", help="cameras.yaml: opt batch = enabled cameras, max batch = batcher.max_batch; input "
@@ -283,7 +296,8 @@ def build_engine_cli(
 
     One optimization profile over the batch axis (min/opt/max) at a fixed input size, repeated once per
     execution context (--contexts). The output says which TensorRT major it found and which path it takes.
-    Metadata stored with the plan: input shapes, class names, precision, TensorRT version, GPU, ONNX hash.
+    Metadata stored with the plan: input shapes, class names, precision, TensorRT version, GPU, ONNX hash,
+    and the ONNX's metadata with the output layout, which the worker reads as it reads the ONNX.
     Progress is printed while TensorRT builds; the timing cache makes rebuilds faster.
 
     An engine runs only on the TensorRT version and GPU architecture that built it.
@@ -311,6 +325,7 @@ def build_engine_cli(
         profile, names = decided.profile, decided.class_names
         if dry_run:
             typer.echo(f"engine: {opts.engine_path}\ninput: {profile.height}x{profile.width}\n"
+                       f"layout: {decided.layout.name} {decided.layout.expected_shape()}\n"
                        f"batch: min {profile.min_batch}, opt {profile.opt_batch}, max {profile.max_batch}\n"
                        f"precision: {opts.precision}\nclasses: {len(names)} ({', '.join(names[:8])}"
                        f"{', ...' if len(names) > 8 else ''})")

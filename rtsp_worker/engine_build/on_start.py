@@ -46,7 +46,7 @@ def ensure_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> Pat
     opts = BuildOptions(onnx=onnx_path, output=engine_path, max_batch=max_batch, opt_batch=max_batch,
                         height=size[0] if size else None, width=size[1] if size else None,
                         precision="fp16" if cfg.fp16 else "fp32", progress=False,
-                        contexts=cfg.contexts)
+                        contexts=cfg.contexts, model=cfg)
     try:
         with torch.cuda.device(index):
             build_engine(opts, echo=log.info)

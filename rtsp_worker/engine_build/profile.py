@@ -32,10 +32,11 @@ class OnnxModelInfo:
     input_shape: Dims  # (B, 3, H, W)
     input_is_fp16: bool
     output_name: str
-    output_shape: Dims  # (B, 4 + nc, N)
+    output_shape: Dims  # (B, rows, columns) in one of the layouts of detection/layouts.py
     class_names: tuple[str, ...] | None  # from metadata `names`
     imgsz: tuple[int, int] | None  # from metadata `imgsz` (ultralytics)
     has_qdq: bool  # explicitly quantized (QuantizeLinear/DequantizeLinear nodes)
+    metadata: dict[str, str]  # the model's metadata props, as the exporter wrote them
 
 
 def _dims(value_info) -> Dims:
@@ -61,7 +62,7 @@ def inspect_onnx(path: str | Path) -> OnnxModelInfo:
                          f"{[(i.name, _dims(i)) for i in inputs]}")
     outputs = list(model.graph.output)
     if len(outputs) != 1 or len(_dims(outputs[0])) != 3:
-        raise BuildError(f"{path}: expected one output (B, 4 + num_classes, N) (ultralytics layout), got "
+        raise BuildError(f"{path}: expected one output (B, rows, columns) (a layout of model.layout), got "
                          f"{[(o.name, _dims(o)) for o in outputs]}")
     meta = {p.key: p.value for p in model.metadata_props}
     imgsz = None
@@ -83,7 +84,25 @@ def inspect_onnx(path: str | Path) -> OnnxModelInfo:
         class_names=parse_names(meta.get("names")),
         imgsz=imgsz,
         has_qdq=has_qdq,
+        metadata=meta,
     )
+
+
+def output_shape_at(onnx: OnnxModelInfo, input_size: tuple[int, int]) -> Dims:
+    """The output shape at `input_size`: as declared where it is static, else from one ONNX Runtime run
+    (an export with dynamic height and width declares its anchor count dynamic too)."""
+    if all(d is not None for d in onnx.output_shape[1:]):
+        return onnx.output_shape
+    import torch
+
+    from rtsp_worker.engine_build.validate import run_onnxruntime
+
+    try:
+        return tuple(run_onnxruntime(onnx.path, torch.zeros(1, 3, *input_size)).shape)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BuildError(f"{onnx.path}: cannot run the model at {input_size[0]}x{input_size[1]} to read its "
+                         f"output shape ({why})") from None
 
 
 @dataclass(frozen=True, slots=True)

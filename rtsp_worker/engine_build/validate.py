@@ -1,9 +1,10 @@
 """Accuracy guard: the same frames through ONNX Runtime (FP32 reference) and a reduced-precision model.
 
 Two views of the difference:
-- `compare_raw`: raw outputs anchor by anchor — the largest class-score difference anywhere, and the
-  largest box-coordinate difference (pixels) on anchors the reference scores at or above `conf` (boxes
-  of background anchors are never used, so their drift does not matter);
+- `compare_raw`: raw outputs of any layout, decoded to boxes in input pixels and scores, anchor by anchor
+  — the largest score difference anywhere, and the largest box-coordinate difference (pixels) on anchors
+  the reference scores at or above `conf` (boxes of background anchors are never used, so their drift
+  does not matter); the rows of NMS-free layouts, each against its nearest same-class row;
 - `match_detections`: detections after NMS — each reference box's best IoU with a box of the same image
   and class, and the score difference to it.
 """
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rtsp_worker.detection.layouts import DECODERS, Dense, OutputLayout
 from rtsp_worker.types import Detections
 
 
 @dataclass(frozen=True, slots=True)
 class OutputDiff:
-    """Largest differences between two raw (B, 4 + nc, N) outputs."""
+    """Largest differences between two raw outputs of one layout."""
 
     max_score_diff: float
     max_box_diff: float  # pixels, over anchors with reference score >= conf
@@ -37,13 +39,30 @@ class OutputDiff:
                 f"over {self.boxes_compared} boxes")
 
 
-def compare_raw(ref: Tensor, out: Tensor, conf: float) -> OutputDiff:
+def _scores(d: Dense) -> Tensor:
+    return d.class_scores if d.objectness is None else d.class_scores * d.objectness.unsqueeze(-1)
+
+
+def compare_raw(ref: Tensor, out: Tensor, conf: float, layout: OutputLayout | None = None,
+                input_size: tuple[int, int] | None = None) -> OutputDiff:
+    """`layout` default: yolov8; `input_size` (height, width) is needed by the yolox and rtdetr layouts."""
     if ref.shape != out.shape:
         raise ValueError(f"output shapes differ: reference {tuple(ref.shape)}, other {tuple(out.shape)}")
-    ref, out = ref.float().cpu(), out.float().cpu()
-    score_diff = (ref[:, 4:] - out[:, 4:]).abs()
-    keep = ref[:, 4:].amax(dim=1) >= conf  # (B, N)
-    box_diff = (ref[:, :4] - out[:, :4]).abs().amax(dim=1)[keep]  # (K,)
+    decoder = DECODERS[layout.name if layout is not None else "yolov8"]
+    a, b = decoder(ref.float().cpu(), input_size), decoder(out.float().cpu(), input_size)
+    if isinstance(a, Dense):
+        score_diff = (_scores(a) - _scores(b)).abs()  # (B, N, nc)
+        keep = _scores(a).amax(dim=-1) >= conf  # (B, N)
+        box_diff = (a.boxes - b.boxes).abs().amax(dim=-1)[keep]  # (K,)
+    else:
+        # Top-k rows come in score order, which a tiny difference reorders: each reference row is compared
+        # with the other output's row of the same class nearest to it.
+        dist = (a.boxes[:, :, None] - b.boxes[:, None]).abs().amax(dim=-1)  # (B, K, K)
+        dist = dist.masked_fill(a.class_ids[:, :, None] != b.class_ids[:, None], float("inf"))
+        nearest, index = dist.min(dim=-1)
+        keep = a.scores >= conf
+        box_diff = nearest[keep]
+        score_diff = (a.scores - b.scores.gather(1, index)).abs()[keep]
     return OutputDiff(
         max_score_diff=float(score_diff.max()) if score_diff.numel() else 0.0,
         max_box_diff=float(box_diff.max()) if box_diff.numel() else 0.0,
@@ -86,12 +105,14 @@ def match_detections(ref: Detections, out: Detections, iou_match: float = 0.5) -
 
 
 def run_onnxruntime(onnx_path: str | Path, frames: Tensor, batch: int = 1) -> Tensor:
-    """Raw outputs of an ONNX model for `frames` (N, 3, H, W) float32, `batch` images per call, on CPU."""
+    """Raw outputs of an ONNX model for `frames` (N, 3, H, W), `batch` images per call, on CPU, float32
+    (fed in the input's type: float32, or float16 for a model exported in half precision)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    x = frames.float().cpu().numpy()
+    half = session.get_inputs()[0].type == "tensor(float16)"
+    x = frames.cpu().numpy().astype(np.float16 if half else np.float32)
     parts = [session.run(None, {name: x[i:i + batch]})[0] for i in range(0, x.shape[0], batch)]
     return torch.from_numpy(np.concatenate(parts).astype(np.float32))
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.detection.input_spec import InputSpec
-from rtsp_worker.detection.layouts import LayoutError, OutputLayout, check_shape, resolve_layout
+from rtsp_worker.detection.layouts import LayoutError, OutputLayout, resolve_layout
 
 if TYPE_CHECKING:
     from rtsp_worker.config import ModelConfig
@@ -57,21 +57,6 @@ class Engine(Protocol):
     def infer(self, images: Tensor) -> Tensor: ...
 
     def close(self) -> None: ...
-
-
-def check_output(output: Tensor, num_classes: int, source: str, layout: OutputLayout | None = None) -> None:
-    """Reject a model whose output does not fit `layout` (default: yolov8, (B, 4 + nc, N))."""
-    if layout is not None:
-        try:
-            check_shape(tuple(output.shape), layout, f"{source}: model")
-        except LayoutError as e:
-            raise ModelError(str(e)) from None
-        return
-    if output.ndim != 3 or output.shape[1] != 4 + num_classes:
-        raise ModelError(
-            f"{source}: model output has shape {list(output.shape)}, expected [B, 4 + num_classes, N] "
-            f"(ultralytics YOLOv8 layout) with num_classes={num_classes}"
-        )
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
@@ -125,3 +110,18 @@ def model_input_spec(
         return spec_for(input_size, layout.name, meta, overrides)
     except ValueError as e:
         raise ModelError(f"{cfg.path}: model.input: {e}") from None
+
+
+def model_info(
+    cfg: ModelConfig, output_shape: Sequence[int | None], input_size: tuple[int, int],
+    names: tuple[str, ...] | None, meta: Mapping[str, str], source: str, *, max_batch: int | None,
+    dynamic_batch: bool,
+) -> ModelInfo:
+    """What a loaded model is, read the same way by every backend from the output shape of its probe run
+    and its metadata: the layout (`model_layout`), the class names (given, else '0'..) and the pixel
+    conventions (`model_input_spec`). A layout that does not fit is a ModelError naming `source`."""
+    layout = model_layout(cfg, output_shape, input_size, names, meta, source)
+    return ModelInfo(input_size=input_size,
+                     class_names=names if names is not None else default_class_names(layout.num_classes),
+                     max_batch=max_batch, dynamic_batch=dynamic_batch, layout=layout,
+                     input_spec=model_input_spec(cfg, input_size, layout, meta))

@@ -10,15 +10,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
-from rtsp_worker.engines.base import (
-    ModelError,
-    ModelInfo,
-    check_output,
-    default_class_names,
-    model_input_spec,
-    model_layout,
-    parse_names,
-)
+from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +101,10 @@ class OnnxRuntimeEngine:
         # Fail at start-up, not on the first camera frame, if the model's output is not what we decode:
         # the probe's real shape (dynamic dims resolved) decides the layout.
         probe = self.infer(torch.zeros((fixed or 1, 3, *size), dtype=torch.float32))
-        layout = model_layout(cfg, tuple(probe.shape), size, names, meta, str(cfg.path))
-        if names is None:
-            names = default_class_names(layout.num_classes)
-        self.info = ModelInfo(input_size=size, class_names=names, max_batch=fixed or max_batch,
-                              dynamic_batch=fixed is None, layout=layout,
-                              input_spec=model_input_spec(cfg, size, layout, meta))
+        self.info = model_info(cfg, tuple(probe.shape), size, names, meta, str(cfg.path),
+                               max_batch=fixed or max_batch, dynamic_batch=fixed is None)
         if fixed is not None and fixed < max_batch:
             log.info("%s: model has a fixed batch of %d; batches run in chunks of that size", cfg.path, fixed)
-        check_output(probe, len(names), str(cfg.path), layout)
 
     def infer(self, images: Tensor) -> Tensor:
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()

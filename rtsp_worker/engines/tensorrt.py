@@ -23,6 +23,9 @@ How a call flows, and why nothing waits on the host:
   `torch.cuda.stream(...)`, get two slots and two batches in flight. With more calling streams than
   contexts, streams share slots and the slot also waits for the previous caller's stream.
 - FP16 engine outputs are converted to float32 on the slot's stream into a preallocated buffer.
+- What the output holds (layout, class names, input conventions) is read like the ONNX it was built from:
+  from the output shape of the probe run at load and the ONNX metadata `build-engine` stored with the
+  plan (`plan_model_info`), through the function every backend uses.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
-from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names
-from rtsp_worker.engines.trt_plan import check_compatible, import_tensorrt, read_plan
+from rtsp_worker.engines.base import ModelError, ModelInfo, model_info
+from rtsp_worker.engines.trt_plan import EngineMetadata, check_compatible, import_tensorrt, read_plan
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,18 @@ def context_profiles(contexts: int, num_profiles: int, source: str = "") -> list
     return list(range(min(contexts, num_profiles)))
 
 
+def plan_model_info(
+    cfg: ModelConfig, meta: EngineMetadata | None, output_shape: tuple[int, ...], input_size: tuple[int, int],
+    source: str, *, max_batch: int, dynamic_batch: bool,
+) -> ModelInfo:
+    """The engine's ModelInfo from its output shape and the class names and ONNX metadata stored with the
+    plan (none for a plain plan: the shape decides), read as ONNX Runtime reads the ONNX."""
+    names = tuple(cfg.class_names) if cfg.class_names else (meta.class_names if meta is not None else None)
+    props = meta.model_metadata if meta is not None else {}
+    return model_info(cfg, output_shape, input_size, names, props, source, max_batch=max_batch,
+                      dynamic_batch=dynamic_batch)
+
+
 @dataclass(slots=True)
 class _Slot:
     """One execution context with its stream and buffers (mutable: remembers its last consumer stream)."""
@@ -89,7 +104,7 @@ class _Slot:
     context: Any  # trt.IExecutionContext
     stream: torch.cuda.Stream
     input: Tensor  # (max_batch, 3, H, W), engine input dtype
-    output: Tensor  # (max_batch, 4 + nc, N), engine output dtype
+    output: Tensor  # (max_batch, rows, columns) in the engine's layout, engine output dtype
     output_f32: Tensor | None  # float32 copy target when the engine outputs fp16
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_consumer: torch.cuda.Stream | None = None
@@ -134,6 +149,7 @@ class TensorRTEngine:
         if lo[0] > 1:
             raise ModelError(f"{src}: engine's smallest batch is {lo[0]}; rebuild it with --min-batch 1")
         height, width = int(hi[2]), int(hi[3])
+        self._size = (height, width)
         if cfg.input_size is not None and tuple(cfg.input_size) != (height, width):
             raise ModelError(f"{src}: engine input is {height}x{width} but model.input_size is "
                              f"{cfg.input_size[0]}x{cfg.input_size[1]}; rebuild it with --height/--width")
@@ -149,20 +165,16 @@ class TensorRTEngine:
             profiles = context_profiles(cfg.contexts, engine.num_optimization_profiles, src)
             self._slots = [self._make_slot(trt, out_dtype, height, width, p) for p in profiles]
         self._out_shape = tuple(self._slots[0].output.shape[1:])
-        nc = self._out_shape[0] - 4
-        names_from = tuple(cfg.class_names) if cfg.class_names else (meta.class_names if meta else None)
-        if names_from is not None and len(names_from) != nc:
-            raise ModelError(f"{src}: {len(names_from)} class names for {nc} classes in the output")
-        self.info = ModelInfo(input_size=(height, width), class_names=names_from or default_class_names(nc),
-                              max_batch=self._cap, dynamic_batch=hi[0] > lo[0])
         self._by_stream: dict[int, _Slot] = {}
         self._rr = threading.Lock()
-        # Fail at start-up rather than on the first camera frame; a sync here costs nothing.
+        # Fail at start-up rather than on the first camera frame (a sync here costs nothing): the probe's
+        # output shape decides the layout.
         probe = self.infer(torch.zeros((1, 3, height, width), dtype=self.input_dtype, device=self.device))
-        check_output(probe, nc, src)
+        self.info = plan_model_info(cfg, meta, tuple(probe.shape), self._size, src, max_batch=self._cap,
+                                    dynamic_batch=hi[0] > lo[0])
         torch.cuda.synchronize(self.device)
-        log.info("%s: TensorRT %s, input %dx%d %s, batch 1..%d, %d contexts", src, trt.__version__, height, width,
-                 self.input_dtype, self._cap, len(self._slots))
+        log.info("%s: TensorRT %s, input %dx%d %s, batch 1..%d, %d contexts, layout %s", src, trt.__version__,
+                 height, width, self.input_dtype, self._cap, len(self._slots), self.info.output_layout.name)
 
     def _make_slot(self, trt: Any, out_dtype: torch.dtype, height: int, width: int, profile: int) -> _Slot:
         ctx = self._engine.create_execution_context()
@@ -176,7 +188,8 @@ class TensorRTEngine:
         ctx.set_input_shape(self._in, full)
         out_shape = tuple(ctx.get_tensor_shape(self._out))
         if len(out_shape) != 3 or min(out_shape) < 1:
-            raise ModelError(f"{self.path}: output shape {out_shape} at batch {self._cap} is not (B, 4 + nc, N)")
+            raise ModelError(f"{self.path}: output shape {out_shape} at batch {self._cap} is not "
+                             "(B, rows, columns)")
         inp = torch.empty(full, dtype=self.input_dtype, device=self.device)
         out = torch.empty(out_shape, dtype=out_dtype, device=self.device)
         # Bound once: a batch of b uses the first b rows, which start at the same addresses.
@@ -186,11 +199,12 @@ class TensorRTEngine:
         return _Slot(ctx, stream, inp, out, out32)
 
     def infer(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) on this GPU -> (B, 4 + nc, N) float32 on this GPU, ordered on the caller's stream.
+        """(B, 3, H, W) on this GPU -> the raw output in `info.layout`, float32 on this GPU, ordered on the
+        caller's stream.
 
         The result is a view of this stream's slot buffer, valid until this stream's next `infer`.
         """
-        h, w = self.info.input_size
+        h, w = self._size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, h, w):
             raise ModelError(f"{self.path}: input batch {tuple(images.shape)} does not match the engine's (B, 3, {h}, {w})")
         b = images.shape[0]

@@ -6,9 +6,13 @@ the engine's device as a whole, so a model exported on the CPU runs on `cuda:N`.
 in torch, still what ultralytics exports) is read too, but a trace keeps the device it was traced on in
 its graph; such a file is refused for another device with the reason, before the first forward fails.
 
-Metadata (input size, class names) comes from the file's extra files when it has them: ultralytics'
-TorchScript export stores `config.txt` (JSON with `names`, `imgsz`, `stride`, ...); `metadata.json` of the
-same shape is read too. `model.input_size` / `model.class_names` in the config override them.
+Metadata comes from the file's extra files when it has them: ultralytics' TorchScript export stores
+`config.txt` (JSON with `names`, `imgsz`, `stride`, `end2end`, ...), and so does the project's
+`export_program`; `metadata.json` of the same shape is read too. Its keys are the ONNX metadata keys, read
+the way the other backends read them (`engines.base.model_info`): `imgsz`, `names`, the layout (`layout`,
+ultralytics' `head` / `end2end`) and the pixel conventions (`input_*`), with the probe run's output shape
+deciding the layout where they do not. `model.input_size`, `model.class_names`, `model.layout` and
+`model.input` in the config override them.
 
 CUDA graphs: a batch of B images runs in the graph of the smallest bucket (1, 2, 4, ... up to max_batch)
 that holds it; the static input buffer's spare rows keep whatever they held (each image is independent in
@@ -31,7 +35,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
-from rtsp_worker.engines.base import ModelError, ModelInfo, check_output, default_class_names, parse_names
+from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,12 @@ def metadata_input_size(meta: dict[str, Any], source: str) -> tuple[int, int] | 
     return int(imgsz[0]), int(imgsz[1])
 
 
+def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
+    """The JSON metadata as the string map ONNX metadata is (what `model_info` reads): strings as they
+    are, other values as JSON (`True` -> "true", lists as "[...]")."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
 def _first_tensor(output: Any) -> Tensor:
     # ultralytics models may return (predictions, features) — the predictions come first.
     while isinstance(output, (tuple, list)):
@@ -117,7 +127,7 @@ def _first_tensor(output: Any) -> Tensor:
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: Tensor  # (bucket, 3, H, W) in the engine's input dtype
-    outputs: Tensor  # (bucket, 4 + nc, N) in the model's output dtype
+    outputs: Tensor  # (bucket, ...) raw output in the model's layout and output dtype
 
 
 def device_literals(program: torch.export.ExportedProgram) -> dict[str, str]:
@@ -193,8 +203,8 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
 
 
 class TorchScriptEngine:
-    """Runs a YOLO-layout detector from a `.pt2` (torch.export) or TorchScript file (see `Engine`) on the
-    CPU or a CUDA device."""
+    """Runs a detector of any layout (detection/layouts.py) from a `.pt2` (torch.export) or TorchScript
+    file (see `Engine`) on the CPU or a CUDA device."""
 
     fresh_outputs = True  # every `infer` returns a new tensor (graph outputs are copied out): no clone needed
 
@@ -203,32 +213,26 @@ class TorchScriptEngine:
         self._source = str(cfg.path)
         module, extra = load_module(Path(cfg.path), device)
         meta = read_metadata(extra, self._source)
+        props = metadata_props(meta)
 
         input_size = cfg.input_size or metadata_input_size(meta, self._source)
         if input_size is None:
             raise ModelError(f"{cfg.path}: no input size in the model's metadata; set model.input_size")
         if input_size[0] % 32 or input_size[1] % 32:
             raise ModelError(f"{cfg.path}: input size {list(input_size)} is not a multiple of 32")
-        names: tuple[str, ...] | None = tuple(cfg.class_names) if cfg.class_names else None
-        if names is None and meta.get("names") is not None:
-            raw_names = meta["names"]
-            names = parse_names(raw_names if isinstance(raw_names, str) else json.dumps(raw_names))
+        names = tuple(cfg.class_names) if cfg.class_names else parse_names(props.get("names"))
 
         self._half = device.type == "cuda" and cfg.fp16
         self._module = module.float()
-        probe = self._probe(input_size, names)
-        num_classes = probe.shape[1] - 4
+        input_size = (int(input_size[0]), int(input_size[1]))
+        probe = self._probe(input_size)
         dynamic = self._accepts_batch(input_size)
+        # Fail at start-up, not on the first camera frame: the probe's output shape decides the layout.
+        self.info = model_info(cfg, tuple(probe.shape), input_size, names, props, self._source,
+                               max_batch=None if dynamic else 1, dynamic_batch=dynamic)
         if self._half:
             self._half = self._try_half(input_size, probe)
-
         self.input_dtype = torch.float16 if self._half else torch.float32
-        self.info = ModelInfo(
-            input_size=(int(input_size[0]), int(input_size[1])),
-            class_names=names or default_class_names(num_classes),
-            max_batch=None if dynamic else 1,
-            dynamic_batch=dynamic,
-        )
         self._max_batch = max_batch if dynamic else 1
         self._buckets = batch_buckets(self._max_batch)
         self._use_graphs = device.type == "cuda" and cfg.cuda_graphs
@@ -240,9 +244,9 @@ class TorchScriptEngine:
             for bucket in self._buckets:
                 self._graphs[bucket] = self._capture(bucket)
         log.info(
-            "%s: TorchScript on %s, input %s, %d classes, %s, %s",
-            self._source, device, list(self.info.input_size), num_classes,
-            "fp16" if self._half else "fp32",
+            "%s: TorchScript on %s, input %s, layout %s, %d classes, %s, %s",
+            self._source, device, list(self.info.input_size), self.info.output_layout.name,
+            len(self.info.class_names), "fp16" if self._half else "fp32",
             f"CUDA graphs for batches {list(self._buckets)}" if self._use_graphs else "eager",
         )
 
@@ -251,7 +255,7 @@ class TorchScriptEngine:
     def _forward(self, images: Tensor) -> Tensor:
         return _first_tensor(self._module(images))
 
-    def _probe(self, input_size: tuple[int, int], names: tuple[str, ...] | None) -> Tensor:
+    def _probe(self, input_size: tuple[int, int]) -> Tensor:
         x = torch.zeros((1, 3, *input_size), device=self.device)
         try:
             with torch.inference_mode():
@@ -263,8 +267,6 @@ class TorchScriptEngine:
             ) from None
         if not isinstance(out, Tensor):
             raise ModelError(f"{self._source}: model returned {type(out).__name__}, expected a tensor")
-        num_classes = len(names) if names is not None else (out.shape[1] - 4 if out.ndim == 3 else -1)
-        check_output(out, num_classes, self._source)
         if out.shape[0] != 1:
             raise ModelError(f"{self._source}: batch-1 input gave an output batch of {out.shape[0]}")
         return out
@@ -297,7 +299,8 @@ class TorchScriptEngine:
     # -- inference -----------------------------------------------------------------------------------------
 
     def infer(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) in [0, 1] on `self.device` -> (B, 4 + nc, N) float32 on `self.device`."""
+        """(B, 3, H, W) prepared as `info.spec` says, on `self.device` -> the raw output in `info.layout`,
+        float32 on `self.device`."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.info.input_size:
             raise ValueError(
                 f"{self._source}: input of shape {list(images.shape)}, expected [B, 3, "

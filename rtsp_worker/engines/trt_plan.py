@@ -1,8 +1,8 @@
 """TensorRT plan files with their build metadata, and the checks that a plan fits this machine.
 
 A serialized TensorRT engine only runs on the TensorRT version that built it and on GPUs of the same
-compute capability, and it does not remember which ONNX file, class names or batch range it came from.
-We therefore write one small JSON header in front of the plan:
+compute capability, and it does not remember which ONNX file, class names, batch range, output layout or
+input conventions it came from. We therefore write one small JSON header in front of the plan:
 
     b"RTSPWTRT" | uint32 little-endian header length | UTF-8 JSON header | TensorRT plan bytes
 
@@ -61,6 +61,10 @@ class EngineMetadata:
     output_name: str = ""
     built_at: str = ""  # ISO time, informational
     extra: dict[str, str] = field(default_factory=dict)
+    # The ONNX's metadata props (`layout`, ultralytics' `head` / `end2end`, `input_*`, ...), `layout` set to
+    # what the build read the output as: the engine resolves its layout and input conventions from them and
+    # its output shape exactly as ONNX Runtime does from the ONNX (`engines.base.model_info`).
+    model_metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

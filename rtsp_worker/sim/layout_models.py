@@ -1,4 +1,5 @@
-"""Tiny detectors in every output layout, exported to ONNX on the spot (tests, benchmarks, demos; no downloads).
+"""Tiny detectors in every output layout, exported on the spot (tests, benchmarks, demos; no downloads):
+to ONNX, or to the torch backend's `.pt2` / TorchScript, with the same metadata.
 
 One small conv body at stride 8, pooled to strides 16 and 32 (the P3-P5 grids every real layout uses),
 and a head that writes the output exactly the way each family's exporter does (detection/layouts.py):
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtsp_worker.engine_build.export import export_onnx
+from rtsp_worker.engine_build.export import export_onnx, export_program
 
 END2END_K = 50  # rows of the end2end output
 STRIDES = (8, 16, 32)
@@ -114,8 +115,22 @@ def export_layout_model(
     path: Path | str, layout: str, size: tuple[int, int] = (64, 96), nc: int = 3, dynamic_batch: bool = True,
     names: list[str] | None = None, seed: int = 0, metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Export a `LayoutNet` to ONNX with `names` (default '0'..) and the layout's metadata."""
+    """Export a `LayoutNet` with `names` (default 'c0'..) and the layout's metadata, by the suffix of `path`:
+    ONNX (metadata props), `.pt2` (torch.export) or `.torchscript` (a trace; metadata in `config.txt`)."""
+    path = Path(path)
     model = make_layout_model(layout, nc, seed)
     meta = {"names": str(dict(enumerate(names or [f"c{i}" for i in range(nc)]))),
             "imgsz": str(list(size)), **_META.get(layout, {}), **(metadata or {})}
-    return export_onnx(model, path, size, meta, dynamic_batch=dynamic_batch, example_batch=2 if dynamic_batch else 1)
+    if path.suffix == ".onnx":
+        return export_onnx(model, path, size, meta, dynamic_batch=dynamic_batch,
+                           example_batch=2 if dynamic_batch else 1)
+    if not dynamic_batch:
+        raise ValueError(f"{path}: torch exports of the layout models have a dynamic batch")
+    if path.suffix == ".pt2":
+        return export_program(model, path, size, meta)
+    import json
+
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.rand(2, 3, *size), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={"config.txt": json.dumps(meta)})
+    return path
