@@ -43,8 +43,8 @@ def nv12_frames(size: tuple[int, int], count: int = 2, seed: int = 0) -> list[np
         return [f.to_ndarray(format="nv12") for f in c.decode(video=0)]
 
 
-def geometry(h: int, w: int, input_size: tuple[int, int]) -> ImageGeometry:
-    _, new_h, new_w, pad_x, pad_y = letterbox_geometry(h, w, input_size)
+def geometry(h: int, w: int, input_size: tuple[int, int], placement: str = "center") -> ImageGeometry:
+    _, new_h, new_w, pad_x, pad_y = letterbox_geometry(h, w, input_size, placement)
     return ImageGeometry(h, w, pad_y, pad_x, new_h, new_w)
 
 
@@ -58,13 +58,17 @@ def mixed_batch() -> list[tuple[torch.Tensor, int, int]]:
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_twin_matches_the_torch_preprocessing_path(mixed_batch, dtype):
+@pytest.mark.parametrize(("dtype", "placement"), [(torch.float32, "center"), (torch.float16, "center"),
+                                                  (torch.float32, "topleft"), (torch.float32, "stretch")])
+def test_twin_matches_the_torch_preprocessing_path(mixed_batch, dtype, placement):
+    """The kernel's geometry (a region per image, each axis scaled on its own) covers every placement:
+    centred letterbox, YOLOX's top-left one and RT-DETR's stretch."""
     size = (192, 256)
+    spec = InputSpec(size, letterbox=placement)
     frames = [Frame(i, 0, 0.0, img, h, w, NV12) for i, (img, h, w) in enumerate(mixed_batch)]
-    expected, _ = Preprocessor(size, len(frames), torch.device("cpu"), dtype)(frames)
-    got = reference([f.image for f in frames], [geometry(f.height, f.width, size) for f in frames],
-                    InputSpec(size), dtype=dtype)
+    expected, _ = Preprocessor(spec, len(frames), torch.device("cpu"), dtype)(frames)
+    got = reference([f.image for f in frames], [geometry(f.height, f.width, size, placement) for f in frames],
+                    spec, dtype=dtype)
     assert got.dtype == dtype and got.shape == expected.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-3
     torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=0)
