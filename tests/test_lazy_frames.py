@@ -27,6 +27,7 @@ from rtsp_worker.sim import synthetic
 from rtsp_worker.sources.camera import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
+from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
 CPU = torch.device("cpu")
@@ -37,14 +38,6 @@ def clip(width: int, height: int, frames: int = 6, seed: int = 3) -> bytes:
     buf = io.BytesIO()
     synthetic.encode_mp4((rgb for rgb, _ in synthetic.render(scene)), buf, scene.fps, width, height)
     return buf.getvalue()
-
-
-def decode(data: bytes, fmt: str) -> list:
-    with av.open(io.BytesIO(data)) as c:
-        stream = c.streams.video[0]
-        dec = CpuDecoder(stream, pixel_format=fmt)
-        out = [img for p in c.demux(stream) if p.size for img in dec.decode(p)]
-        return out + dec.flush()
 
 
 def frames_of(images: list, camera0: int = 0) -> list[Frame]:
