@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from rtsp_worker.config import TrackerConfig
-from rtsp_worker.tracking.tracker import CUDA_GREEDY_ROUNDS, IouTracker, greedy_match, pairwise_iou
+from rtsp_worker.tracking.tracker import (
+    CUDA_GREEDY_ROUNDS,
+    IouTracker,
+    greedy_match,
+    iou_with_slots,
+    pairwise_iou,
+)
 from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
 
 A = (100.0, 100.0, 150.0, 200.0)
@@ -243,6 +249,44 @@ def test_vectorized_greedy_matches_reference(seed: int) -> None:
     assert greedy_match(iou, cand, row, n_rows, CUDA_GREEDY_ROUNDS).tolist() == expected
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_second_pass_ranks_after_the_first(seed: int) -> None:
+    """``later`` pairs are matched as a second sequential pass over what the first pass left."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    n_rows, n_det, n_slots = 3, 25, 9
+    iou = torch.rand(n_det, n_slots, generator=gen)
+    if seed % 2:
+        iou = (iou * 4).round() / 4
+    first_det = torch.rand(n_det, generator=gen) < 0.5
+    # Some detections have pairs in both sets: their first-pass pairs count first.
+    both = torch.rand(n_det, generator=gen) < 0.2
+    cand = (iou >= 0.3) & (first_det | both)[:, None]
+    later = (iou >= 0.1) & (~first_det | both)[:, None] & (torch.rand(n_det, n_slots, generator=gen) < 0.8)
+    row = torch.randint(0, n_rows, (n_det,), generator=gen)
+    first = _greedy_reference(iou, cand, row)
+    used = {(int(row[n]), t) for n, t in enumerate(first) if t >= 0}
+    free = torch.tensor([[first[n] < 0 and (int(row[n]), t) not in used for t in range(n_slots)]
+                         for n in range(n_det)])
+    second = _greedy_reference(iou, later & free, row)
+    expected = [f if f >= 0 else s for f, s in zip(first, second)]
+    assert any(s >= 0 and f < 0 for f, s in zip(first, second)), "the second pass matched nothing"
+    assert greedy_match(iou, cand, row, n_rows, later=later).tolist() == expected
+    assert greedy_match(iou, cand, row, n_rows, CUDA_GREEDY_ROUNDS, later=later).tolist() == expected
+
+
+def test_iou_with_slots_equals_pairwise_iou() -> None:
+    gen = torch.Generator().manual_seed(7)
+    boxes = torch.rand(40, 4, generator=gen) * 50
+    boxes[:, 2:] += boxes[:, :2]
+    slots = torch.rand(4, 11, 4, generator=gen) * 50
+    slots[..., 2:] += slots[..., :2]
+    slots[1, 3] = torch.tensor([5.0, 5.0, 5.0, 9.0])  # empty box: IoU 0, not NaN
+    row = torch.randint(0, 4, (40,), generator=gen)
+    got = iou_with_slots(boxes, slots, row)
+    assert torch.equal(got, pairwise_iou(boxes[:, None, :], slots.index_select(0, row)))
+    assert got.shape == (40, 11) and bool(torch.isfinite(got).all())
+
+
 def test_pairwise_iou_values() -> None:
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
@@ -413,7 +457,14 @@ class _HostReads(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.READS:
             self.calls.append(getattr(func, "__name__", str(func)))
+        elif func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and self._bool_index(args[1]):
+            self.calls.append("bool-mask " + func.__name__)  # sized by a device value: a sync
         return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def _bool_index(index) -> bool:
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
 
 
 @pytest.mark.parametrize("motion", ["kalman", "velocity", "none"])

@@ -51,6 +51,7 @@ one ``DEFAULT_DT_S`` step.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -87,8 +88,31 @@ def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
 
 
+def iou_with_slots(boxes: Tensor, slots: Tensor, row: Tensor) -> Tensor:
+    """``(N, L)`` IoU of each xyxy box in ``boxes`` (``(N, 4)``) with the ``L`` slots of its row.
+
+    ``slots`` is ``(B, L, 4)`` and ``row`` the ``(N,)`` row of each box. The same values as
+    ``pairwise_iou(boxes[:, None], slots[row])``, computed on coordinate planes ``(N, 2, L)`` and with
+    each slot's area taken once per row: about 3x fewer element operations (the tracker's largest ops).
+    """
+    planes = slots.transpose(1, 2).contiguous().index_select(0, row)  # (N, 4, L)
+    lt = torch.maximum(boxes[:, :2, None], planes[:, :2])
+    rb = torch.minimum(boxes[:, 2:, None], planes[:, 2:])
+    wh = (rb - lt).clamp_(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_box = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(-1)
+    area_slot = (slots[..., 2:] - slots[..., :2]).clamp(min=0).prod(-1).index_select(0, row)
+    union = area_box[:, None] + area_slot - inter
+    return inter / union.clamp(min=1e-9)  # union <= 0 only where inter is 0
+
+
 def greedy_match(
-    iou: Tensor, candidate: Tensor, row: Tensor, num_rows: int, max_rounds: int | None = None
+    iou: Tensor,
+    candidate: Tensor,
+    row: Tensor,
+    num_rows: int,
+    max_rounds: int | None = None,
+    later: Tensor | None = None,
 ) -> Tensor:
     """Greedy assignment by descending IoU, vectorized over all cameras.
 
@@ -96,21 +120,39 @@ def greedy_match(
     row ``row[n]``; a slot is one column per row, so two detections of different rows never compete.
     Returns ``(N,)`` int64: the matched slot of each detection, -1 if none. The order is IoU
     descending, then detection index, then slot, the same as sorting all candidate pairs and taking
-    them one by one. ``max_rounds=None`` runs until no candidate is left (needs one host read per
-    round: use it on CPU only).
+    them one by one. ``later`` (``(N, T)`` bool) adds pairs ranked after every ``candidate`` pair,
+    in the same order among themselves: a second pass over what the first left (ByteTrack's).
+    ``max_rounds=None`` runs until no candidate is left (needs one host read per round: use it on
+    CPU only).
     """
     n_det, n_slots = iou.shape
-    device = iou.device
-    match = torch.full((n_det,), -1, dtype=torch.int64, device=device)
+    match = torch.full((n_det,), -1, dtype=torch.int64, device=iou.device)
     if n_det == 0 or n_slots == 0:
         return match
+    if max_rounds is None:
+        return _greedy_pairs(iou, candidate, row, num_rows, match, later)
+    match = _greedy_dense(iou, candidate, row, num_rows, max_rounds, match)
+    if later is None:
+        return match
+    taken = torch.zeros(num_rows * n_slots + 1, dtype=torch.bool, device=iou.device)
+    taken.index_fill_(0, torch.where(match >= 0, row * n_slots + match, num_rows * n_slots), True)
+    free = ~taken[:-1].view(num_rows, n_slots).index_select(0, row) & (match < 0)[:, None]
+    second = _greedy_dense(iou, later & free, row, num_rows, max_rounds, torch.full_like(match, -1))
+    return torch.where(match >= 0, match, second)
+
+
+def _greedy_dense(
+    iou: Tensor, candidate: Tensor, row: Tensor, num_rows: int, max_rounds: int, match: Tensor
+) -> Tensor:
+    """:func:`greedy_match`'s fixed-round form on the dense ``(N, T)`` matrix (no host reads: CUDA)."""
+    n_det, n_slots = iou.shape
+    device = iou.device
     # Candidates keep their IoU (> 0 because iou_threshold > 0); everything else is -1.
     w = torch.where(candidate, iou, torch.full_like(iou, -1.0))
     col = (row[:, None] * n_slots + torch.arange(n_slots, device=device)).reshape(-1)  # (N*T,)
     det_ids = torch.arange(n_det, device=device)
     n_cols = num_rows * n_slots
-    rounds = min(n_det, n_slots) if max_rounds is None else max_rounds
-    for _ in range(rounds):
+    for _ in range(max_rounds):
         best_t = w.argmax(dim=1)  # first maximum: lower slot wins ties
         best_w = w.gather(1, best_t[:, None]).squeeze(1)
         flat_w = w.reshape(-1)
@@ -129,9 +171,48 @@ def greedy_match(
         col_taken = col_taken[:-1]
         drop = take[:, None] | col_taken.index_select(0, col).view(n_det, n_slots)
         w = w.masked_fill(drop, -1.0)
-        if max_rounds is None and not bool((w > 0).any()):
-            break
     return match
+
+
+def _greedy_pairs(
+    iou: Tensor, candidate: Tensor, row: Tensor, num_rows: int, match: Tensor, later: Tensor | None
+) -> Tensor:
+    """:func:`greedy_match` to convergence on the list of candidate pairs (host reads: CPU only).
+
+    The pairs are ranked once (first-pass pairs before ``later`` ones, then IoU descending, then
+    detection, then slot: a stable sort of ``nonzero``'s row-major order); each round takes every
+    pair that has the lowest live rank of both its detection and its slot, which sequential greedy
+    would take too, and retires the pairs that share a detection or slot with a taken one. A few ops
+    on ~N pairs per round instead of ~30 on the dense ``(N, T)`` matrix.
+    """
+    n_det, n_slots = iou.shape
+    pairs = candidate if later is None else candidate | later
+    det, slot = pairs.nonzero(as_tuple=True)
+    n_pairs = int(det.shape[0])
+    if n_pairs == 0:
+        return match
+    key = iou[det, slot]
+    if later is not None:  # float64: iou + 2 keeps every float32 IoU distinct and exact
+        key = key.double() + candidate[det, slot].double() * 2
+    order = torch.sort(key, descending=True, stable=True).indices
+    det, slot = det[order], slot[order]
+    col = row.index_select(0, det) * n_slots + slot
+    rank = torch.arange(n_pairs, device=iou.device)
+    alive = torch.ones(n_pairs, dtype=torch.bool, device=iou.device)
+    while True:
+        live_rank = torch.where(alive, rank, n_pairs)
+        det_min = torch.full((n_det,), n_pairs, device=iou.device).scatter_reduce(0, det, live_rank, "amin")
+        col_min = torch.full((num_rows * n_slots,), n_pairs, device=iou.device).scatter_reduce(
+            0, col, live_rank, "amin"
+        )
+        take = alive & (det_min.index_select(0, det) == rank) & (col_min.index_select(0, col) == rank)
+        match.index_copy_(0, det[take], slot[take])
+        det_done = match.index_select(0, det) >= 0
+        col_done = torch.zeros(num_rows * n_slots, dtype=torch.bool, device=iou.device)
+        col_done.index_fill_(0, col[take], True)
+        alive &= ~det_done & ~col_done.index_select(0, col)
+        if not bool(alive.any()):
+            return match
 
 
 class IouTracker:
@@ -146,9 +227,10 @@ class IouTracker:
         self.device = torch.device(device)
         self.startup_grace = startup_grace
         self.motion = make_motion(cfg)
-        self._float_fields = {**_FLOAT_FIELDS, **self.motion.fields}
+        self._layout = _Layout({**_FLOAT_FIELDS, **self.motion.fields})
         # Host reads of device values (window trimming, greedy convergence) are free on CPU only.
         self._host_reads = self.device.type == "cpu"
+        # Every slot's state, packed per dtype: group -> (C, T, width); see _Layout.
         self._state: dict[str, Tensor] = {}
         self._next_id = torch.ones((0,), dtype=torch.int64, device=self.device)
         self._frames = torch.zeros((0,), dtype=torch.int64, device=self.device)  # inferred frames seen
@@ -166,13 +248,7 @@ class IouTracker:
 
     def _alloc(self, n: int) -> None:
         t, dev = self.cfg.max_tracks, self.device
-        new: dict[str, Tensor] = {}
-        for name, trailing in self._float_fields.items():
-            new[name] = torch.zeros((n, t, *trailing), dtype=torch.float32, device=dev)
-        for name in _INT_FIELDS:
-            new[name] = torch.zeros((n, t), dtype=torch.int64, device=dev)
-        for name in _BOOL_FIELDS:
-            new[name] = torch.zeros((n, t), dtype=torch.bool, device=dev)
+        new = {g: torch.zeros((n, t, w), dtype=dt, device=dev) for g, (dt, w) in self._layout.groups.items()}
         if self._state:
             self._state = {k: torch.cat([v, new[k]]) for k, v in self._state.items()}
         else:
@@ -194,8 +270,7 @@ class IouTracker:
         """Drop a camera's tracks (e.g. after a reconnect); its ids keep counting up, never reused."""
         if not 0 <= camera < self.num_cameras:
             raise ValueError(f"reset_camera: camera {camera} out of range (have {self.num_cameras})")
-        self._state["active"][camera] = False
-        self._state["confirmed"][camera] = False
+        self._state["b"][camera] = False  # active and confirmed
         self._frames[camera] = 0
         self._last_ts[camera] = float("nan")
         self._last_dt[camera] = DEFAULT_DT_S
@@ -232,7 +307,7 @@ class IouTracker:
         )
         dt = self._step_times(cams, timestamps)  # (B, 1) float32 seconds
         n_live, n_slots = self._window(cams, dets.batch_index, n_rows)
-        s = {k: v.index_select(0, cams)[:, :n_slots] for k, v in self._state.items()}
+        s = self._layout.unpack({g: v[:, :n_slots].index_select(0, cams) for g, v in self._state.items()})
         active, inf_col = s["active"], inf[:, None]
 
         # 1. Prediction (every live track, inferred row or not).
@@ -246,18 +321,16 @@ class IouTracker:
         valid = (dets.scores >= cfg.min_confidence) & inf_det
         low = (dets.scores >= cfg.low_confidence) & (dets.scores < cfg.min_confidence) & inf_det
         # Only the first n_live slots can hold a live track; the rest of the window is for new ones.
-        iou = pairwise_iou(dets.boxes[:, None, :], pred[:, :n_live].index_select(0, row))  # (N, L)
+        iou = iou_with_slots(dets.boxes, pred[:, :n_live], row)  # (N, L)
         cand = active[:, :n_live].index_select(0, row)
         if cfg.class_consistent:
             cand = cand & (dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row))
         rounds = None if self._host_reads else CUDA_GREEDY_ROUNDS
-        det_slot = greedy_match(iou, cand & valid[:, None] & (iou >= cfg.iou_threshold), row, n_rows, rounds)
-        if cfg.low_confidence < cfg.min_confidence:
-            taken = torch.zeros(n_rows * n_live + 1, dtype=torch.bool, device=dev)
-            taken.index_fill_(0, torch.where(det_slot >= 0, row * n_live + det_slot, n_rows * n_live), True)
-            free = ~taken[:-1].view(n_rows, n_live).index_select(0, row)
-            cand_low = cand & free & low[:, None] & (iou >= cfg.low_iou_threshold)
-            det_slot = torch.where(low, greedy_match(iou, cand_low, row, n_rows, rounds), det_slot)
+        second = (
+            cand & low[:, None] & (iou >= cfg.low_iou_threshold) if cfg.low_confidence < cfg.min_confidence else None
+        )
+        first = cand & valid[:, None] & (iou >= cfg.iou_threshold)
+        det_slot = greedy_match(iou, first, row, n_rows, rounds, later=second)
 
         # Detection row matched by each slot; row n_det is a dummy so empty batches need no branch.
         flat_slot = torch.where(det_slot >= 0, row * n_slots + det_slot, n_rows * n_slots)
@@ -292,11 +365,16 @@ class IouTracker:
 
         # 6. New tracks from unmatched detections that do not duplicate a live track.
         new = valid & (det_slot < 0)
-        live_iou = pairwise_iou(dets.boxes[:, None, :], s["boxes"][:, :n_live].index_select(0, row))
-        dup = active[:, :n_live].index_select(0, row) & (live_iou >= cfg.duplicate_iou)
+        # On CPU only the unmatched detections are checked (most are matched); on CUDA all, sync-free.
+        cand_new = new.nonzero().squeeze(1) if self._host_reads else torch.arange(n_det, device=dev)
+        row_new = row.index_select(0, cand_new)
+        live_iou = iou_with_slots(dets.boxes.index_select(0, cand_new), s["boxes"][:, :n_live], row_new)
+        dup = active[:, :n_live].index_select(0, row_new) & (live_iou >= cfg.duplicate_iou)
         if cfg.class_consistent:
-            dup &= dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row)
-        new &= ~dup.any(dim=1)
+            dup &= dets.class_ids.index_select(0, cand_new)[:, None] == s["classes"][:, :n_live].index_select(
+                0, row_new
+            )
+        new = new.index_copy(0, cand_new, new.index_select(0, cand_new) & ~dup.any(dim=1))
         rank = self._rank_within_row(new, row, dets.scores, n_rows)
         free = ~active
         n_free = free.sum(dim=1)
@@ -324,16 +402,15 @@ class IouTracker:
             "active": torch.ones_like(start),
             "confirmed": in_grace | (cfg.min_hits <= 1),
         }
-        for name, value in init.items():
-            s[name] = _scatter_rows(s[name], target, value)
+        packed, packed_init = self._layout.pack(s), self._layout.pack(init)
+        for g, value in packed_init.items():
+            packed[g] = _scatter_rows(packed[g], target, value)
+            self._state[g][:, :n_slots].index_copy_(0, cams, packed[g])
         track_det = _scatter_rows(torch.where(matched, track_det, -1), target, det_rows)
         self._next_id.index_copy_(0, cams, next_id + n_start)
         self._frames.index_add_(0, cams, inf.long())
 
-        for name, value in s.items():
-            self._state[name][:, :n_slots].index_copy_(0, cams, value)
-
-        return self._report(s, track_det, inf_col, include_tentative)
+        return self._report(packed, track_det, inf_col, include_tentative)
 
     def _step_times(self, cams: Tensor, timestamps: Tensor | None) -> Tensor:
         """``(B, 1)`` float32 seconds since each row's camera was last processed; remembers ``timestamps``."""
@@ -360,7 +437,7 @@ class IouTracker:
         n_slots = self.cfg.max_tracks
         if not self._host_reads:
             return n_slots, n_slots
-        live = self._state["active"].index_select(0, cams).any(dim=0)
+        live = self._layout.column(self._state, "active").index_select(0, cams).any(dim=0)
         last_live = int(torch.where(live, torch.arange(1, n_slots + 1), 0).max())
         most_dets = int(torch.bincount(row, minlength=n_rows).max()) if row.numel() else 0
         return last_live, max(1, min(n_slots, last_live + most_dets))
@@ -379,9 +456,10 @@ class IouTracker:
         return rank
 
     def _report(
-        self, s: dict[str, Tensor], track_det: Tensor, inf_col: Tensor, tentative: bool
+        self, packed: dict[str, Tensor], track_det: Tensor, inf_col: Tensor, tentative: bool
     ) -> Tracks:
-        cfg = self.cfg
+        cfg, layout = self.cfg, self._layout
+        s = layout.unpack(packed)
         active, confirmed = s["active"], s["confirmed"]
         lost = confirmed & (s["misses"] > 0)
         now = (track_det >= 0) | (~inf_col & (s["misses"] == 0))
@@ -391,24 +469,66 @@ class IouTracker:
         if tentative:
             report |= active & ~confirmed
         flat = report.reshape(-1).nonzero().squeeze(1)  # the one host sync: output size
-
-        def take(x: Tensor) -> Tensor:
-            return x.reshape(-1, *x.shape[2:]).index_select(0, flat)
-
+        # The reported slots' rows of each packed group, then their fields as views of those rows.
+        t = layout.unpack({g: v.reshape(-1, v.shape[-1]).index_select(0, flat) for g, v in packed.items()})
         state = torch.where(
-            confirmed, torch.where(lost, LOST, CONFIRMED), torch.full_like(s["misses"], TENTATIVE)
+            t["confirmed"], torch.where(t["misses"] > 0, LOST, CONFIRMED), torch.full_like(t["misses"], TENTATIVE)
         )
         return Tracks(
             batch_index=torch.div(flat, report.shape[1], rounding_mode="floor"),
-            track_ids=take(s["ids"]),
-            boxes=take(s["boxes"]),
-            scores=take(s["scores"]),
-            class_ids=take(s["classes"]),
-            det_index=take(track_det),
-            age=take(s["age"]),
-            hits=take(s["hits"]),
-            state=take(state).to(torch.int8),
+            track_ids=t["ids"],
+            boxes=t["boxes"],
+            scores=t["scores"],
+            class_ids=t["classes"],
+            det_index=track_det.reshape(-1).index_select(0, flat),
+            age=t["age"],
+            hits=t["hits"],
+            state=state.to(torch.int8),
         )
+
+
+class _Layout:
+    """Where each per-slot field lives in the tracker's state, packed into one tensor per dtype.
+
+    Groups ``f`` (float32), ``i`` (int64) and ``b`` (bool) are ``(..., width)``; a field is a slice of
+    its group's last dimension. Gathering, scattering and writing back the state then take one op per
+    group instead of one per field (the tracker's cost on CPU is mostly per-op overhead).
+    """
+
+    def __init__(self, float_fields: dict[str, tuple[int, ...]]) -> None:
+        fields = [(name, "f", trailing) for name, trailing in float_fields.items()]
+        fields += [(name, "i", ()) for name in _INT_FIELDS] + [(name, "b", ()) for name in _BOOL_FIELDS]
+        dtypes = {"f": torch.float32, "i": torch.int64, "b": torch.bool}
+        width = dict.fromkeys(dtypes, 0)
+        self.fields: dict[str, tuple[str, int, tuple[int, ...]]] = {}  # name -> group, start, trailing
+        for name, group, trailing in fields:
+            self.fields[name] = (group, width[group], trailing)
+            width[group] += math.prod(trailing)
+        self.groups = {g: (dtypes[g], width[g]) for g in dtypes}
+
+    def unpack(self, packed: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Field name -> view of its slice of the packed group (``(..., *trailing)``)."""
+        out = {}
+        for name, (group, start, trailing) in self.fields.items():
+            v = packed[group]
+            out[name] = v[..., start] if not trailing else v[..., start:start + math.prod(trailing)].unflatten(
+                -1, trailing
+            )
+        return out
+
+    def column(self, packed: dict[str, Tensor], name: str) -> Tensor:
+        group, start, _ = self.fields[name]
+        return packed[group][..., start]
+
+    def pack(self, s: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The inverse of :meth:`unpack` for fields of shape ``(*lead, *trailing)``, every field given."""
+        parts: dict[str, list[Tensor]] = {g: [] for g in self.groups}
+        lead: tuple[int, ...] = ()
+        for name, (group, _, trailing) in self.fields.items():
+            v = s[name]
+            lead = v.shape[: v.dim() - len(trailing)]
+            parts[group].append(v.reshape(*lead, math.prod(trailing)).to(self.groups[group][0]))
+        return {g: torch.cat(p, dim=-1) for g, p in parts.items()}
 
 
 def _scatter_rows(field: Tensor, target: Tensor, value: Tensor) -> Tensor:
