@@ -31,7 +31,8 @@ def run(
     workers: Annotated[int | None, typer.Option(help="Run N worker processes, one shard each, under a "
                                                    "supervisor (overrides `workers:`).", min=1)] = None,
     metrics_host: Annotated[str | None, typer.Option(help="Override `metrics.host`.")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Override `metrics.port`.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Override `metrics.port` (0-65535).", min=0,
+                                                     max=65535)] = None,
 ) -> None:
     """Run detection and tracking on the cameras of CONFIG until SIGINT/SIGTERM (or --duration)."""
     from rtsp_worker.config import ConfigError, load_config

@@ -336,6 +336,14 @@ def test_probe_timeout_out_of_range_is_a_usage_error(tmp_path, timeout) -> None:
     assert proc.returncode == 2 and "Traceback" not in stderr and "--timeout" in stderr, stderr
 
 
+@pytest.mark.parametrize("port", ["65536", "99999"])
+def test_metrics_port_out_of_range_is_a_usage_error(tmp_path, tiny_model, port) -> None:
+    cfg = _write_config(tmp_path, [{"name": "a", "url": "rtsp://127.0.0.1:1/x"}], tiny_model, tmp_path / "out")
+    proc = _cli(["run", str(cfg), "--metrics-port", port, "--duration", "1"], tmp_path)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in stderr and "--metrics-port" in stderr, stderr
+
+
 @pytest.mark.slow
 def test_run_duration_0_means_until_stopped(tmp_path, tiny_model) -> None:
     cfg = _write_config(tmp_path, [{"name": "a", "url": f"rtsp://127.0.0.1:{free_port()}/x"}], tiny_model,
