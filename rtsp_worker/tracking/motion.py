@@ -129,21 +129,22 @@ class KalmanMotion:
         return torch.cat([wh, wh], dim=-1)  # cx ~ w, cy ~ h, w ~ w, h ~ h
 
     def predict(self, s: dict[str, Tensor], active: Tensor, dt: Tensor) -> Tensor:
+        # Every slot moves, live or not: a free slot's state is never read (association, duplicates
+        # and reports all require `active`) and a new track overwrites all of it, so masking would
+        # only add work.
         x, v, p = s["kf_x"], s["kf_v"], s["kf_p"]
         d = dt[..., None]  # (B, 1, 1)
-        scale2 = self._scale(x) ** 2
+        scale2 = self._scale(x).square_()
         pxx, pxv, pvv = p.unbind(-1)
         x_new = x + v * d
-        x_new = torch.cat([x_new[..., :2], x_new[..., 2:].clamp(min=MIN_SIZE)], dim=-1)
-        p_new = torch.stack([
+        x_new[..., 2:].clamp_(min=MIN_SIZE)
+        s["kf_x"] = x_new
+        s["kf_p"] = torch.stack([
             pxx + 2 * d * pxv + d * d * pvv + (self.qp**2) * scale2 * d,
             pxv + d * pvv,
             pvv + (self.qv**2) * scale2 * d,
         ], dim=-1)
-        a3 = active[..., None]
-        s["kf_x"] = torch.where(a3, x_new, x)
-        s["kf_p"] = torch.where(a3[..., None], p_new, p)
-        return torch.where(a3, _xywh_to_xyxy(s["kf_x"]), s["boxes"])
+        return _xywh_to_xyxy(x_new)
 
     def correct(self, s: dict[str, Tensor], pred: Tensor, matched: Tensor, dbox: Tensor) -> Tensor:
         x, v, p = s["kf_x"], s["kf_v"], s["kf_p"]
