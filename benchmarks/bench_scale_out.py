@@ -205,9 +205,11 @@ def main() -> None:
     args = ap.parse_args()
     common.setup(args)
     ceiling = args.mode == "ceiling"
-    cameras = args.cameras or ([4] if args.smoke else [64] if ceiling else [8, 16])
+    # --smoke (tests/test_benchmarks_smoke.py): 2 small cameras through 1 and 2 processes, a 2 s window.
+    cameras = args.cameras or ([2] if args.smoke else [64] if ceiling else [8, 16])
     processes = args.processes or ([1, 2] if args.smoke or not ceiling else [1, 2, 4])
-    seconds = 3.0 if args.smoke else args.seconds
+    seconds = 2.0 if args.smoke else args.seconds
+    warmup = 1.0 if args.smoke else args.warmup
     size, fps = ((320, 240), 30) if args.smoke else ((1920, 1080), 30)
     if ceiling:
         from rtsp_worker.sim.clips import write_test_clip
@@ -225,7 +227,7 @@ def main() -> None:
         for n in cameras:
             urls = {f"cam{i:02d}": server.url(f"cam{i:02d}") for i in range(n)}
             for p in processes:
-                rows.append(point(args.mode, urls, p, seconds, args.warmup, Path(tmp) / f"{n}_{p}", server.pid,
+                rows.append(point(args.mode, urls, p, seconds, warmup, Path(tmp) / f"{n}_{p}", server.pid,
                                   size, args.device if not ceiling else "cpu"))
                 print(json.dumps(rows[-1]), flush=True)
     for r in rows:
@@ -237,7 +239,8 @@ def main() -> None:
     profile = [{"cameras": r["cameras"], "processes": r["processes"], **r["thread_ms_per_frame"]} for r in rows]
     columns = ["cameras", "processes", *sorted({k for row in profile for k in row} - {"cameras", "processes"})]
     common.print_table("CPU ms per frame by thread role (all processes)", profile, columns)
-    common.write_json(args.json, common.metadata(args, rows=rows))
+    common.write_json(args.json, {"benchmark": "scale_out", **common.metadata(args), "mode": args.mode,
+                                  "rows": rows})
 
 
 if __name__ == "__main__":

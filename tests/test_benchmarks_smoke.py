@@ -148,3 +148,23 @@ def test_bench_vs_ultralytics(tmp_path: Path, cache: Path) -> None:
             assert positive(run["decoded_fps"])
     assert positive(result["fps_ratio"]) and positive(result["cpu_per_frame_ratio"])
     assert [s["cameras"] for s in result["series"]] == result["cameras"]
+
+
+@pytest.mark.slow
+@pytest.mark.rtsp
+def test_bench_scale_out(tmp_path: Path, cache: Path) -> None:
+    require_rtsp()
+    result, stdout = run_smoke("bench_scale_out.py", tmp_path, cache)
+    check_metadata(result, "scale_out")
+    assert result["mode"] == "ceiling" and "scale-out (ceiling)" in stdout
+    # 2 cameras through 1 process, then through 2 (one shard each): every camera streams in both.
+    assert [(r["cameras"], r["processes"]) for r in result["rows"]] == [(2, 1), (2, 2)]
+    for row in result["rows"]:
+        assert row["streaming"] == row["cameras"], row
+        for key in ("fps", "cpu_ms_per_frame_workers", "latency_p50_ms", "fps_vs_first"):
+            assert positive(row[key]), (key, row)
+        assert len(row["per_process_fps"]) == row["processes"]
+        assert all(positive(f) for f in row["per_process_fps"]), row
+        assert row["server_cores"] >= 0
+        assert row["thread_ms_per_frame"] and all(positive(v) for v in row["thread_ms_per_frame"].values())
+    assert result["rows"][0]["fps_vs_first"] == 1.0
