@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,8 +22,8 @@ log = logging.getLogger("rtsp_worker")
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="cameras.yaml")],
-    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (0: until stopped).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Override `device:` (auto, cpu, cuda:N).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds (0: until stopped).")] = None,
+    device: Annotated[str | None, typer.Option(help="Override `device:` (auto, cpu, cuda:N).")] = None,
     video: Annotated[bool, typer.Option(help="Also write an annotated MP4 per camera.")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
     shard: Annotated[str | None, typer.Option(help="Run only shard K/N of the cameras (auto: K from the "
@@ -74,14 +74,27 @@ def shards(
     config: Annotated[Path, typer.Argument(help="cameras.yaml")],
     count: Annotated[int, typer.Argument(help="Number of shards (workers).", min=1)],
 ) -> None:
-    """Print which cameras each of COUNT shards runs, and each shard's share of the load."""
+    """Print which cameras each of COUNT shards runs, and each shard's share of the load.
+
+    A shard with no cameras gets a warning line on stderr and the exit code is 2 (configuration error):
+    `run --shard K/N` and `run --workers N` refuse that N the same way.
+    """
     from rtsp_worker.config import ConfigError, load_config
-    from rtsp_worker.service.sharding import describe
+    from rtsp_worker.service.sharding import config_assignment, describe
 
     try:
-        typer.echo(describe(load_config(config), count))
+        cfg = load_config(config)
     except ConfigError as e:
         raise fail(str(e), EXIT_CONFIG) from None
+    typer.echo(describe(cfg, count))
+    owner = config_assignment(cfg, count)
+    empty = [k for k in range(count) if k not in owner.values()]
+    for k in empty:
+        typer.echo(f"warning: shard {k}/{count} has no cameras ({len(owner)} enabled cameras over {count} "
+                   f"shards): `run --shard {k}/{count}` and `run --workers {count}` refuse it; use fewer shards",
+                   err=True)
+    if empty:
+        raise typer.Exit(EXIT_CONFIG)
 
 
 @app.command()

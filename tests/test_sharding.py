@@ -154,3 +154,26 @@ def test_shards_command_prints_assignment_and_load(tmp_path):
         listed = line.rsplit("): ", 1)[1].split(", ")
         assert sorted(listed) == sorted(n for n, s in owner.items() if s == k)
         assert "load" in line and "ideal 33.3%" in line
+
+
+def test_shards_command_warns_about_an_empty_shard_and_exits_2_like_run(tmp_path):
+    # Two cameras over three shards: one shard is empty, which `run --shard K/3` refuses (exit 2).
+    cams = [{"name": n, "url": f"rtsp://h/{n}"} for n in ("a", "b")]
+    path = tmp_path / "cameras.yaml"
+    path.write_text(yaml.safe_dump({"cameras": cams, "model": {"path": "m.onnx"}}))
+    owner = assign(["a", "b"], 3)
+    empty = [k for k in range(3) if k not in owner.values()]
+    assert len(empty) == 1
+    k = empty[0]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "shards", str(path), "3"], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    lines = out.stdout.strip().splitlines()  # the assignment is still printed in full
+    assert len(lines) == 3 and lines[k].startswith(f"shard {k}/3: 0 cameras")
+    warnings = [ln for ln in out.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [(f"warning: shard {k}/3 has no cameras (2 enabled cameras over 3 shards): "
+                         f"`run --shard {k}/3` and `run --workers 3` refuse it; use fewer shards")]
+    run = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(path), "--shard", f"{k}/3"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2 and f"shard {k}/3 has no cameras" in run.stderr, run.stderr
