@@ -20,6 +20,7 @@ from rtsp_worker.config import RedisConfig
 from rtsp_worker.pipeline import Pipeline
 from rtsp_worker.sinks import SinkRunner
 from rtsp_worker.sinks.jsonl import JsonlSink
+from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.sinks.video import VideoSink
 from rtsp_worker.sources.camera import CameraState
 from rtsp_worker.types import FrameResult, TrackedObject
@@ -177,6 +178,86 @@ def test_close_is_bounded_when_a_sink_hangs(caplog: pytest.LogCaptureFixture) ->
     assert not slow.closed, "a sink still inside write() must not be closed under it"
     assert "sink slow did not drain" in caplog.text
     slow.release.set()
+
+
+class _Clock:
+    """A controlled monotonic clock: the test moves it."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_error_throttle_logs_the_first_then_one_summary_per_interval() -> None:
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger, handler = logging.getLogger("test_sinks.throttle"), Keep()
+    logger.addHandler(handler)
+    clock = _Clock()
+    throttle = ErrorThrottle(logger, interval_s=30.0, clock=clock)
+    try:
+        assert throttle.error("disk full") is True  # the first one at once
+        assert throttle.error("other") is True  # another kind has its own count
+        for _ in range(9):
+            clock.t += 3.0  # 27 s: still inside the interval
+            assert throttle.error("disk full") is False
+        clock.t += 3.0  # 30 s after the first line
+        assert throttle.error("disk full") is True
+        clock.t += 1.0
+        assert throttle.error("disk full") is False
+        throttle.error("disk full")
+        throttle.flush()
+        throttle.flush()  # nothing pending: no line
+    finally:
+        logger.removeHandler(handler)
+    assert records == [
+        "disk full",
+        "other",
+        "disk full (repeated 10 times in the last 30 s, 11 in all)",
+        "disk full (repeated 2 more times, 13 in all)",
+    ]
+
+
+class _GatedFailingSink:
+    """Fails every write; the first write waits for `gate`, so the others fail while `close` drains."""
+
+    name = "failing"
+    wants_images = False
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.gate.wait(10)
+        raise OSError("disk full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_close_logs_the_summary_of_errors_raised_while_draining(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="rtsp_worker.sinks")
+    sink = _GatedFailingSink()
+    runner = SinkRunner([sink], queue_size=100)
+    n = 20
+    for i in range(n):
+        runner.submit([result("cam", i)])
+    # Every write fails after close() has begun: only a summary logged after the drain can count them.
+    threading.Timer(0.3, sink.gate.set).start()
+    runner.close(timeout=10)
+    assert sink.calls == n and runner.errors["failing"] == n
+    lines = [r.getMessage() for r in caplog.records if "sink failing: write failed" in r.getMessage()]
+    assert lines == ["sink failing: write failed, batch dropped: disk full",
+                     f"sink failing: write failed, batch dropped: disk full (repeated {n - 1} more times, {n} in all)"]
 
 
 # -- Video ------------------------------------------------------------------------------------------------

@@ -151,7 +151,6 @@ class SinkRunner:
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain every queue, then close every sink; `timeout` bounds the draining of all sinks together."""
-        self._throttle.flush()
         for q in self._queues:
             q.put_nowait(None)  # after what the queue holds: everything submitted is written first
         deadline = time.monotonic() + timeout
@@ -160,6 +159,8 @@ class SinkRunner:
             if t.is_alive():
                 log.error("sink %s did not drain within %.0f s; %d batches left unwritten", sink.name, timeout,
                           q.qsize())
+        # After the drain: errors raised while draining are in the summary (flushed earlier, they were lost).
+        self._throttle.flush()
         for s, t in zip(self.sinks, self._threads):
             if t.is_alive():
                 continue  # still inside write(): closing under it would corrupt its output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -22,16 +23,18 @@ class _Seen:
 class ErrorThrottle:
     """`error(message)`: log the first of its kind at once, then at most one line per `interval_s` per kind."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 30.0, level: int = logging.ERROR) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 30.0, level: int = logging.ERROR,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.log = logger
         self.interval_s = interval_s
         self.level = level
+        self._clock = clock  # seconds, monotonic (tests pass a controlled one)
         self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
 
     def error(self, message: str, key: str | None = None) -> bool:
         """Record one occurrence (identical when `key`, default the message, is); True if a line was logged."""
-        now = time.monotonic()
+        now = self._clock()
         key = message if key is None else key
         with self._lock:
             seen = self._seen.get(key)
