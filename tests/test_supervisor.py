@@ -1,6 +1,7 @@
 """`rtsp-worker run --workers 2 --device cpu` on 6 real RTSP cameras with a real Redis: the cameras split
 between the workers as the sharding says, a worker killed with -9 is restarted and its cameras resume while
-the other keeps going, SIGTERM to the supervisor flushes both, one box-wide /metrics with a `worker` label."""
+the other keeps going, SIGTERM to the supervisor flushes both, one box-wide /metrics with a `worker` label and
+box-wide /healthz and /readyz with every worker's own answer."""
 
 from __future__ import annotations
 
@@ -108,6 +109,15 @@ def test_two_workers_split_restart_and_flush(tmp_path, rtsp_server_factory, smal
                 ready = json.loads(r.read())
             assert ready["ready"] and set(ready["workers"]) == {"0", "1"}
             assert all(w["body"]["ready"] for w in ready["workers"].values())
+            # /healthz: 200 and every worker's own answer, keyed by its index, with its shard and pid.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                assert r.status == 200 and r.headers.get_content_type() == "application/json"
+                health = json.loads(r.read())
+            assert health["healthy"] is True and set(health["workers"]) == {"0", "1"}
+            for k in (0, 1):
+                entry = health["workers"][str(k)]
+                assert entry["shard"] == f"{k}/2" and entry["code"] == 200 and entry["restarts"] == 0, entry
+                assert isinstance(entry["pid"], int) and entry["body"]["status"] == "ok", entry
 
             # kill -9 worker 1: the supervisor restarts it, its cameras resume, worker 0 never stops.
             pid = int(re.search(r"worker 1 started: pid (\d+)", err.read_text()).group(1))
@@ -177,21 +187,26 @@ def test_worker_count_and_devices_round_robin(monkeypatch):
     assert describe_exit(-9) == "signal SIGKILL" and describe_exit(4) == "code 4"
 
 
-def test_config_error_in_a_worker_stops_the_box_with_its_code(tmp_path):
-    # A worker that cannot start for a configuration reason is not restarted: the box exits with 2.
+@pytest.mark.parametrize(("error", "code"), [("model", 3), ("config", 2)])
+def test_model_or_config_error_in_a_worker_stops_the_box_with_its_code(tmp_path, error, code):
+    # A worker that exits with a model (3) or configuration (2) error is not restarted: a restart cannot fix
+    # it, so the supervisor stops every worker and exits with that code.
     model = tmp_path / "m.onnx"
     path = tmp_path / "cameras.yaml"
-    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"},
-                                                {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
-                                    "model": {"path": str(model)}, "device": "cpu"}))
+    raw = {"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}, {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
+           "model": {"path": str(model)}, "device": "cpu"}
+    path.write_text(yaml.safe_dump(raw))
     from rtsp_worker.config import load_config
 
     cfg = load_config(path)
     supervisor = Supervisor(path, cfg, 2, ["cpu", "cpu"], ["--log-level", "WARNING"])
     assert supervisor.command(supervisor.workers[1])[3:8] == ["run", str(path), "--shard", "1/2", "--device"]
+    if error == "config":  # the file edited after the supervisor read it: the workers cannot load it
+        path.write_text(yaml.safe_dump({**raw, "detection": {"confidence": 2.0}}))
+    # else: the model file does not exist, a model error
     saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
-        assert supervisor.run() == 3  # the model file does not exist: model error, fatal
+        assert supervisor.run() == code
     finally:
         signal.signal(signal.SIGINT, saved[0])
         signal.signal(signal.SIGTERM, saved[1])
