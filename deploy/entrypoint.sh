@@ -12,5 +12,9 @@ if [ -d "$ENGINE_DIR" ] && [ -w "$ENGINE_DIR" ]; then
     if ! cmp -s "$MODEL_SRC" "$ENGINE_DIR/$name"; then
         cp "$MODEL_SRC" "$ENGINE_DIR/$name"
     fi
+elif [ -d "$ENGINE_DIR" ]; then
+    # Not fatal (a config may put its model elsewhere), but a model.path under it will not be found.
+    echo "rtsp-worker-entrypoint: warning: $ENGINE_DIR is not writable by uid $(id -u): the ONNX is not copied" \
+         "there and no engine can be built in it (Kubernetes: securityContext.fsGroup: 1000)" >&2
 fi
 exec rtsp-worker "$@"

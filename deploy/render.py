@@ -3,7 +3,8 @@
     python deploy/render.py --replicas 3 --image registry.example/rtsp-worker:1.0 \
         [--cameras deploy/cameras.example.yaml] [--namespace video] > fleet.yaml
 
-The replica count and RTSP_WORKER_SHARDS come from the same --replicas, so they cannot disagree. Standard
+The replica count and RTSP_WORKER_SHARDS come from the same --replicas, so they cannot disagree; that is
+also why scaling means rendering again with the new count and applying it, never `kubectl scale`. Standard
 library only: runs anywhere kubectl does.
 """
 

@@ -1,11 +1,13 @@
 """deploy/: the Kubernetes manifests rendered and loaded into the `kubernetes` client's models (unknown fields
-and wrong types fail), the pods' shards from their host names, the compose file and the Dockerfile."""
+and wrong types fail), the pods' shards from their host names, the compose file and the Dockerfile (its CUDA
+major against pyproject.toml's extras, NVIDIA's index for TensorRT, the engine directory owned by its user)."""
 
 from __future__ import annotations
 
 import datetime
 import re
 import runpy
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,13 @@ from kubernetes import client  # the test extra: a missing client fails the run,
 from rtsp_worker.config import parse_config
 from rtsp_worker.service.sharding import SHARDS_ENV, Shard, parse_shard, shard_config
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+PYPROJECT = DEPLOY.parent / "pyproject.toml"
 render = runpy.run_path(str(DEPLOY / "render.py"))["render"]
 KINDS = {("v1", "ConfigMap"): "V1ConfigMap", ("v1", "Service"): "V1Service",
          ("apps/v1", "StatefulSet"): "V1StatefulSet", ("apps/v1", "Deployment"): "V1Deployment"}
@@ -147,3 +155,96 @@ def test_compose_and_dockerfile():
     # The engine is built when a container starts on its GPU, never while building the image.
     assert "build-engine" not in runs and ".engine" not in docker.replace("engines", "")
     assert "COPY models/synth_det.onnx" in docker
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: comments dropped, backslash continuations joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        word, _, rest = pending.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def entrypoint_engine_dir() -> str:
+    """Where deploy/entrypoint.sh copies the ONNX and the engine is built (ENGINE_DIR's default)."""
+    m = re.search(r"ENGINE_DIR=\$\{ENGINE_DIR:-(\S+?)\}", (DEPLOY / "entrypoint.sh").read_text())
+    assert m, "deploy/entrypoint.sh no longer sets ENGINE_DIR"
+    return m.group(1)
+
+
+def image_user() -> tuple[int, int]:
+    users = [args for word, args in dockerfile() if word == "USER"]
+    assert len(users) == 1, users
+    uid, _, gid = users[0].partition(":")
+    return int(uid), int(gid or uid)
+
+
+def test_image_cuda_major_matches_the_cuda_13_extras():
+    froms = [args for word, args in dockerfile() if word == "FROM"]
+    assert len(froms) == 1, froms
+    # NVIDIA's naming: nvidia/cuda:<major>.<minor>.<patch>-cudnn-runtime-ubuntu<release>
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu24\.04", froms[0])
+    assert m, froms[0]
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    # cupy-cuda13x, tensorrt-cu13: the CUDA major each GPU package is built for
+    majors = {}
+    for req in extras["gpu"] + extras["tensorrt"]:
+        found = re.match(r"[A-Za-z0-9_.-]*?-cu(?:da)?(\d+)x?\b", req)
+        if found:
+            majors[req] = int(found.group(1))
+    assert {r.split(">")[0] for r in majors} == {"cupy-cuda13x", "tensorrt-cu13"}, majors
+    assert set(majors.values()) == {int(m.group(1))} == {13}, (froms[0], majors)
+
+
+def test_tensorrt_extra_is_installed_from_nvidias_index():
+    index = re.search(r"--extra-index-url (\S+)", PYPROJECT.read_text())  # the comment on the extra
+    assert index, "pyproject.toml no longer says where the TensorRT libraries come from"
+    installs = [shlex.split(args) for word, args in dockerfile() if word == "RUN" and "pip install" in args]
+    trt = [argv for argv in installs if any(a.startswith(".[") and "tensorrt" in a for a in argv)]
+    assert len(trt) == 1, installs
+    argv = trt[0][:trt[0].index("&&")] if "&&" in trt[0] else trt[0]
+    assert "--extra-index-url" in argv and argv[argv.index("--extra-index-url") + 1] == index.group(1), argv
+
+
+def test_engine_dir_is_created_and_owned_by_the_image_user_before_user():
+    # The directory the entrypoint copies the ONNX into, and the example config's model lives in.
+    engine_dir = entrypoint_engine_dir()
+    example = yaml.safe_load((DEPLOY / "cameras.example.yaml").read_text())
+    assert str(Path(example["model"]["path"]).parent) == engine_dir
+    steps = dockerfile()
+    uid, gid = image_user()
+    assert uid == 1000  # not root
+    where = {word: i for i, (word, _) in reversed(list(enumerate(steps)))}  # first occurrence of each
+    made = owned = None
+    for i, (word, args) in enumerate(steps):
+        if word != "RUN":
+            continue
+        for cmd in args.split("&&"):
+            argv = shlex.split(cmd)
+            if argv[:1] == ["mkdir"] and engine_dir in argv:
+                made = i if made is None else made
+            if argv[:1] == ["chown"] and engine_dir in argv and f"{uid}:{gid}" in argv:
+                owned = i if owned is None else owned
+    assert made is not None and owned is not None, "the engine directory is not created and chowned"
+    # Before USER (root may chown) and before VOLUME (later changes to a volume's directory are discarded).
+    assert made <= owned < where["USER"] and owned < where["VOLUME"]
+    volume = next(args for word, args in steps if word == "VOLUME")
+    assert engine_dir in volume
+
+
+def test_pods_mount_volumes_writable_by_the_image_user(fleet):
+    pod = fleet["StatefulSet/rtsp-worker"].spec.template.spec  # strictly loaded: fsGroup is a known field
+    assert isinstance(pod.security_context, client.V1PodSecurityContext)
+    assert pod.security_context.fs_group == image_user()[1] == 1000
+    mounts = {m.mount_path for m in pod.containers[0].volume_mounts}
+    engine_dir = entrypoint_engine_dir()
+    assert engine_dir in mounts
