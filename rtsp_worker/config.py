@@ -543,8 +543,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate `cameras.yaml`; relative paths inside resolve against the current directory."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in `path`, read with `_UniqueKeyLoader` (a key given twice is refused with both lines).
+
+    Every problem (no file, unreadable, malformed, duplicate key) is a one-line `ConfigError` naming the file.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -563,4 +566,9 @@ def load_config(path: str | Path) -> Config:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
-    return parse_config(raw, source=str(path))
+    return raw
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `cameras.yaml`; relative paths inside resolve against the current directory."""
+    return parse_config(read_yaml(path), source=str(Path(path)))

@@ -26,7 +26,7 @@ import yaml
 from ops_support import FAST_SOURCE, REPO, read_jsonl, small_clip, tiny_model, wait_for
 from redis_fixture import free_port
 
-from rtsp_worker.config import parse_config
+from rtsp_worker.config import load_config, parse_config
 from rtsp_worker.service.reload import plan_reload, write_atomic
 
 FIXTURES = (small_clip, tiny_model)
@@ -75,6 +75,34 @@ def test_write_atomic_replaces_keeps_mode_and_leaves_no_temporary(tmp_path):
     assert path.read_text() == "new: 2\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["cameras.yaml"]
+
+
+def test_duplicate_keys_are_refused_by_reload_and_api_writes_with_their_lines(tmp_path, tiny_model):
+    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.service.reload import ReloadError, Reloader
+
+    path = tmp_path / "cameras.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
+                                    "model": {"path": str(tiny_model)}, "device": "cpu",
+                                    "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
+    pipeline = Pipeline(load_config(path))
+    try:
+        reloader = Reloader(pipeline, path)
+        # A second `cameras:` block: PyYAML alone keeps the last one and drops camera a without a word.
+        text = path.read_text() + "cameras:\n- {name: b, url: 'rtsp://127.0.0.1:1/b'}\n"
+        path.write_text(text)
+        dup = f"{path}: duplicate key 'cameras' at line {len(text.splitlines()) - 1} (first at line 1)"
+        calls = {"reload": (400, reloader.reload),
+                 "PUT": (409, lambda: reloader.put_camera("c", {"url": "rtsp://127.0.0.1:1/c"})),
+                 "DELETE": (409, lambda: reloader.delete_camera("a"))}
+        for what, (status, call) in calls.items():
+            with pytest.raises(ReloadError) as err:
+                call()
+            assert err.value.status == status and str(err.value).startswith(dup), (what, str(err.value))
+        assert path.read_text() == text, "a refused write changed the file"
+        assert list(pipeline.camset.configs()) == ["a"]
+    finally:
+        pipeline.shutdown()
 
 
 # -- the real worker ----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from rtsp_worker.camera_set import CapacityError, describe_change
-from rtsp_worker.config import CameraConfig, Config, ConfigError, load_config, parse_config
+from rtsp_worker.config import CameraConfig, Config, ConfigError, load_config, parse_config, read_yaml
 
 if TYPE_CHECKING:
     from rtsp_worker.pipeline import Pipeline
@@ -262,9 +262,9 @@ class Reloader:
     # -- API writes: edit the file, validate it whole, write it back atomically, apply -------------------
     def _raw(self) -> dict[str, Any]:
         try:
-            raw = yaml.safe_load(self.path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ReloadError(409, f"{self.path}: cannot be read ({type(e).__name__}); fix it first") from None
+            raw = read_yaml(self.path)  # the loader `load_config` uses: a duplicate key is refused here too
+        except ConfigError as e:
+            raise ReloadError(409, f"{e}; fix it first") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("cameras"), list):
             raise ReloadError(409, f"{self.path}: has no 'cameras:' list; fix it first")
         return raw
