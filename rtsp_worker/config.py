@@ -51,6 +51,27 @@ def _check_port(url: str) -> None:
         raise ValueError(f"port {port!r} is not a number in 1..65535")
 
 
+def _check_userinfo(url: str) -> None:
+    """Refuse credentials that a raw '#', '?' or '/' cuts short (FFmpeg then fails with "Invalid argument").
+
+    FFmpeg, like RFC 3986, ends the host part at the first '/', '?' or '#': an '@' after it means that
+    the user name or password holds one of them unencoded. An '@' after a '/' is also a legitimate path
+    (`rtsp://host:554/stream@main`), so a '/' is only blamed when what precedes it reads `user:pass` (a
+    "port" that is not a number). The message never quotes the credentials.
+    """
+    rest = url.partition("://")[2]
+    cut = re.search(r"[/?#]", rest)
+    if cut is None or "@" not in rest[cut.start():] or rest.startswith("["):
+        return
+    before = rest[: cut.start()]
+    if cut.group() == "/" and not re.fullmatch(r"[^:@]*:(?!\d*$).*", before):
+        return
+    raise ValueError(
+        f"the password (or user name) holds an unencoded {cut.group()!r}, which ends the host part of a URL "
+        "(FFmpeg refuses it: \"Invalid argument\"); percent-encode the password: # as %23, ? as %3F, / as %2F"
+    )
+
+
 class SourceOptions(_Model):
     """How sources connect, wait and reconnect (global, in `source:`)."""
 
@@ -182,6 +203,7 @@ class CameraConfig(_Model):
         if scheme == "file" and not urlsplit(v).path:
             raise ValueError("file:// URL has no path")
         if scheme != "file":
+            _check_userinfo(v)
             _check_port(v)
         return v
 

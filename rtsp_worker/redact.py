@@ -35,8 +35,9 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo
 def split_userinfo(url: str) -> tuple[str, str, str] | None:
     """`scheme://user:pass@rest` -> (`scheme://`, `user:pass`, `rest`); None without credentials.
 
-    The userinfo ends at the LAST '@' of the URL: a password may contain '#', '/', '?' and even '@'
-    unencoded (FFmpeg accepts them), a camera path almost never contains '@'.
+    The userinfo ends at the LAST '@' of the URL: a password may contain '@' unencoded (FFmpeg accepts it),
+    and '#', '/', '?' reach here too (FFmpeg refuses those with "Invalid argument"; config validation asks
+    for them percent-encoded, but `probe` takes any URL); a camera path almost never contains '@'.
     """
     head, sep, rest = url.partition("://")
     if not sep or "@" not in rest:

@@ -239,7 +239,7 @@ def test_nan_detections_never_reach_a_sink(tmp_path: Path, tiny_model: Path, cap
 
 # -- the command line: signals, an unwritable folder, every camera disabled ----------------------------------
 def _cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = kw.pop("env", None) or {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "rtsp_worker.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=kw.pop("stderr", subprocess.PIPE), text=True, **kw)
 
@@ -327,6 +327,24 @@ def test_every_camera_disabled_exits_4_with_a_message(tmp_path, tiny_model) -> N
     assert proc.returncode == 4, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == (
         "error: every camera is disabled (source.max_failures reached); nothing to do")
+
+
+@pytest.mark.parametrize(("case", "url", "enabled", "message"), [
+    ("every camera disabled", "rtsp://127.0.0.1:1/x", False, "no camera is enabled"),
+    ("raw # in the password", "rtsp://admin:${CAM_PW}@127.0.0.1:1/x", True,
+     ("camera 'a', field 'url': the password (or user name) holds an unencoded '#', which ends the host part of "
+      'a URL (FFmpeg refuses it: "Invalid argument"); percent-encode the password: # as %23, ? as %3F, / as %2F')),
+])
+def test_config_refused_at_start_is_one_line_and_exit_2(tmp_path, tiny_model, case, url, enabled, message) -> None:
+    pw = "Hq7#zx/Pw?k"
+    cfg = _write_config(tmp_path, [{"name": "a", "url": url, "enabled": enabled}], tiny_model, tmp_path / "out")
+    proc = _cli(["run", str(cfg), "--duration", "5"], tmp_path, env={**os.environ, "PYTHONPATH": str(REPO),
+                                                                    "CAM_PW": pw})
+    out, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr and out == ""
+    assert stderr.strip().splitlines() == [f"error: {cfg}: {message}"]
+    assert "Hq7" not in stderr and "zx" not in stderr
 
 
 @pytest.mark.parametrize("timeout", ["0", "300"])

@@ -107,3 +107,34 @@ def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("pw", ["Zq#9xwLm", "Zq/9xwLm", "Zq?9xwLm", "1234#9xw", "a/b?c#de"])
+def test_password_with_an_unencoded_url_delimiter_is_refused_without_showing_it(tmp_path, monkeypatch, pw):
+    monkeypatch.setenv("CAM_PASS", pw)
+    path = write(tmp_path, MINIMAL.replace("rtsp://127.0.0.1", "rtsp://admin:${CAM_PASS}@127.0.0.1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: camera 'cam0', field 'url': the password (or user name) holds an unencoded")
+    assert "percent-encode the password: # as %23, ? as %3F, / as %2F" in message
+    assert pw not in message and "Zq" not in message and "9xw" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("url", [
+    "rtsp://admin:Zq%239xw%2F%3F@127.0.0.1:8554/cam0",  # the same password, percent-encoded
+    "rtsp://admin:p@ss@127.0.0.1:8554/cam0",  # FFmpeg takes the last '@' as the end of the credentials
+    "rtsp://127.0.0.1:8554/stream@main",  # an '@' in a path, no credentials
+    "rtsp://cam.local/live?user=a@b",
+    "rtsp://admin:pw@[::1]:8554/cam0",
+])
+def test_urls_that_ffmpeg_reads_right_are_accepted(tmp_path, url):
+    cfg = load_config(write(tmp_path, MINIMAL.replace("rtsp://127.0.0.1:8554/cam0", url)))
+    assert cfg.cameras[0].url == url
+
+
+def test_every_camera_disabled_is_a_config_error(tmp_path):
+    text = MINIMAL.replace("name: lobby", "name: lobby\n    enabled: false").replace(
+        "name: cam0", "name: cam0\n    enabled: false")
+    with pytest.raises(ConfigError, match=r"cameras\.yaml: no camera is enabled$"):
+        load_config(write(tmp_path, text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 from ops_support import REPO, small_clip
@@ -66,3 +67,13 @@ def test_probe_cli_exit_codes_and_masked_credentials(server) -> None:
         f"error: rtsp://admin:***@127.0.0.1:{server.port}/nope: 404 not found (check the stream path)"
     )
     assert "hunter2" not in bad.stderr + bad.stdout
+
+
+def test_a_password_with_url_delimiters_works_percent_encoded(rtsp_server_factory, small_clip) -> None:
+    """What the config check asks for works: FFmpeg refuses the raw '#', '/', '?', takes them encoded."""
+    pw = "p#ss/w?rd@9"
+    srv = rtsp_server_factory({"ok": f"file:{small_clip}"}, auth=("admin", pw))
+    raw = probe_stream(f"rtsp://admin:{pw}@127.0.0.1:{srv.port}/ok", timeout=5)
+    assert raw.error and raw.codec == "", raw
+    encoded = probe_stream(f"rtsp://admin:{quote(pw, safe='')}@127.0.0.1:{srv.port}/ok", timeout=5)
+    assert encoded.error == "" and encoded.codec == "h264", encoded
