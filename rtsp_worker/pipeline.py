@@ -412,20 +412,21 @@ def _nonfinite_note(p: Pipeline) -> str:
 class _PeriodicLog:
     """Every `interval` seconds: one line per camera (fps, drops, state) and one aggregate line."""
 
-    def __init__(self, pipeline: Pipeline, interval: float) -> None:
+    def __init__(self, pipeline: Pipeline, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.p = pipeline
         self.interval = interval
-        self.t = self.t0 = time.monotonic()
+        self.clock = clock  # seconds, monotonic (tests pass a controlled one)
+        self.t = self.t0 = clock()
         self.prev: dict[str, tuple[CameraStats, int, int, int]] = {}  # by name: cameras come and go
         self.prev_batches = 0
         self.prev_frames = 0
 
     def maybe_log(self) -> None:
-        if time.monotonic() - self.t >= self.interval:
+        if self.clock() - self.t >= self.interval:
             self.log_now()
 
     def log_now(self, final: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if final:
             # The final line's rates are over the whole run (the window since the last line may be ms).
             self.t, self.prev = self.t0, {}

@@ -20,13 +20,16 @@ import pytest
 import torch
 import yaml
 from ops_support import FAST_SOURCE, REPO, make_config, read_jsonl, small_clip, tiny_model, wait_for
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port, redis_server_factory
 from test_sinks import result
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.detection.finite import drop_nonfinite
 from rtsp_worker.engines.base import ModelInfo
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import Pipeline, _PeriodicLog
+from rtsp_worker.service.metrics import PipelineMetrics
 from rtsp_worker.sinks import SinkRunner
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sinks.lines import OutputDirError
@@ -223,18 +226,59 @@ class NanEngine:
         pass
 
 
+def _grey_frame(seq: int) -> Frame:
+    return Frame(camera=0, seq=seq, ts=1e9 + seq, image=torch.zeros((240, 320, 3), dtype=torch.uint8), height=240,
+                 width=320)
+
+
 def test_nan_detections_never_reach_a_sink(tmp_path: Path, tiny_model: Path, caplog) -> None:
     caplog.set_level(logging.INFO)
     cfg = make_config([{"name": "cam", "url": "rtsp://127.0.0.1:1/x"}], tiny_model, tmp_path)
     pipeline = Pipeline(cfg, engine=NanEngine())
-    frames = [Frame(camera=0, seq=i, ts=1e9 + i, image=torch.zeros((240, 320, 3), dtype=torch.uint8), height=240,
-                    width=320) for i in range(5)]
-    for f in frames:
-        pipeline.step(Batch((f,)))
-    pipeline.shutdown(join_timeout=0)
+    reporter = _PeriodicLog(pipeline, 3600)
+    for i in range(5):
+        pipeline.step(Batch((_grey_frame(i),)))
+    metrics = {s.name: s.value for fam in text_string_to_metric_families(
+        generate_latest(PipelineMetrics(pipeline).registry).decode()) for s in fam.samples}
+    pipeline.shutdown(reporter, join_timeout=0)
     lines = (tmp_path / "cam.jsonl").read_text().splitlines()
     assert len(lines) == 5 and all(strict_json(line)["objects"] == [] for line in lines)
     assert pipeline.nonfinite.value() == 5 * 8  # max_detections per frame, every one NaN
+    # What the operator sees: the Prometheus counter and the pipeline line carry the same count.
+    assert metrics["rtsp_worker_nonfinite_detections_total"] == 5 * 8
+    final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline final:")]
+    assert len(final) == 1 and final[0].endswith(" nonfinite_dropped=40"), final
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_final_line_rates_are_over_the_whole_run(tmp_path: Path, tiny_model: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="rtsp_worker.pipeline")
+    cfg = make_config([{"name": "cam", "url": "rtsp://127.0.0.1:1/x"}], tiny_model, tmp_path)
+    pipeline = Pipeline(cfg)
+    clock = _Clock()
+    reporter = _PeriodicLog(pipeline, 10.0, clock=clock)
+    for i in range(30):
+        pipeline.step(Batch((_grey_frame(i),)))
+    clock.t += 10.0
+    reporter.maybe_log()  # a periodic line: 30 frames in 10 s
+    for i in range(30, 40):
+        pipeline.step(Batch((_grey_frame(i),)))
+    clock.t += 0.004  # the stop comes 4 ms after that line
+    pipeline.shutdown(reporter, join_timeout=0)
+    lines = [r.getMessage() for r in caplog.records]
+    pipe = [m for m in lines if m.startswith("pipeline")]
+    cam = [m for m in lines if m.startswith("camera=cam ")]
+    assert len(pipe) == 2 and pipe[0].startswith("pipeline: fps=3.0 batches=30 ")
+    # 40 frames in 10.004 s, not 10 frames in 4 ms (2500 fps).
+    assert pipe[1].startswith("pipeline final: fps=4.0 batches=40 "), pipe[1]
+    assert "processed_fps=3.0 " in cam[0] and "processed_fps=4.0 " in cam[1] and cam[1].endswith("processed=40")
 
 
 # -- the command line: signals, an unwritable folder, every camera disabled ----------------------------------
