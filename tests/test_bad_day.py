@@ -19,7 +19,16 @@ import av
 import pytest
 import torch
 import yaml
-from ops_support import FAST_SOURCE, REPO, make_config, read_jsonl, small_clip, tiny_model, wait_for
+from ops_support import (
+    FAST_SOURCE,
+    REPO,
+    PipelineThread,
+    make_config,
+    read_jsonl,
+    small_clip,
+    tiny_model,
+    wait_for,
+)
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port, redis_server_factory
@@ -30,6 +39,7 @@ from rtsp_worker.detection.finite import drop_nonfinite
 from rtsp_worker.engines.base import ModelInfo
 from rtsp_worker.pipeline import Pipeline, _PeriodicLog
 from rtsp_worker.service.metrics import PipelineMetrics
+from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sinks import SinkRunner
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sinks.lines import OutputDirError
@@ -279,6 +289,62 @@ def test_final_line_rates_are_over_the_whole_run(tmp_path: Path, tiny_model: Pat
     # 40 frames in 10.004 s, not 10 frames in 4 ms (2500 fps).
     assert pipe[1].startswith("pipeline final: fps=4.0 batches=40 "), pipe[1]
     assert "processed_fps=3.0 " in cam[0] and "processed_fps=4.0 " in cam[1] and cam[1].endswith("processed=40")
+
+
+# -- what the periodic lines say ----------------------------------------------------------------------------
+def _camera_lines(caplog, cam: str) -> list[str]:
+    return [r.getMessage() for r in list(caplog.records) if r.getMessage().startswith(f"camera={cam} state=")]
+
+
+@pytest.mark.rtsp
+@pytest.mark.slow
+def test_last_error_leaves_the_periodic_line_once_the_camera_recovers(tmp_path, rtsp_server_factory, small_clip,
+                                                                      tiny_model, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="rtsp_worker.pipeline")
+    srv = rtsp_server_factory({"a": f"file:{small_clip}"})
+    srv.kill()  # down when the worker starts
+    cfg = make_config([{"name": "a", "url": srv.url("a")}], tiny_model, tmp_path / "out", log_interval=0.5)
+    pipeline = Pipeline(cfg)
+    st = pipeline.stats[0]
+    runner = PipelineThread(pipeline)
+    try:
+        wait_for(lambda: any("last_error=" in m for m in _camera_lines(caplog, "a")), 20, "a line with the error")
+        srv.restart()
+        wait_for(lambda: st.processed >= 5, 30, "the camera to stream again")
+        seen = len(_camera_lines(caplog, "a"))
+        wait_for(lambda: sum("state=streaming" in m for m in _camera_lines(caplog, "a")[seen:]) >= 2, 20,
+                 "periodic lines after the recovery")
+    finally:
+        runner.stop()
+    lines = _camera_lines(caplog, "a")
+    first_ok = next(i for i, m in enumerate(lines) if "state=streaming" in m)
+    assert all("last_error=" in m for m in lines[:first_ok] if "state=backoff" in m)
+    after = lines[first_ok:]  # the streaming lines and the final one (state=stopped)
+    assert len(after) >= 3 and not [m for m in after if "last_error=" in m], after
+    assert st.last_error == "" and st.reconnects >= 1
+
+
+def test_a_looping_file_camera_does_not_count_reconnects(tmp_path, tiny_model, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    clip = write_test_clip(tmp_path / "second.mp4", seconds=1, fps=15, size=(160, 128))  # 15 frames
+    cfg = make_config([{"name": "f", "url": clip.as_uri()}], tiny_model, tmp_path / "out", log_interval=0.5)
+    pipeline = Pipeline(cfg)
+    st = pipeline.stats[0]
+    metrics = PipelineMetrics(pipeline)
+    runner = PipelineThread(pipeline)
+    try:
+        wait_for(lambda: st.decoded >= 3 * 15 + 3, 30, "the clip to start over twice")
+        before = st.processed
+        wait_for(lambda: st.processed >= before + 5, 10, "frames after the loops")
+        scraped = {(s.name, tuple(s.labels.items())): s.value for fam in text_string_to_metric_families(
+            generate_latest(metrics.registry).decode()) for s in fam.samples}
+    finally:
+        runner.stop()
+    assert st.reconnects == 0 and st.state.value == "stopped"
+    assert scraped[("rtsp_worker_reconnects_total", (("camera", "f"),))] == 0
+    lines = _camera_lines(caplog, "f")
+    assert len(lines) >= 2 and all(" reconnects=0 " in m for m in lines), lines
+    assert "reconnected" not in caplog.text and caplog.text.count("camera f (file://") == 1  # the one "opened"
 
 
 # -- the command line: signals, an unwritable folder, every camera disabled ----------------------------------

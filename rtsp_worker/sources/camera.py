@@ -292,9 +292,9 @@ class CameraSource(threading.Thread):
             self._conn_frames = 0
             if not first and not looped:  # a file:// clip starting over is not a reconnect
                 self.stats.reconnects += 1
-            first = looped = False
+            again, first, looped = looped, False, False
             try:
-                self._stream_once()
+                self._stream_once(again)
                 if self.stop_event.is_set():
                     break
                 if self._is_file:
@@ -306,7 +306,7 @@ class CameraSource(threading.Thread):
                     looped = True
                     continue  # loop the clip: reopen at once
                 raise StreamEnded()
-            except Exception as e:  # any failure of one camera stays inside its thread
+            except Exception as e:  # noqa: BLE001 - any failure of one camera stays inside its thread
                 if self.stop_event.is_set():
                     break
                 self.stats.failures += 1
@@ -349,7 +349,7 @@ class CameraSource(threading.Thread):
                     self.cfg.name, silent, self.options.read_timeout_s)
         return True
 
-    def _stream_once(self) -> None:
+    def _stream_once(self, looped: bool = False) -> None:
         container = self._open()
         decoder: VideoDecoder | None = None
         try:
@@ -362,9 +362,12 @@ class CameraSource(threading.Thread):
             self.stats.codec = stream.codec_context.name
             self.stats.decoder = decoder.name
             ctx = stream.codec_context
-            what = "opened" if self.stats.reconnects == 0 and self.stats.decoded == 0 else "reconnected"
-            log.info("camera %s (%s): %s, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url, what,
-                     ctx.name, ctx.width, ctx.height, decoder.name)
+            if looped:  # the clip starts over: no reconnect, and no INFO line every few seconds
+                log.debug("camera %s: end of the clip, playing it again", self.cfg.name)
+            else:
+                what = "opened" if self.stats.reconnects == 0 and self.stats.decoded == 0 else "reconnected"
+                log.info("camera %s (%s): %s, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url, what,
+                         ctx.name, ctx.width, ctx.height, decoder.name)
             self._pump(container, stream, decoder)
         finally:
             if decoder is not None:
