@@ -79,7 +79,7 @@ def test_write_atomic_replaces_keeps_mode_and_leaves_no_temporary(tmp_path):
 
 def test_duplicate_keys_are_refused_by_reload_and_api_writes_with_their_lines(tmp_path, tiny_model):
     from rtsp_worker.pipeline import Pipeline
-    from rtsp_worker.service.reload import ReloadError, Reloader
+    from rtsp_worker.service.reload import Reloader, ReloadError
 
     path = tmp_path / "cameras.yaml"
     path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
