@@ -140,6 +140,14 @@ def test_two_workers_split_restart_and_flush(tmp_path, rtsp_server_factory, smal
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 assert 'rtsp_worker_worker_restarts_total{worker="1"} 1.0' in r.read().decode()
 
+            # SIGHUP to the box reloads every worker's shard, as it would a single worker; it never
+            # kills the supervisor (the default action) and orphans the workers.
+            sup.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(re.findall(r"worker=\d rtsp_worker: received SIGHUP: reloading the cameras",
+                                            err.read_text())) == 2, 60, "both workers reloading", 0.5)
+            assert "received SIGHUP: passing it to 2 worker(s)" in err.read_text()
+            assert sup.poll() is None, err.read_text()[-3000:]
+
             sup.send_signal(signal.SIGTERM)
             sup.wait(timeout=120)
         finally:

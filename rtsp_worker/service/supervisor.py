@@ -254,8 +254,20 @@ class Supervisor:
                 if w.alive:
                     w.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
 
+        def forward(signum: int, _frame: object) -> None:
+            # SIGHUP (reload the cameras: each worker re-reads the file and applies its own shard) and
+            # SIGUSR1 (reopen output files) mean the same to the box as to one worker; never the default
+            # action, which would kill the supervisor and orphan its workers.
+            name = signal.Signals(signum).name
+            alive = [w for w in self.workers if w.alive]
+            log.info("received %s: passing it to %d worker(s)", name, len(alive))
+            for w in alive:
+                w.proc.send_signal(signum)  # type: ignore[union-attr]
+
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGHUP, forward)
+        signal.signal(signal.SIGUSR1, forward)
 
     # -- the box's endpoint ----------------------------------------------------------------------------
     def _serve(self) -> None:
