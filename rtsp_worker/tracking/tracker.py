@@ -338,16 +338,14 @@ class IouTracker:
         track_det.index_copy_(0, flat_slot, torch.arange(n_det, device=dev))
         track_det = track_det[:-1].view(n_rows, n_slots)
         matched = track_det < n_det
-        boxes_p = torch.cat([dets.boxes, dets.boxes.new_zeros(1, 4)])
-        scores_p = torch.cat([dets.scores, dets.scores.new_zeros(1)])
-        classes_p = torch.cat([dets.class_ids, dets.class_ids.new_zeros(1)])
-        det_of_slot = track_det.reshape(-1)
-        dbox = boxes_p.index_select(0, det_of_slot).view(n_rows, n_slots, 4)
+        # Each slot's detection (box, score, class; float32 holds class ids exactly) in one gather.
+        det_fields = torch.cat([dets.boxes, dets.scores[:, None], dets.class_ids[:, None].float()], dim=1)
+        det_fields = torch.cat([det_fields, det_fields.new_zeros(1, 6)]).index_select(0, track_det.reshape(-1))
+        det_fields = det_fields.view(n_rows, n_slots, 6)
+        dbox, det_score, det_class = det_fields[..., :4], det_fields[..., 4], det_fields[..., 5].long()
 
         # 4. Matched tracks take the detection (through the motion model's correction).
         s["boxes"] = self.motion.correct(s, pred, matched, dbox)
-        det_score = scores_p.index_select(0, det_of_slot).view_as(matched)
-        det_class = classes_p.index_select(0, det_of_slot).view_as(matched)
         s["scores"] = torch.where(matched, det_score, s["scores"])
         s["classes"] = torch.where(matched, det_class, s["classes"])
         s["hits"] = s["hits"] + matched.long()
@@ -445,8 +443,8 @@ class IouTracker:
     @staticmethod
     def _rank_within_row(new: Tensor, row: Tensor, scores: Tensor, n_rows: int) -> Tensor:
         """Rank of each new detection among its row's new detections, highest score first."""
-        by_score = torch.argsort(scores, descending=True, stable=True)
-        order = by_score[torch.argsort(row[by_score], stable=True)]
+        # One stable sort by row, then score descending (float64 holds both exactly; scores are in [0, 1]).
+        order = torch.argsort(row.double() * 2 - scores.double().clamp(0, 1), stable=True)
         new_sorted = new[order].long()
         counts = torch.zeros(n_rows, dtype=torch.int64, device=new.device).index_add_(0, row, new.long())
         row_start = torch.cumsum(counts, 0) - counts
@@ -527,7 +525,8 @@ class _Layout:
         for name, (group, _, trailing) in self.fields.items():
             v = s[name]
             lead = v.shape[: v.dim() - len(trailing)]
-            parts[group].append(v.reshape(*lead, math.prod(trailing)).to(self.groups[group][0]))
+            v = v.reshape(*lead, math.prod(trailing))
+            parts[group].append(v if v.dtype == self.groups[group][0] else v.to(self.groups[group][0]))
         return {g: torch.cat(p, dim=-1) for g, p in parts.items()}
 
 
