@@ -457,7 +457,7 @@ class IouTracker:
         self, packed: dict[str, Tensor], track_det: Tensor, inf_col: Tensor, tentative: bool
     ) -> Tracks:
         cfg, layout = self.cfg, self._layout
-        s = layout.unpack(packed)
+        s = layout.unpack(packed, ("active", "confirmed", "misses"))
         active, confirmed = s["active"], s["confirmed"]
         lost = confirmed & (s["misses"] > 0)
         now = (track_det >= 0) | (~inf_col & (s["misses"] == 0))
@@ -468,7 +468,8 @@ class IouTracker:
             report |= active & ~confirmed
         flat = report.reshape(-1).nonzero().squeeze(1)  # the one host sync: output size
         # The reported slots' rows of each packed group, then their fields as views of those rows.
-        t = layout.unpack({g: v.reshape(-1, v.shape[-1]).index_select(0, flat) for g, v in packed.items()})
+        t = layout.unpack({g: v.reshape(-1, v.shape[-1]).index_select(0, flat) for g, v in packed.items()},
+                          ("ids", "boxes", "scores", "classes", "age", "hits", "confirmed", "misses"))
         state = torch.where(
             t["confirmed"], torch.where(t["misses"] > 0, LOST, CONFIRMED), torch.full_like(t["misses"], TENTATIVE)
         )
@@ -504,10 +505,11 @@ class _Layout:
             width[group] += math.prod(trailing)
         self.groups = {g: (dtypes[g], width[g]) for g in dtypes}
 
-    def unpack(self, packed: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Field name -> view of its slice of the packed group (``(..., *trailing)``)."""
+    def unpack(self, packed: dict[str, Tensor], names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+        """Field name -> view of its slice of the packed group (``(..., *trailing)``); all fields or ``names``."""
         out = {}
-        for name, (group, start, trailing) in self.fields.items():
+        for name in self.fields if names is None else names:
+            group, start, trailing = self.fields[name]
             v = packed[group]
             out[name] = v[..., start] if not trailing else v[..., start:start + math.prod(trailing)].unflatten(
                 -1, trailing
