@@ -306,8 +306,9 @@ class IouTracker:
             else inferred.to(dev, torch.bool)
         )
         dt = self._step_times(cams, timestamps)  # (B, 1) float32 seconds
-        n_live, n_slots = self._window(cams, dets.batch_index, n_rows)
-        s = self._layout.unpack({g: v[:, :n_slots].index_select(0, cams) for g, v in self._state.items()})
+        # Slots [0, n_live) may hold a live track (all of them on CUDA); new tracks may need more, below.
+        n_live = self._window(cams)
+        s = self._layout.unpack({g: v[:, :n_live].index_select(0, cams) for g, v in self._state.items()})
         active, inf_col = s["active"], inf[:, None]
 
         # 1. Prediction (every live track, inferred row or not).
@@ -320,11 +321,10 @@ class IouTracker:
         inf_det = inf.index_select(0, row)
         valid = (dets.scores >= cfg.min_confidence) & inf_det
         low = (dets.scores >= cfg.low_confidence) & (dets.scores < cfg.min_confidence) & inf_det
-        # Only the first n_live slots can hold a live track; the rest of the window is for new ones.
-        iou = iou_with_slots(dets.boxes, pred[:, :n_live], row)  # (N, L)
-        cand = active[:, :n_live].index_select(0, row)
+        iou = iou_with_slots(dets.boxes, pred, row)  # (N, L)
+        cand = active.index_select(0, row)
         if cfg.class_consistent:
-            cand = cand & (dets.class_ids[:, None] == s["classes"][:, :n_live].index_select(0, row))
+            cand = cand & (dets.class_ids[:, None] == s["classes"].index_select(0, row))
         rounds = None if self._host_reads else CUDA_GREEDY_ROUNDS
         second = (
             cand & low[:, None] & (iou >= cfg.low_iou_threshold) if cfg.low_confidence < cfg.min_confidence else None
@@ -333,15 +333,15 @@ class IouTracker:
         det_slot = greedy_match(iou, first, row, n_rows, rounds, later=second)
 
         # Detection row matched by each slot; row n_det is a dummy so empty batches need no branch.
-        flat_slot = torch.where(det_slot >= 0, row * n_slots + det_slot, n_rows * n_slots)
-        track_det = torch.full((n_rows * n_slots + 1,), n_det, dtype=torch.int64, device=dev)
+        flat_slot = torch.where(det_slot >= 0, row * n_live + det_slot, n_rows * n_live)
+        track_det = torch.full((n_rows * n_live + 1,), n_det, dtype=torch.int64, device=dev)
         track_det.index_copy_(0, flat_slot, torch.arange(n_det, device=dev))
-        track_det = track_det[:-1].view(n_rows, n_slots)
+        track_det = track_det[:-1].view(n_rows, n_live)
         matched = track_det < n_det
         # Each slot's detection (box, score, class; float32 holds class ids exactly) in one gather.
         det_fields = torch.cat([dets.boxes, dets.scores[:, None], dets.class_ids[:, None].float()], dim=1)
         det_fields = torch.cat([det_fields, det_fields.new_zeros(1, 6)]).index_select(0, track_det.reshape(-1))
-        det_fields = det_fields.view(n_rows, n_slots, 6)
+        det_fields = det_fields.view(n_rows, n_live, 6)
         dbox, det_score, det_class = det_fields[..., :4], det_fields[..., 4], det_fields[..., 5].long()
 
         # 4. Matched tracks take the detection (through the motion model's correction).
@@ -366,20 +366,24 @@ class IouTracker:
         # On CPU only the unmatched detections are checked (most are matched); on CUDA all, sync-free.
         cand_new = new.nonzero().squeeze(1) if self._host_reads else torch.arange(n_det, device=dev)
         row_new = row.index_select(0, cand_new)
-        live_iou = iou_with_slots(dets.boxes.index_select(0, cand_new), s["boxes"][:, :n_live], row_new)
-        dup = active[:, :n_live].index_select(0, row_new) & (live_iou >= cfg.duplicate_iou)
+        live_iou = iou_with_slots(dets.boxes.index_select(0, cand_new), s["boxes"], row_new)
+        dup = active.index_select(0, row_new) & (live_iou >= cfg.duplicate_iou)
         if cfg.class_consistent:
-            dup &= dets.class_ids.index_select(0, cand_new)[:, None] == s["classes"][:, :n_live].index_select(
-                0, row_new
-            )
+            dup &= dets.class_ids.index_select(0, cand_new)[:, None] == s["classes"].index_select(0, row_new)
         new = new.index_copy(0, cand_new, new.index_select(0, cand_new) & ~dup.any(dim=1))
+        n_new = torch.zeros(n_rows, dtype=torch.int64, device=dev).index_add_(0, row, new.long())
+        # The slots this batch writes: the live ones, and on CPU as many more as the busiest row starts
+        # tracks (new tracks take the lowest free slots, so they fit); all of them on CUDA.
+        n_slots = self.cfg.max_tracks
+        if self._host_reads:
+            n_slots = max(1, min(n_slots, n_live + (int(n_new.max()) if n_rows else 0)))
+        extra = n_slots - n_live
+        free = ~active if not extra else torch.cat([~active, active.new_ones(n_rows, extra)], dim=1)
         rank = self._rank_within_row(new, row, dets.scores, n_rows)
-        free = ~active
         n_free = free.sum(dim=1)
         free_slots = torch.argsort((~free).to(torch.int8), dim=1, stable=True)  # free slots first
         start = new & (rank < n_free.index_select(0, row))
         slot = free_slots.reshape(-1).index_select(0, row * n_slots + rank.clamp(0, n_slots - 1))
-        n_new = torch.zeros(n_rows, dtype=torch.int64, device=dev).index_add_(0, row, new.long())
         n_start = torch.minimum(n_new, n_free)
         self.dropped_starts.index_add_(0, cams, n_new - n_start)
         target = torch.where(start, row * n_slots + slot, n_rows * n_slots)  # dummy for the rest
@@ -401,10 +405,14 @@ class IouTracker:
             "confirmed": in_grace | (cfg.min_hits <= 1),
         }
         packed, packed_init = self._layout.pack(s), self._layout.pack(init)
+        track_det = torch.where(matched, track_det, -1)
+        if extra:  # the added slots are free: zeros (inactive) until a new track fills one
+            packed = {g: torch.cat([v, v.new_zeros(n_rows, extra, v.shape[2])], dim=1) for g, v in packed.items()}
+            track_det = torch.cat([track_det, track_det.new_full((n_rows, extra), -1)], dim=1)
         for g, value in packed_init.items():
             packed[g] = _scatter_rows(packed[g], target, value)
             self._state[g][:, :n_slots].index_copy_(0, cams, packed[g])
-        track_det = _scatter_rows(torch.where(matched, track_det, -1), target, det_rows)
+        track_det = _scatter_rows(track_det, target, det_rows)
         self._next_id.index_copy_(0, cams, next_id + n_start)
         self._frames.index_add_(0, cams, inf.long())
 
@@ -423,22 +431,19 @@ class IouTracker:
         self._last_ts.index_copy_(0, cams, ts)
         return dt.float()[:, None]
 
-    def _window(self, cams: Tensor, row: Tensor, n_rows: int) -> tuple[int, int]:
-        """How many leading slots may hold a live track, and how many this batch may touch.
+    def _window(self, cams: Tensor) -> int:
+        """How many leading slots of the batch's cameras may hold a live track.
 
         New tracks take the lowest free slots, so live tracks sit at the front. On CPU, reading the
-        last live slot and the most detections of one row costs nothing (no device to wait for), and
-        associating with ``last live`` slots and updating ``last live + most new`` instead of all
-        ``max_tracks`` is several times faster. On CUDA the full width is used: reading it would be
-        a host sync.
+        last live slot costs nothing (no device to wait for), and working on ``last live`` slots (plus
+        those new tracks need) instead of all ``max_tracks`` is several times faster. On CUDA the full
+        width is used: reading it would be a host sync.
         """
         n_slots = self.cfg.max_tracks
         if not self._host_reads:
-            return n_slots, n_slots
+            return n_slots
         live = self._layout.column(self._state, "active").index_select(0, cams).any(dim=0)
-        last_live = int(torch.where(live, torch.arange(1, n_slots + 1), 0).max())
-        most_dets = int(torch.bincount(row, minlength=n_rows).max()) if row.numel() else 0
-        return last_live, max(1, min(n_slots, last_live + most_dets))
+        return int(torch.where(live, torch.arange(1, n_slots + 1), 0).max())
 
     @staticmethod
     def _rank_within_row(new: Tensor, row: Tensor, scores: Tensor, n_rows: int) -> Tensor:
