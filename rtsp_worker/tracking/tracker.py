@@ -365,18 +365,42 @@ class IouTracker:
         new = valid & (det_slot < 0)
         # On CPU only the unmatched detections are checked (most are matched); on CUDA all, sync-free.
         cand_new = new.nonzero().squeeze(1) if self._host_reads else torch.arange(n_det, device=dev)
-        row_new = row.index_select(0, cand_new)
-        live_iou = iou_with_slots(dets.boxes.index_select(0, cand_new), s["boxes"], row_new)
-        dup = active.index_select(0, row_new) & (live_iou >= cfg.duplicate_iou)
-        if cfg.class_consistent:
-            dup &= dets.class_ids.index_select(0, cand_new)[:, None] == s["classes"].index_select(0, row_new)
-        new = new.index_copy(0, cand_new, new.index_select(0, cand_new) & ~dup.any(dim=1))
+        if cand_new.numel():
+            row_new = row.index_select(0, cand_new)
+            live_iou = iou_with_slots(dets.boxes.index_select(0, cand_new), s["boxes"], row_new)
+            dup = active.index_select(0, row_new) & (live_iou >= cfg.duplicate_iou)
+            if cfg.class_consistent:
+                dup &= dets.class_ids.index_select(0, cand_new)[:, None] == s["classes"].index_select(0, row_new)
+            new = new.index_copy(0, cand_new, new.index_select(0, cand_new) & ~dup.any(dim=1))
+        packed = self._layout.pack(s)
+        track_det = torch.where(matched, track_det, -1)
+        n_slots = n_live
+        if not self._host_reads or bool(new.any()):  # on CPU, a batch that starts no track skips this
+            packed, track_det, n_slots = self._start_tracks(cams, dets, new, active, packed, track_det)
+        for g, v in packed.items():
+            self._state[g][:, :n_slots].index_copy_(0, cams, v)
+        self._frames.index_add_(0, cams, inf.long())
+
+        return self._report(packed, track_det, inf_col, include_tentative)
+
+    def _start_tracks(
+        self, cams: Tensor, dets: Detections, new: Tensor, active: Tensor, packed: dict[str, Tensor],
+        track_det: Tensor,
+    ) -> tuple[dict[str, Tensor], Tensor, int]:
+        """Start tracks from the detections flagged in ``new``, in the lowest free slots of their rows.
+
+        ``packed`` and ``track_det`` cover the batch's first ``n_live`` slots; returns them with the new
+        tracks written in, widened (on CPU) by as many slots as the busiest row starts tracks, and that
+        width. A row with more new detections than free slots starts its highest-score ones.
+        """
+        cfg, dev = self.cfg, self.device
+        n_rows, n_live = active.shape
+        n_det, row = len(dets), dets.batch_index
         n_new = torch.zeros(n_rows, dtype=torch.int64, device=dev).index_add_(0, row, new.long())
-        # The slots this batch writes: the live ones, and on CPU as many more as the busiest row starts
-        # tracks (new tracks take the lowest free slots, so they fit); all of them on CUDA.
-        n_slots = self.cfg.max_tracks
+        # New tracks take the lowest free slots, so the busiest row's count past the live ones is enough.
+        n_slots = cfg.max_tracks
         if self._host_reads:
-            n_slots = max(1, min(n_slots, n_live + (int(n_new.max()) if n_rows else 0)))
+            n_slots = max(1, min(n_slots, n_live + int(n_new.max())))
         extra = n_slots - n_live
         free = ~active if not extra else torch.cat([~active, active.new_ones(n_rows, extra)], dim=1)
         rank = self._rank_within_row(new, row, dets.scores, n_rows)
@@ -390,7 +414,6 @@ class IouTracker:
         next_id = self._next_id.index_select(0, cams)
         grace = cfg.min_hits if self.startup_grace else 0
         in_grace = (self._frames.index_select(0, cams) < grace).index_select(0, row)
-        det_rows = torch.arange(n_det, device=dev)
         init: dict[str, Tensor] = {
             **self.motion.init(dets.boxes),
             "boxes": dets.boxes,
@@ -404,19 +427,13 @@ class IouTracker:
             "active": torch.ones_like(start),
             "confirmed": in_grace | (cfg.min_hits <= 1),
         }
-        packed, packed_init = self._layout.pack(s), self._layout.pack(init)
-        track_det = torch.where(matched, track_det, -1)
         if extra:  # the added slots are free: zeros (inactive) until a new track fills one
             packed = {g: torch.cat([v, v.new_zeros(n_rows, extra, v.shape[2])], dim=1) for g, v in packed.items()}
             track_det = torch.cat([track_det, track_det.new_full((n_rows, extra), -1)], dim=1)
-        for g, value in packed_init.items():
-            packed[g] = _scatter_rows(packed[g], target, value)
-            self._state[g][:, :n_slots].index_copy_(0, cams, packed[g])
-        track_det = _scatter_rows(track_det, target, det_rows)
+        packed = {g: _scatter_rows(packed[g], target, v) for g, v in self._layout.pack(init).items()}
+        track_det = _scatter_rows(track_det, target, torch.arange(n_det, device=dev))
         self._next_id.index_copy_(0, cams, next_id + n_start)
-        self._frames.index_add_(0, cams, inf.long())
-
-        return self._report(packed, track_det, inf_col, include_tentative)
+        return packed, track_det, n_slots
 
     def _step_times(self, cams: Tensor, timestamps: Tensor | None) -> Tensor:
         """``(B, 1)`` float32 seconds since each row's camera was last processed; remembers ``timestamps``."""
