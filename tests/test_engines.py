@@ -46,6 +46,27 @@ def test_parallel_runs_split_a_batch_and_give_the_same_output(tmp_path):
     assert three._pool is None
 
 
+def test_parallel_runs_threads_run_from_the_start(tmp_path):
+    """The pool's threads exist once the engine is loaded: the first parallel batch adds none (an
+    operator's thread count, and the leak tests that read it, see a steady number from the start)."""
+    import threading
+
+    def ort_threads() -> int:
+        return sum(t.name.startswith("ort-run") for t in threading.enumerate())
+
+    before = ort_threads()
+    three = load_engine(ModelConfig(path=export_tiny(tmp_path / "m.onnx", nc=2), parallel_runs=3),
+                        torch.device("cpu"), max_batch=8)
+    try:
+        assert ort_threads() == before + 2
+        three.infer(torch.rand(1, 3, 64, 96))
+        three.infer(torch.rand(6, 3, 64, 96))  # a parallel batch: the same threads
+        assert ort_threads() == before + 2
+    finally:
+        three.close()
+    assert ort_threads() == before
+
+
 def test_parallel_runs_auto_is_one_per_usable_core():
     import os
 

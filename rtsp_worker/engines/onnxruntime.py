@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -32,6 +34,20 @@ def _parse_imgsz(value: str | None) -> tuple[int, int] | None:
     return (dims[0], dims[1]) if len(dims) == 2 else None
 
 
+def _started_pool(n: int) -> ThreadPoolExecutor:
+    """A pool of `n` threads, all running when it returns (a ThreadPoolExecutor starts its threads on demand,
+    so a pool made lazily adds a thread in the middle of a run, which reads like a leak in thread counts)."""
+    pool = ThreadPoolExecutor(n, thread_name_prefix="ort-run")
+    barrier = threading.Barrier(n + 1)
+    for _ in range(n):  # each task waits for the others, so each needs a thread of its own
+        pool.submit(barrier.wait, 10.0)
+    try:
+        barrier.wait(10.0)
+    except threading.BrokenBarrierError:  # a thread did not start in time: the pool still works, on demand
+        pass
+    return pool
+
+
 def parallel_runs(configured: int) -> int:
     """`model.parallel_runs`, 0 (auto) being the number of cores this process may use."""
     if configured:
@@ -50,7 +66,7 @@ class OnnxRuntimeEngine:
         import onnxruntime as ort
 
         self.path = cfg.path
-        self._pool = None  # threads of model.parallel_runs, made on the first parallel batch
+        self._pool: ThreadPoolExecutor | None = None  # threads of model.parallel_runs
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -76,6 +92,8 @@ class OnnxRuntimeEngine:
             raise ModelError(f"{cfg.path}: expected one image input (B, 3, H, W), got "
                              f"{[(i.name, i.shape) for i in inputs]}")
         self._input = inputs[0].name
+        if self._single is not None:  # started now: the process's thread count is the same from the start
+            self._pool = _started_pool(self._runs - 1)
         shape = inputs[0].shape
         if _static_dim(shape[1]) not in (None, 3):
             raise ModelError(f"{cfg.path}: input {self._input} has {shape[1]} channels, expected 3")
@@ -127,9 +145,7 @@ class OnnxRuntimeEngine:
         """Sub-batches run at once (ONNX Runtime's run is thread-safe and releases the GIL); the caller runs the
         first, pool threads the others."""
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self._runs - 1, thread_name_prefix="ort-run")
+            self._pool = _started_pool(self._runs - 1)
         run = self._single.run  # type: ignore[union-attr]
         parts = np.array_split(x, self._runs)
         futures = [self._pool.submit(run, None, {self._input: p}) for p in parts[1:]]
