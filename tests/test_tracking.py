@@ -13,7 +13,6 @@ from rtsp_worker.tracking.tracker import (
     IouTracker,
     greedy_match,
     iou_with_slots,
-    pairwise_iou,
 )
 from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
 
@@ -274,6 +273,17 @@ def test_greedy_second_pass_ranks_after_the_first(seed: int) -> None:
     assert greedy_match(iou, cand, row, n_rows, CUDA_GREEDY_ROUNDS, later=later).tolist() == expected
 
 
+def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Reference: IoU of xyxy boxes broadcast against each other, from gathered ``(..., 4)`` boxes."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
+
+
 def test_iou_with_slots_equals_pairwise_iou() -> None:
     gen = torch.Generator().manual_seed(7)
     boxes = torch.rand(40, 4, generator=gen) * 50
@@ -287,10 +297,10 @@ def test_iou_with_slots_equals_pairwise_iou() -> None:
     assert got.shape == (40, 11) and bool(torch.isfinite(got).all())
 
 
-def test_pairwise_iou_values() -> None:
+def test_iou_with_slots_values() -> None:
     a = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
-    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
-    assert torch.allclose(pairwise_iou(a, b), torch.tensor([1.0, 1 / 3, 0.0]))
+    b = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [20.0, 20.0, 30.0, 30.0]]])
+    assert torch.allclose(iou_with_slots(a, b, torch.tensor([0])), torch.tensor([[1.0, 1 / 3, 0.0]]))
 
 
 def test_empty_batches() -> None:

@@ -144,11 +144,9 @@ class OnnxRuntimeEngine:
     def _run_parallel(self, x: np.ndarray) -> np.ndarray:
         """Sub-batches run at once (ONNX Runtime's run is thread-safe and releases the GIL); the caller runs the
         first, pool threads the others."""
-        if self._pool is None:
-            self._pool = _started_pool(self._runs - 1)
         run = self._single.run  # type: ignore[union-attr]
         parts = np.array_split(x, self._runs)
-        futures = [self._pool.submit(run, None, {self._input: p}) for p in parts[1:]]
+        futures = [self._pool.submit(run, None, {self._input: p}) for p in parts[1:]]  # type: ignore[union-attr]
         outs = [run(None, {self._input: parts[0]})[0]] + [f.result()[0] for f in futures]
         return np.concatenate(outs)
 

@@ -77,23 +77,12 @@ _INT_FIELDS = ("classes", "ids", "age", "hits", "streak", "misses")
 _BOOL_FIELDS = ("active", "confirmed")
 
 
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of xyxy boxes ``a`` and ``b`` broadcast against each other (``(..., 4)`` -> ``(...)``)."""
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-9), torch.zeros_like(inter))
-
-
 def iou_with_slots(boxes: Tensor, slots: Tensor, row: Tensor) -> Tensor:
     """``(N, L)`` IoU of each xyxy box in ``boxes`` (``(N, 4)``) with the ``L`` slots of its row.
 
-    ``slots`` is ``(B, L, 4)`` and ``row`` the ``(N,)`` row of each box. The same values as
-    ``pairwise_iou(boxes[:, None], slots[row])``, computed on coordinate planes ``(N, 2, L)`` and with
-    each slot's area taken once per row: about 3x fewer element operations (the tracker's largest ops).
+    ``slots`` is ``(B, L, 4)`` and ``row`` the ``(N,)`` row of each box. Computed on coordinate planes
+    ``(N, 2, L)`` with each slot's area taken once per row: about 3x fewer element operations than
+    gathering ``(N, L, 4)`` boxes (the tracker's largest ops); an empty box has IoU 0.
     """
     planes = slots.transpose(1, 2).contiguous().index_select(0, row)  # (N, 4, L)
     lt = torch.maximum(boxes[:, :2, None], planes[:, :2])
@@ -270,7 +259,8 @@ class IouTracker:
         """Drop a camera's tracks (e.g. after a reconnect); its ids keep counting up, never reused."""
         if not 0 <= camera < self.num_cameras:
             raise ValueError(f"reset_camera: camera {camera} out of range (have {self.num_cameras})")
-        self._state["b"][camera] = False  # active and confirmed
+        for name in _BOOL_FIELDS:  # active, confirmed
+            self._layout.column(self._state, name)[camera] = False
         self._frames[camera] = 0
         self._last_ts[camera] = float("nan")
         self._last_dt[camera] = DEFAULT_DT_S
