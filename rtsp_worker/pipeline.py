@@ -26,6 +26,7 @@ from rtsp_worker.config import CameraConfig, Config, ModelConfig
 from rtsp_worker.detection.finite import NonFiniteCounter, drop_nonfinite
 from rtsp_worker.detection.postprocess import class_mask, postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
+from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner
 from rtsp_worker.sources.camera import CameraSource, CameraState, CameraStats, FrameSlot
@@ -33,15 +34,6 @@ from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
 
 
 def _build_on_start(model: ModelConfig, device: torch.device, max_batch: int) -> Path:
