@@ -281,7 +281,7 @@ def render_doc(text: str, generated: str) -> str:
     _, sep2, tail = rest.partition(END)
     if not sep or not sep2:
         raise SystemExit(f"{DOC}: the markers {BEGIN!r} and {END!r} are missing")
-    return f"{head}{BEGIN}\n{generated}{END}{tail}"
+    return f"{head}{BEGIN}\n\n{generated}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
