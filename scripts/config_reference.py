@@ -92,6 +92,15 @@ def _models_in(annotation: Any) -> list[tuple[str, type[BaseModel]]]:
     return []
 
 
+def _literal_field(members: list[type[BaseModel]]) -> str | None:
+    """The first field that every member of a union declares as a Literal: its tag (a callable discriminator
+    or a plain union does not name it)."""
+    for name in members[0].model_fields:
+        if all(name in m.model_fields and get_origin(m.model_fields[name].annotation) is Literal for m in members):
+            return name
+    return None
+
+
 def _discriminator_value(model: type[BaseModel], name: str | None) -> str | None:
     if name is None or name not in model.model_fields:
         return None
@@ -113,8 +122,11 @@ def walk(model: type[BaseModel], prefix: str = "", _seen: tuple[type, ...] = ())
         key = prefix + (info.alias or name)
         out.append((key, info, None))
         found = _models_in(info.annotation)
+        members = list(dict.fromkeys(m for _, m in found))
+        union = len(members) > 1
         disc = info.discriminator if isinstance(info.discriminator, str) else None
-        union = len({m for _, m in found}) > 1
+        if union and disc is None:
+            disc = _literal_field(members)
         for suffix, sub in found:
             if sub in _seen:
                 continue  # a recursive model: its keys are listed once, at the outer level
@@ -205,9 +217,8 @@ def _default(info: FieldInfo) -> str:
 
 
 def _description(key: str, info: FieldInfo) -> str:
+    # A section's class docstring is written for developers: without a description the fallback is used.
     text = info.description
-    if not text and isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-        text = None  # a section: its class docstring is written for developers, the fallback for users
     text = re.sub(r"\s*\(issues? \d+\)", "", text or FALLBACK.get(key, ""))  # history is not for users
     return " ".join(text.split())
 

@@ -259,3 +259,14 @@ def test_walker_covers_lists_mappings_optionals_and_unions_of_models() -> None:
     assert "| `model.input.mean` |" in table and "Only with backend=onnxruntime." in table.split("model.input.mean")[1]
     assert "| `model.path` | string | required |  |" in table  # in every member: no "Only with"
     assert "one of `onnxruntime`, `tensorrt`" in table
+
+
+class _PlainUnionRoot(BaseModel):
+    model: _Onnx | _Trt  # no discriminator named: the members' shared Literal field tells them apart
+
+
+def test_walker_names_union_members_by_their_literal_field_without_a_discriminator() -> None:
+    assert ref.dotted_keys(_PlainUnionRoot) == {
+        "model", "model.backend", "model.path", "model.threads", "model.input", "model.input.mean", "model.contexts",
+    }
+    assert ref.docs(_PlainUnionRoot)["model.threads"].variants == ["backend=onnxruntime"]
