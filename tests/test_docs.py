@@ -199,6 +199,23 @@ def test_configuration_reference_lists_exactly_the_model_keys() -> None:
     assert not unknown, f"docs/configuration.md lists keys the config model does not have: {unknown}; {REGENERATE}"
 
 
+def test_keys_named_in_the_prose_exist() -> None:
+    """A `section.key` in backticks anywhere in the README or docs/ names a real key (a renamed or removed
+    key leaves no stale advice behind). File names such as `cameras.yaml` are not keys."""
+    keys = ref.dotted_keys(ref.root_model())
+    sections = {k for k in keys if "." not in k and "[" not in k}
+    stale = []
+    for page in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for n, line in _prose_lines(page.read_text()):
+            for m in re.finditer(r"`([^`]+)`", line):
+                token = m.group(1).rstrip(":")
+                parts = re.fullmatch(r"([a-z_]+)((?:\[\])?(?:\.[a-z_0-9]+(?:\[\])?)+)", token)
+                if (parts and parts.group(1) in sections and token not in keys
+                        and not re.search(r"\.(ya?ml|py|md|json|jsonl|onnx|sh)$", token)):
+                    stale.append(f"{page.relative_to(REPO)}:{n}: `{token}`")
+    assert not stale, "keys the config model does not have:\n" + "\n".join(stale)
+
+
 def test_configuration_reference_tables_are_current() -> None:
     text = (DOCS / "configuration.md").read_text()
     assert ref.render_doc(text, ref.tables(ref.root_model())) == text, (
