@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Union
 import pytest
 from pydantic import BaseModel, Field
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").exists())  # at any test depth
 DOCS = REPO / "docs"
 REGENERATE = "run: python scripts/config_reference.py --write"
 # Pages other branches add, linked from here before they land. A missing one is tolerated; once it
