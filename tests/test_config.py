@@ -200,6 +200,9 @@ def test_backend_auto_is_resolved_from_the_suffix_before_validation(tmp_path, mo
     ("  path: m.onnx\n  backend: onnxruntime\n  build_engine: true",
      "model.build_engine applies to the tensorrt backend, not onnxruntime"),
     ("  path: m.onnx\n  fp16: false", "model.fp16 applies to the torch and tensorrt backends, not onnxruntime"),
+    ("  path: m.onnx\n  build_engine: false",
+     ("model.build_engine applies to the tensorrt backend, not onnxruntime (backend: auto picks onnxruntime for a "
+     ".onnx file unless build_engine is true)")),
     ("  path: m.pt2\n  threads: 4",
      "model.threads applies to the onnxruntime backend, not torch (backend: auto picks torch for a .pt2 file)"),
     ("  path: m.engine\n  cuda_graphs: true", "model.cuda_graphs applies to the torch backend, not tensorrt"),

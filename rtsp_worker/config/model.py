@@ -134,7 +134,9 @@ class ModelConfig(StrictModel, metaclass=_PickBackend):
             if data.get("backend", "auto") == "auto":
                 suffix = PurePath(str(data.get("path", ""))).suffix or "suffix-less"
                 why = f" (backend: auto picks {cls.BACKEND} for a {suffix} file"
-                if suffix.lower() == ".onnx" and "tensorrt" in owners:
+                if suffix.lower() == ".onnx" and key == "build_engine":
+                    why += " unless build_engine is true"
+                elif suffix.lower() == ".onnx" and "tensorrt" in owners:
                     why += "; build_engine: true builds a TensorRT engine from it"
                 why += ")"
             raise PydanticCustomError(
