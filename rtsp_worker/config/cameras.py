@@ -75,8 +75,9 @@ class CameraConfig(StrictModel):
     url: str = Field(..., description="rtsp://, rtsps:// or file:// (a clip played at its native rate, looped); "
                      "`${ENV}` references are expanded and passwords are masked wherever a URL is shown.")
     enabled: bool = Field(True, description="false: keep the camera in the file but do not open it.")
-    decoder: DecoderKind = Field("auto", description="auto: NVDEC when a GPU and PyNvVideoCodec exist, else the "
-                                 "CPU decoder (logged); nvdec or cpu: that one only.")
+    decoder: DecoderKind = Field("auto", description="auto: NVDEC when the device is a GPU and PyNvVideoCodec works "
+                                 "there, else FFmpeg on the CPU; nvdec: NVDEC, falling back to the CPU with a "
+                                 "warning; cpu: FFmpeg on the CPU.")
     infer_interval: int = Field(1, ge=1, le=100, description="Run the detector on every Nth frame; the tracker "
                                 "predicts the frames in between.")
     realtime: bool = Field(True, description="file:// sources: play at the clip's native rate.")

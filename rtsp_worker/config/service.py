@@ -20,7 +20,8 @@ DEVICE_FORMS = "auto, cpu, cpu:N, cuda or cuda:N"
 class MetricsConfig(StrictModel):
     """`metrics:` the HTTP port of /metrics, /healthz, /readyz and the control API."""
 
-    port: int | None = Field(None, ge=0, le=65535, description="Port of the HTTP endpoints (null: off).")
+    port: int | None = Field(None, ge=0, le=65535, description="Port of the HTTP endpoints (0: any free port; null: "
+                             "off).")
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface).")
     health_max_silence_s: float = Field(
         30.0, gt=0, le=3600, description="/healthz fails when the inference loop made no progress for this long."
