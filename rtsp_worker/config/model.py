@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -229,7 +230,7 @@ AnyModelConfig = Annotated[
     ],
     Discriminator(_pick),
 ]
-ANY_MODEL: TypeAdapter[ModelConfig] = TypeAdapter(AnyModelConfig)
+ANY_MODEL: TypeAdapter[ModelConfig] = TypeAdapter(AnyModelConfig, config=ConfigDict(title="ModelConfig"))
 
 
 class DetectionConfig(StrictModel):
