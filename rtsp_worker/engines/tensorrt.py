@@ -2,7 +2,7 @@
 
 How a call flows, and why nothing waits on the host:
 
-- Each of `model.contexts` slots owns an execution context on an optimization profile of its own
+- Each of `ModelConfig.contexts` slots owns an execution context on an optimization profile of its own
   (TensorRT: contexts in concurrent use must not share one; `build-engine --contexts` adds them), a
   non-default CUDA stream, and input
   and output tensors allocated once for the largest batch. Tensor addresses are bound once: a batch of

@@ -9,7 +9,8 @@ Security model: every write needs `Authorization: Bearer <control.token>`; with 
 is read-only (writes answer 403). The server listens on loopback unless `metrics.host` says otherwise. A
 write is validated against the whole file before anything changes, written back to cameras.yaml atomically
 (temporary file, fsync, rename) so that a restart keeps it, then applied like a reload. Camera names follow
-the config's one rule (`config.check_name`: no "/", no "..", no leading dot); answers never echo the token, and camera URLs are shown with passwords masked.
+the config's one rule (`config.check_name`: no "/", no "..", no leading dot); answers never echo the token,
+and camera URLs are shown with passwords masked.
 """
 
 from __future__ import annotations
