@@ -10,7 +10,15 @@ from rtsp_worker.config.base import StrictModel
 from rtsp_worker.config.cameras import CameraConfig, SourceOptions
 from rtsp_worker.config.model import AnyModelConfig, BatcherConfig, DetectionConfig
 from rtsp_worker.config.outputs import OutputConfig
-from rtsp_worker.config.service import ControlConfig, Device, Devices, MetricsConfig, Workers, WorkersPerGpu
+from rtsp_worker.config.service import (
+    ControlConfig,
+    Device,
+    Devices,
+    MetricsConfig,
+    WatchConfig,
+    Workers,
+    WorkersPerGpu,
+)
 from rtsp_worker.config.tracking import TrackerConfig
 
 
@@ -30,7 +38,7 @@ class Config(StrictModel):
     defaults: dict[str, Any] | None = Field(None, description="Camera keys (any but name and url) merged into "
                                             "every camera; a camera's own value wins.")
     control: ControlConfig = Field(ControlConfig(), description="The camera control API.")
-    watch_config: bool = Field(False, description="Reload the cameras when this file changes (as on SIGHUP).")
+    watch_config: WatchConfig = False
     # Read by the supervisor only (`rtsp-worker run` with more than one worker): service.py.
     workers: Workers = 1
     devices: Devices = None

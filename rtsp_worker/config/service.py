@@ -1,5 +1,5 @@
-"""`metrics:`, `control:` and the keys of the process: `device`, and the supervisor's `workers`,
-`devices` and `workers_per_gpu`.
+"""`metrics:`, `control:` and the keys of the process: `device`, `watch_config`, and the supervisor's
+`workers`, `devices` and `workers_per_gpu`.
 
 The supervisor's keys stay top-level keys of the file (where users write them); they are declared here, with
 their checks, and only `rtsp-worker run` with more than one worker reads them.
@@ -68,4 +68,5 @@ Workers = Annotated[int | Literal["auto"], AfterValidator(_check_workers), Field
 Devices = Annotated[list[str] | Literal["auto"] | None, AfterValidator(_check_devices), Field(
     description="Devices the workers get, round robin: a list of cpu, cpu:N, cuda or cuda:N (auto: every "
     "visible GPU; null: `device`).")]
+WatchConfig = Annotated[bool, Field(description="Reload the cameras when this file changes (as on SIGHUP).")]
 WorkersPerGpu = Annotated[int, Field(ge=1, le=16, description="workers: auto -> this many workers per GPU.")]
