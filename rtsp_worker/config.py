@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from rtsp_worker.devices import DEVICE_PATTERN
 from rtsp_worker.redact import (
     mask_url,  # noqa: F401 - re-exported: callers import it from here
     url_host_port,
@@ -384,7 +385,7 @@ class Config(_Model):
     output: OutputConfig = OutputConfig()
     source: SourceOptions = SourceOptions()
     metrics: MetricsConfig = MetricsConfig()
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", description="auto, cpu, cpu:N, cuda or cuda:N")
     log_interval: float = Field(5.0, gt=0, le=3600, description="Seconds between per-camera FPS log lines.")
     defaults: dict[str, Any] | None = Field(None, description="Merged into every camera (already applied).")
     control: ControlConfig = ControlConfig()
@@ -408,8 +409,8 @@ class Config(_Model):
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
-            raise ValueError(f"device {v!r} must be auto, cpu, cuda or cuda:N")
+        if v != "auto" and not DEVICE_PATTERN.fullmatch(v):
+            raise ValueError(f"device {v!r} must be auto, cpu, cpu:N, cuda or cuda:N")
         return v
 
     @field_validator("workers")
@@ -426,8 +427,8 @@ class Config(_Model):
             if not v:
                 raise ValueError("devices must list at least one device, or be auto")
             for d in v:
-                if not re.fullmatch(r"cpu|cuda(:\d+)?", d):
-                    raise ValueError(f"devices: {d!r} must be cpu, cuda or cuda:N")
+                if not DEVICE_PATTERN.fullmatch(d):
+                    raise ValueError(f"devices: {d!r} must be cpu, cpu:N, cuda or cuda:N")
         return v
 
     @model_validator(mode="after")

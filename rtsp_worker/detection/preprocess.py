@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.detection.input_spec import InputSpec
+from rtsp_worker.devices import normalize_device, same_device
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame, Letterbox
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Preprocessor:
         spec = input_size if isinstance(input_size, InputSpec) else InputSpec(tuple(input_size))  # type: ignore[arg-type]
         self.spec = spec
         self.input_size = spec.size
-        self.device = device
+        device = self.device = normalize_device(device)  # compared with the frames' devices below
         self.dtype = dtype
         self._buffer = torch.empty((max_batch, 3, *spec.size), dtype=dtype, device=device)
         self._bgr = spec.channels == "bgr"
@@ -204,7 +205,8 @@ class Preprocessor:
 
     def _fused_ok(self, frames: Sequence[Frame]) -> bool:
         """Use the fused kernel: CUDA, NV12 frames on this device, and cupy importable (once decided)."""
-        if self.device.type != "cuda" or not all(f.pixel_format == NV12 and f.image.device == self.device
+        if self.device.type != "cuda" or not all(f.pixel_format == NV12
+                                                 and same_device(f.image.device, self.device)
                                                  for f in frames):
             return False
         if self._fused is None:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.engines.base import ModelError, ModelInfo, model_info
 from rtsp_worker.engines.trt_plan import EngineMetadata, check_compatible, import_tensorrt, read_plan
 
@@ -119,8 +120,8 @@ class TensorRTEngine:
         src = str(self.path)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise ModelError(f"{src}: the TensorRT backend needs a CUDA GPU (device is {device})")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self.device = torch.device("cuda", index)
+        self.device = normalize_device(device)
+        index = self.device.index
         meta, plan = read_plan(self.path)
         gpu_name = torch.cuda.get_device_name(index)
         cc = tuple(torch.cuda.get_device_capability(index))

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig
+from rtsp_worker.devices import normalize_device, same_device
 from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
     literals). TorchScript files traced on one device keep that device in their graph, which no
     `map_location` changes: loading one for another device is refused with the reason.
     """
+    device = normalize_device(device)  # `cuda` names no index, the moved weights say `cuda:0`
     extra: dict[str, Any] = {name: "" for name in METADATA_FILES}
     if path.suffix.lower() == ".pt2":
         from torch.export.passes import move_to_device_pass
@@ -181,7 +183,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
         except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
             raise ModelError(f"{path}: cannot load as a torch.export program: {type(e).__name__}: {e}") from None
         program = move_to_device_pass(program, device)
-        stray = {k: v for k, v in device_literals(program).items() if torch.device(v) != device}
+        stray = {k: v for k, v in device_literals(program).items() if not same_device(v, device)}
         if stray:
             raise ModelError(f"{path}: after moving to {device}, the graph still names other devices: "
                              + ", ".join(f"{k} on {v}" for k, v in list(stray.items())[:5]))
@@ -192,7 +194,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
         raise ModelError(f"{path}: cannot load as TorchScript: {type(e).__name__}: {e}") from None
-    baked = [d for d in torchscript_device_constants(module) if torch.device(d) != device]
+    baked = [d for d in torchscript_device_constants(module) if not same_device(d, device)]
     if baked:
         raise ModelError(
             f"{path}: TorchScript graph was traced with tensors on {', '.join(baked)} and cannot run on "
@@ -209,7 +211,7 @@ class TorchScriptEngine:
     fresh_outputs = True  # every `infer` returns a new tensor (graph outputs are copied out): no clone needed
 
     def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
-        self.device = device
+        device = self.device = normalize_device(device)
         self._source = str(cfg.path)
         module, extra = load_module(Path(cfg.path), device)
         meta = read_metadata(extra, self._source)

@@ -23,6 +23,7 @@ import av
 import av.bitstream
 import torch
 
+from rtsp_worker.devices import normalize_device, same_device
 from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec, colorimetry_from_tags
 from rtsp_worker.types import NV12
 
@@ -161,8 +162,8 @@ class NvdecDecoder:
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self.device = torch.device("cuda", index)
+        self.device = normalize_device(device)  # `cuda` -> `cuda:<current>`: what the surfaces will report
+        index = self.device.index
         self._converter = AnnexBConverter(stream)
         self._time_base = stream.time_base
         self._low_latency = low_latency
@@ -206,7 +207,7 @@ class NvdecDecoder:
         out = []
         for frame in frames:
             view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
-            if view.device != self.device:
+            if not same_device(view.device, self.device):
                 # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
                 # tensor would name the wrong device for memory on this one.
                 raise RuntimeError(
