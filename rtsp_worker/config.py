@@ -246,7 +246,8 @@ class ModelConfig(_Model):
     input: ModelInputConfig | None = Field(None, description="Override the model's pixel conventions.")
     fp16: bool = Field(True, description="torch backend on CUDA: run in half precision.")
     cuda_graphs: bool = Field(True, description="torch backend on CUDA: capture one graph per batch bucket.")
-    contexts: int = Field(2, ge=1, le=8, description="TensorRT: execution contexts (batches in flight).")
+    contexts: int = Field(1, ge=1, le=8, description="TensorRT: execution contexts, one per calling CUDA stream "
+                          "(the pipeline infers from one stream: 1; more serve callers on several streams).")
     build_engine: bool = Field(
         False, description="TensorRT: build `<path>.engine` from the ONNX on first start if missing or stale."
     )

@@ -22,6 +22,10 @@ How a call flows, and why nothing waits on the host:
   no overlap from more contexts (its work is ordered anyway); two threads, each inside its own
   `torch.cuda.stream(...)`, get two slots and two batches in flight. With more calling streams than
   contexts, streams share slots and the slot also waits for the previous caller's stream.
+  The pipeline calls `infer` from its one loop thread on one stream (`batcher.overlap` overlaps the
+  postprocessing of batch N with the inference of N+1, not two inferences), so `model.contexts` and
+  `build-engine --contexts` default to 1: a second context would only hold a second copy of the
+  activation memory and an optimization profile that nothing uses.
 - FP16 engine outputs are converted to float32 on the slot's stream into a preallocated buffer.
 - What the output holds (layout, class names, input conventions) is read like the ONNX it was built from:
   from the output shape of the probe run at load and the ONNX metadata `build-engine` stored with the

@@ -225,7 +225,11 @@ class TorchScriptEngine:
         names = tuple(cfg.class_names) if cfg.class_names else parse_names(props.get("names"))
 
         self._half = device.type == "cuda" and cfg.fp16
+        # Inference only: parameters that require grad (torch.export keeps them so) would give every output a
+        # grad_fn and make a CUDA graph keep its activations; frozen here and run under inference_mode.
         self._module = module.float()
+        for p in self._module.parameters():  # (ScriptModules refuse Module.requires_grad_; parameters do not)
+            p.requires_grad_(False)
         input_size = (int(input_size[0]), int(input_size[1]))
         probe = self._probe(input_size)
         dynamic = self._accepts_batch(input_size)
@@ -333,6 +337,11 @@ class TorchScriptEngine:
         return self._graphs[bucket]  # all captured at load
 
     def _capture(self, bucket: int) -> _Graph:
+        # Under inference_mode, as `infer` replays it: no autograd state, no activations kept for a backward.
+        with torch.inference_mode():
+            return self._capture_graph(bucket)
+
+    def _capture_graph(self, bucket: int) -> _Graph:
         inputs = torch.zeros((bucket, 3, *self.info.input_size), device=self.device, dtype=self.input_dtype)
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
