@@ -236,6 +236,14 @@ def main() -> None:
             rows.append([n, r["decoded_fps"], r["processed_fps"], r["mean_batch"]])
         print_table("End to end (decode -> preprocess -> engine -> postprocess -> host)",
                     ["streams", "decoded fps", "processed fps", "mean batch"], rows)
+        if device.type == "cuda":
+            # torch's own peak (engines, preprocess buffers, decoded frames) and the device-wide use now, which
+            # also counts what PyNvVideoCodec and CUDA contexts hold outside torch's allocator.
+            free, total = torch.cuda.mem_get_info(device)
+            results["gpu_memory_mib"] = {"torch_peak": torch.cuda.max_memory_allocated(device) / 2**20,
+                                         "device_used": (total - free) / 2**20, "device_total": total / 2**20}
+            print(f"GPU memory: torch peak {results['gpu_memory_mib']['torch_peak']:.0f} MiB, device used "
+                  f"{results['gpu_memory_mib']['device_used']:.0f} of {total / 2**20:.0f} MiB")
         for eng in engines.values():
             eng.close()
 

@@ -190,3 +190,74 @@ def test_mixed_size_batch_uses_the_group_rows():
     x, _ = pre(frames)
     assert x[0, :, 16, 16].tolist() == [10.0] * 3 and x[2, :, 16, 16].tolist() == [30.0] * 3
     assert x[1, :, 16, 16].tolist() == [200.0] * 3 and x[1, :, 0, 16].tolist() == [114.0] * 3
+
+
+# -- what the GPU machine lacks is imported only by the part that needs it ----------------------------------
+def test_anchor_names_are_supervisions():
+    sv = pytest.importorskip("supervision")
+    from rtsp_worker.analytics.geometry import ANCHOR_OFFSETS
+
+    assert set(ANCHOR_OFFSETS) == {p.value for p in sv.Position} - {"CENTER_OF_MASS"}
+
+
+# -- on a GPU (scripts/gpu_check.sh runs these; here they skip) ----------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")  # unindexed on purpose: what `device: cuda` and `auto` used to give
+
+
+def _host_frames(tmp_path: Path) -> list[Frame]:
+    clip = _solid_clip(tmp_path / "hd.mp4", 1280, 720, frames=2)
+    native = [Frame(i, 0, 0.0, d.image, d.height, d.width, NATIVE, colorimetry=d.colorimetry)
+              for i, d in enumerate(_decode(clip, NATIVE))]
+    rgb = Frame(2, 0, 0.0, torch.randint(0, 255, (240, 320, 3), dtype=torch.uint8), 240, 320, RGB)
+    return [*native, rgb]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_host_frames_on_a_gpu_preprocess_as_on_the_cpu(tmp_path):
+    frames = _host_frames(tmp_path)  # two sizes: the group-rows index path too
+    spec = InputSpec((256, 320))
+    gpu = Preprocessor(spec, 3, CUDA)
+    assert gpu.device == torch.device("cuda", torch.cuda.current_device())
+    x_gpu, lb_gpu = gpu(frames)  # NATIVE and RGB frames go up as pinned uint8
+    x_cpu, lb_cpu = Preprocessor(spec, 3, torch.device("cpu"))(frames)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lb_gpu.scale.cpu(), lb_cpu.scale)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_pt2_with_cuda_graphs_on_unindexed_cuda(tmp_path):
+    path = REPO / "models" / "synth_det.pt2"
+    graphs = load_engine(ModelConfig(path=path, cuda_graphs=True), CUDA, max_batch=4)  # was "names other devices"
+    eager = load_engine(ModelConfig(path=path, cuda_graphs=False), CUDA, max_batch=4)
+    try:
+        assert graphs.device.index is not None and graphs._graphs
+        x = torch.rand(3, 3, *graphs.info.input_size, device=CUDA)
+        out = graphs.infer(x)
+        assert out.grad_fn is None and not any(g.outputs.requires_grad for g in graphs._graphs.values())
+        torch.testing.assert_close(out, eager.infer(x), atol=2e-2, rtol=2e-2)
+    finally:
+        graphs.close()
+        eager.close()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_fused_kernel_runs_for_nv12_frames_on_unindexed_cuda(tmp_path):
+    pytest.importorskip("cupy", reason="cupy is not installed")  # on the GPU machine it is
+    clip = _solid_clip(tmp_path / "hd.mp4", 1280, 720, frames=2)
+    frames = [Frame(i, 0, 0.0, d.image.to(CUDA), d.height, d.width, d.pixel_format, colorimetry=d.colorimetry)
+              for i, d in enumerate(_decode(clip, "nv12"))]
+    spec = InputSpec((384, 640))
+    fused = Preprocessor(spec, 2, CUDA, torch.float16)
+    x_fused, _ = fused(frames)
+    assert fused._fused not in (None, False)  # `f.image.device == cuda` used to switch it off silently
+    plain = Preprocessor(spec, 2, CUDA, torch.float16)
+    plain._fused = False
+    x_torch, _ = plain(frames)
+    torch.testing.assert_close(x_fused.float(), x_torch.float(), atol=2e-2, rtol=0)
+    centre = x_fused[0, :, 192, 320].float() * 255
+    assert (centre.cpu() - _expected_rgb("bt709-limited")).abs().max() <= 2.0  # untagged HD: BT.709 on NVDEC's path
