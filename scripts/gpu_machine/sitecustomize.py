@@ -5,7 +5,8 @@ inherits the variable). Allowed: the standard library, the project's own modules
 the machine has (scripts/gpu_machine_packages.txt) or the bundle brings (scripts/device_bundle.py's plan,
 with the requirements of what it brings as installed here). Every other installed distribution's modules
 (redis, supervision, kubernetes, onnx, motmetrics, tensorrt, ultralytics, cv2, scipy, ...) are not
-found, as there. Each refused import is appended to $GPU_MACHINE_BLOCK_LOG when set.
+found, as there. Each refused import is appended to $GPU_MACHINE_BLOCK_LOG when set, with the file that
+asked for it.
 """
 
 from __future__ import annotations
@@ -60,27 +61,35 @@ def _blocked_modules() -> dict[str, str]:
     return blocked
 
 
-class _Hiding:
-    """sys.meta_path's PathFinder, blind to the blocked packages: `import x` raises ModuleNotFoundError and
-    `importlib.util.find_spec("x")` returns None, exactly as on a machine without them."""
+def _hide(blocked: dict[str, str]) -> None:
+    """PathFinder, blind to the blocked packages: `import x` raises ModuleNotFoundError, and
+    `importlib.util.find_spec("x")` and `importlib.metadata` (entry points: pytest plugins) find nothing, as
+    on a machine without them. Patched on the class, since some callers (pytest's assertion rewriter) call
+    `PathFinder.find_spec` directly rather than through sys.meta_path."""
+    finder = importlib.machinery.PathFinder
+    find_spec, find_distributions = finder.find_spec, finder.find_distributions
+    log = os.environ.get("GPU_MACHINE_BLOCK_LOG")
+    hidden = {db.canonical(d) for names in blocked.values() for d in names.split(", ")}
 
-    def __init__(self, inner: object, blocked: dict[str, str]) -> None:
-        self.inner = inner
-        self.blocked = blocked
-        self.log = os.environ.get("GPU_MACHINE_BLOCK_LOG")
-
-    def find_spec(self, fullname, path=None, target=None):
+    def hiding_find_spec(cls, fullname, path=None, target=None):
         top = fullname.partition(".")[0]
-        if top in self.blocked:
-            if self.log:
-                with open(self.log, "a") as f:
-                    f.write(f"{top} ({self.blocked[top]})\n")
+        if top in blocked:
+            if log:  # which file asked: an optional import of torch's (redis for inductor) is not ours
+                frame = sys._getframe(1)
+                while frame is not None and (frame.f_code.co_filename.startswith("<frozen")
+                                             or frame.f_code.co_filename == __file__):
+                    frame = frame.f_back
+                where = frame.f_code.co_filename if frame is not None else "?"
+                with open(log, "a") as f:
+                    f.write(f"{top} ({blocked[top]}) from {where}\n")
             return None
-        return self.inner.find_spec(fullname, path, target)
+        return find_spec(fullname, path, target)
 
-    def __getattr__(self, name: str) -> object:  # invalidate_caches, find_distributions, ...
-        return getattr(self.inner, name)
+    def hiding_find_distributions(cls, *args, **kwargs):
+        return (d for d in find_distributions(*args, **kwargs) if db.canonical(d.metadata["Name"] or "") not in hidden)
+
+    finder.find_spec = classmethod(hiding_find_spec)
+    finder.find_distributions = classmethod(hiding_find_distributions)
 
 
-_blocked = _blocked_modules()
-sys.meta_path[:] = [_Hiding(f, _blocked) if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+_hide(_blocked_modules())
