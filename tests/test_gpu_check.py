@@ -173,6 +173,7 @@ def test_gpu_check_smoke_under_the_gpu_machines_imports(tmp_path, small_bundle):
     out = tmp_path / "report"
     blocked_log = tmp_path / "blocked.log"
     env = {**os.environ, "PYTHON": sys.executable, "GPU_MACHINE_BLOCK_LOG": str(blocked_log),
+           "GPU_MACHINE_BLOCK_CACHE": str(tmp_path / "blocked.json"),
            "PYTHONPATH": f"{REPO / 'scripts' / 'gpu_machine'}:{REPO}"}
     r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out), "--smoke", "--deps", str(bundle)],
                        capture_output=True, check=False, text=True, timeout=600, env=env, cwd=tmp_path)
