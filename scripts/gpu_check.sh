@@ -18,6 +18,7 @@
 #   bench_gpu        NVDEC 1/8/32/64 1080p streams, engine ms per batch 1/8/32/64 with and without CUDA
 #                    graphs, the fused preprocess kernel, peak GPU memory, end to end with 8 and 64 cameras
 #   run              rtsp-worker run, 60 s, 16 file:// 1080p cameras, device auto (the production path)
+# GPU_CHECK_CAMERAS / GPU_CHECK_RUN_SECONDS change the run step's 16 cameras / 60 s (a shorter slot).
 # Writes OUTDIR/report.json and OUTDIR/report.md (and each step's log and JSON) even when steps fail; exit 0
 # only when every step passed or is "not available".
 set -u
@@ -114,8 +115,8 @@ else
   step parity 45 "$PY" benchmarks/parity.py --frames 60 --json "$OUT/parity.json"
   step bench_gpu 100 "$PY" benchmarks/bench_gpu.py --seconds 4 --streams 1,8,32,64 --batches 1,8,32,64 \
     --e2e-streams 8,64 --json "$OUT/bench_gpu.json"
-  step run 80 "$PY" scripts/gpu_check_run.py --json "$OUT/run.json" --log "$OUT/run_worker.log" --cameras 16 \
-    --seconds 60
+  step run 80 "$PY" scripts/gpu_check_run.py --json "$OUT/run.json" --log "$OUT/run_worker.log" \
+    --cameras "${GPU_CHECK_CAMERAS:-16}" --seconds "${GPU_CHECK_RUN_SECONDS:-60}"
 fi
 [ -n "${SITE:-}" ] && rm -rf "$SITE"
 

@@ -25,7 +25,7 @@ from rtsp_worker.engines import load_engine
 from rtsp_worker.sources.base import HD_MIN_HEIGHT, DecodeError, colorimetry_from_tags
 from rtsp_worker.sources.camera import CameraSource
 from rtsp_worker.sources.decoders import CpuDecoder
-from rtsp_worker.sources.nvdec import is_packet_error
+from rtsp_worker.sources.nvdec import NvdecDecoder, is_packet_error
 from rtsp_worker.types import NATIVE, RGB, Frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +115,53 @@ def test_pynvvideocodec_packet_errors_are_told_from_fatal_ones():
     assert not is_packet_error(nvc, PyNvVCExceptionUnsupported("4:4:4 not supported"))
     assert not is_packet_error(nvc, RuntimeError("CUDA error: an illegal memory access"))
     assert not is_packet_error(SimpleNamespace(), PyNvVCException("a module without the type"))
+
+
+class _Surface:
+    """Stands for a PyNvVideoCodec frame: DLPack of an NV12 tensor, and its PTS."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._t = t
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._t.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+    def getPTS(self) -> int:  # PyNvVideoCodec's name
+        return 0
+
+
+def _bare_nvdec(tags: tuple, decode=None) -> NvdecDecoder:
+    dec = object.__new__(NvdecDecoder)  # no GPU here: the parts of the decoder that run without one
+    dec.device, dec._time_base, dec._seen_pts, dec._tags, dec._low_latency = (
+        torch.device("cpu"), Fraction(1, 90000), True, tags, False)
+    dec._nvc = SimpleNamespace(PacketData=SimpleNamespace, PyNvVCException=PyNvVCException,
+                               PyNvVCExceptionUnsupported=PyNvVCExceptionUnsupported)
+    dec._decoder = SimpleNamespace(Decode=decode)
+    return dec
+
+
+def test_nvdec_surfaces_take_the_colorimetry_of_their_own_height():
+    dec = _bare_nvdec((2, 1))  # untagged, limited range
+    hd, sd = (torch.zeros((h * 3 // 2, w), dtype=torch.uint8) for h, w in ((1080, 1920), (360, 640)))
+    assert [i.colorimetry for i in dec._to_images([_Surface(hd), _Surface(sd)])] == ["bt709-limited",
+                                                                                  "bt601-limited"]
+
+
+def test_nvdec_packet_errors_become_decode_errors():
+    def bad(_):
+        raise PyNvVCException("cuvidParseVideoData failed")
+
+    with pytest.raises(DecodeError, match="NVDEC: PyNvVCException: cuvidParseVideoData failed"):
+        _bare_nvdec((1, 1), bad)._decode_packet(None)
+
+    def unsupported(_):
+        raise PyNvVCExceptionUnsupported("chroma 4:4:4")
+
+    with pytest.raises(PyNvVCExceptionUnsupported):  # the stream cannot be decoded at all: not one bad frame
+        _bare_nvdec((1, 1), unsupported)._decode_packet(None)
 
 
 def test_a_decode_error_is_counted_and_the_connection_goes_on():

@@ -185,7 +185,8 @@ class NvdecDecoder:
         self._low_latency = low_latency
         self._seen_pts = False
         # The surfaces keep the stream's YUV values: preprocessing converts them with the stream's tags.
-        self._colorimetry = colorimetry_from_tags(ctx.colorspace, ctx.color_range, ctx.height)
+        # (the rule depends on the height, read from each decoded surface: a stream may not tell it at open)
+        self._tags = (ctx.colorspace, ctx.color_range)
         self._stream = torch.cuda.Stream(device=self.device)
         self._context = _PrimaryContext(index)
         latency = nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE
@@ -243,7 +244,8 @@ class NvdecDecoder:
             if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
                 ts = frame.getPTS()
             pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
-            out.append(DecodedImage(image, NV12, height, width, pts, getattr(self, "_colorimetry", "bt601-limited")))
+            color = colorimetry_from_tags(*getattr(self, "_tags", (None, None)), height)
+            out.append(DecodedImage(image, NV12, height, width, pts, color))
         return out
 
     def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
