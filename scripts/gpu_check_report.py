@@ -2,7 +2,8 @@
 
     python scripts/gpu_check_report.py OUTDIR SMOKE(0|1)
 
-A step passes on exit 0; "not available" (TensorRT) passes too. The GPU tests' step fails as well when a
+A step passes on exit 0 and, outside smoke mode, with its results written; "not available" (TensorRT)
+passes too. The GPU tests' step fails as well when a
 GPU test skipped (on a GPU machine none may: a skip there hides a broken GPU path), failed, was not run, or
 a listed test file did not import; modules skipped at collection (an importorskip) are listed apart with
 their reason and are not GPU skips. Exit 0 only when every step passed.
@@ -134,6 +135,11 @@ def main(out: Path, smoke: bool) -> int:
     for s in steps:
         if s["name"] in ("pytest_gpu", "pytest_tensorrt"):
             judge_pytest(s, report[s["name"]], smoke)
+        elif s["name"] in ("doctor", "parity", "bench_gpu", "run") and not smoke and s["status"] == "pass" \
+                and not report[s["name"]]:
+            # parity.py and bench_gpu.py exit 0 where they cannot run (no CUDA, no PyNvVideoCodec): on the GPU
+            # machine that is a failure, and it shows as a step that left no results.
+            s.update(status="FAIL", note="exited 0 without results (see its log: GPU or NVDEC unavailable?)")
     report["passed"] = all(s["status"] in ("pass", "not available") for s in steps)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report))

@@ -224,3 +224,9 @@ def test_report_counts_gpu_skips_and_lists_module_skips_apart(tmp_path):
     rc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check_report.py"), str(tmp_path), "0"],
                         capture_output=True, text=True, check=False).returncode
     assert rc == 0  # the module skip alone does not fail it; TensorRT "not available" neither
+    # On the GPU machine parity.py exits 0 where it cannot compare (no NVDEC): no results is a failure there.
+    (tmp_path / "steps.tsv").write_text("parity\t0\t3\t\n")
+    rc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check_report.py"), str(tmp_path), "0"],
+                        capture_output=True, text=True, check=False).returncode
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert rc == 1 and report["steps"][0]["status"] == "FAIL" and "without results" in report["steps"][0]["note"]
