@@ -64,7 +64,7 @@ class _Nvml:
             self._nvml = pynvml
             self._handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(index))
             self.available = True
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - no pynvml, no driver, no GPU at that bus id: no GPU metrics
             log.debug("NVML unavailable (%s): no GPU metrics", e)
 
     def sample(self) -> tuple[float, float, float] | None:
