@@ -45,6 +45,12 @@ NOT_BROUGHT: dict[str, str] = {
     "redis": "only the Redis sink (sinks/redis.py, imported when `output.redis` is configured)",
 }
 
+# Brought even though the machine has them: their version there is not known and a brought package needs a
+# recent one; newer releases of these are backward compatible, and the bundle comes first on PYTHONPATH.
+ALWAYS_BRING: dict[str, str] = {
+    "typing-extensions": "pydantic-core 2.50 needs >= 4.14.1 (a 45 KiB pure-Python wheel)",
+}
+
 # Files no GPU step reads, by distribution (fnmatch on the path inside the wheel). Shared libraries that no
 # kept extension module needs are dropped as well (`needed_libraries`).
 TRIM: dict[str, tuple[str, ...]] = {
@@ -168,7 +174,7 @@ def plan(requirements: Iterable[str], machine: Machine, not_brought: dict[str, s
         if req.marker is not None and not req.marker.evaluate(machine.marker_env):
             continue
         name = canonical(req.name)
-        if machine.has(name):
+        if machine.has(name) and name not in ALWAYS_BRING:
             have = machine.packages.get(name)
             if have and req.specifier and not req.specifier.contains(have, prereleases=True):
                 out.conflicts.append(f"{text}: the GPU machine has {name} {have}")
