@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gpu_common import (  # noqa: E402
+from _gpu_common import (
     decode_file,
     gpu_unavailable_reason,
     model_path,
@@ -38,12 +38,13 @@ from _gpu_common import (  # noqa: E402
     time_ms,
 )
 
-from rtsp_worker.config import ModelConfig  # noqa: E402
-from rtsp_worker.detection.postprocess import postprocess  # noqa: E402
-from rtsp_worker.detection.preprocess import Preprocessor  # noqa: E402
-from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
-from rtsp_worker.sim.clips import write_test_clip  # noqa: E402
-from rtsp_worker.types import Frame  # noqa: E402
+from rtsp_worker.config import ModelConfig
+from rtsp_worker.detection.postprocess import postprocess
+from rtsp_worker.detection.preprocess import Preprocessor
+from rtsp_worker.devices import normalize_device
+from rtsp_worker.engines.torchscript import TorchScriptEngine
+from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.types import Frame
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu-bench.json"
 
@@ -101,7 +102,8 @@ def bench_end_to_end(clip: Path, streams: int, device: torch.device, simulate: b
                 finished[i] = True
                 cond.notify()
 
-    pre = Preprocessor(engine.info.input_size, max_batch, device, dtype=engine.input_dtype)
+    # The model's conventions (channel order, value range, letterbox placement), not only its size.
+    pre = Preprocessor(engine.info.spec, max_batch, device, dtype=engine.input_dtype)
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(streams)]
     processed = batches = 0
     seq = [0] * streams
@@ -152,7 +154,8 @@ def main() -> None:
     if reason is not None and not simulate:
         print(f"bench_gpu: cannot run here: {reason} (needs CUDA and PyNvVideoCodec)")
         sys.exit(0 if args.smoke else 1)
-    device = torch.device("cpu") if simulate else torch.device("cuda")
+    # `cuda` normalized to `cuda:<current>`: what the engine's and the decoder's tensors report.
+    device = normalize_device("cpu" if simulate else "cuda")
     streams = [int(s) for s in args.streams.split(",")]
     seconds = 2.0 if args.smoke else args.seconds
     size = (640, 360) if simulate else (1920, 1080)
@@ -176,7 +179,7 @@ def main() -> None:
         if not simulate:
             from rtsp_worker.sources.nvdec import decoder_caps
 
-            caps = decoder_caps("h264", device.index or 0)
+            caps = decoder_caps("h264", device.index)
             results["nvdec_caps"] = caps
             print(f"{results['device']}: NVDEC engines {caps.get('num_decoder_engines', '?')}")
 
@@ -216,7 +219,7 @@ def main() -> None:
         rows = []
         results["preprocess"] = []
         for b in [b for b in batch_sizes if b <= len(frames_src)]:
-            pre = Preprocessor(info.input_size, b, device, dtype=engines["graphs"].input_dtype)
+            pre = Preprocessor(info.spec, b, device, dtype=engines["graphs"].input_dtype)
             frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format,
                         colorimetry=d.colorimetry) for i, d in enumerate(frames_src[:b])]
             ms = time_ms(lambda pre=pre, frames=frames: pre(frames), device, iters)
@@ -233,6 +236,14 @@ def main() -> None:
             rows.append([n, r["decoded_fps"], r["processed_fps"], r["mean_batch"]])
         print_table("End to end (decode -> preprocess -> engine -> postprocess -> host)",
                     ["streams", "decoded fps", "processed fps", "mean batch"], rows)
+        if device.type == "cuda":
+            # torch's own peak (engines, preprocess buffers, decoded frames) and the device-wide use now, which
+            # also counts what PyNvVideoCodec and CUDA contexts hold outside torch's allocator.
+            free, total = torch.cuda.mem_get_info(device)
+            results["gpu_memory_mib"] = {"torch_peak": torch.cuda.max_memory_allocated(device) / 2**20,
+                                         "device_used": (total - free) / 2**20, "device_total": total / 2**20}
+            print(f"GPU memory: torch peak {results['gpu_memory_mib']['torch_peak']:.0f} MiB, device used "
+                  f"{results['gpu_memory_mib']['device_used']:.0f} of {total / 2**20:.0f} MiB")
         for eng in engines.values():
             eng.close()
 

@@ -22,15 +22,16 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_decoder  # noqa: E402
+from _gpu_common import decode_file, gpu_unavailable_reason, model_path, nv12_decoder
 
-from rtsp_worker.config import ModelConfig  # noqa: E402
+from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.postprocess import postprocess
-from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb  # noqa: E402
-from rtsp_worker.engines.torchscript import TorchScriptEngine  # noqa: E402
-from rtsp_worker.sim import synthetic  # noqa: E402
-from rtsp_worker.sources.decoders import CpuDecoder  # noqa: E402
-from rtsp_worker.types import Detections, Frame  # noqa: E402
+from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
+from rtsp_worker.devices import normalize_device
+from rtsp_worker.engines.torchscript import TorchScriptEngine
+from rtsp_worker.sim import synthetic
+from rtsp_worker.sources.decoders import CpuDecoder
+from rtsp_worker.types import Detections, Frame
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu-parity.json"
 BATCH = 8
@@ -43,7 +44,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float) -> float:
 
 def run_path(frames_src: list, device: torch.device, engine: TorchScriptEngine, conf: float, iou: float):
     """Batches of frames -> (model inputs on CPU, detections on CPU) for the whole clip."""
-    pre = Preprocessor(engine.info.input_size, BATCH, device, dtype=engine.input_dtype)
+    # The model's conventions (channel order, value range, letterbox placement), not only its size.
+    pre = Preprocessor(engine.info.spec, BATCH, device, dtype=engine.input_dtype)
     inputs, dets = [], []
     for start in range(0, len(frames_src), BATCH):
         chunk = frames_src[start : start + BATCH]
@@ -114,8 +116,9 @@ def main() -> None:
     if reason is not None and not simulate:
         print(f"parity: needs CUDA and PyNvVideoCodec ({reason}); nothing to compare here")
         sys.exit(0)
-    gpu = torch.device("cpu") if simulate else torch.device("cuda")
-    cpu = torch.device("cpu")
+    # `cuda` normalized to `cuda:<current>`: what the engine's and the decoder's tensors report.
+    gpu = normalize_device("cpu" if simulate else "cuda")
+    cpu = normalize_device("cpu")
     if simulate:
         print("SIMULATION: 'GPU path' on the CPU with PyAV NV12 standing in for NVDEC; not a GPU result")
 
@@ -145,7 +148,8 @@ def main() -> None:
         "device": "SIMULATION on CPU" if simulate else torch.cuda.get_device_name(gpu),
         "model": label, "frames": len(cpu_frames), "gpu_engine": "fp32" if args.fp32 or simulate else "fp16+graphs",
         "decoded_psnr_db": {"min": min(frame_psnr), "mean": sum(frame_psnr) / len(frame_psnr)},
-        "input_psnr_db": psnr(x_gpu, x_cpu, 1.0),
+        # Peak: the model input's own range (1 for [0, 1] models, 255 for 0-255 ones, more once normalized).
+        "input_psnr_db": psnr(x_gpu, x_cpu, float(x_cpu.max() - x_cpu.min()) or 1.0),
         "detections": match(d_cpu, d_gpu),
         "track_ids_same_frames": same_frames(track_ids(d_cpu, len(cpu_frames)), track_ids(d_gpu, len(gpu_frames))),
         "thresholds": {"conf": args.conf, "iou": args.iou},

@@ -342,7 +342,7 @@ def test_dotted_keys_cover_every_section_and_every_backend():
             "model.fp16", "output.redis.url", "device", "devices", "workers", "defaults"} <= keys
     assert {"cameras", "model", "output.redis", "model.input"} <= keys  # a section is a key too (it may be null)
     docs = {r.key: r for r in field_docs()}
-    assert docs["model.contexts"].only == ("backend=tensorrt",) and docs["model.contexts"].default == "2"
+    assert docs["model.contexts"].only == ("backend=tensorrt",) and docs["model.contexts"].default == "1"
     assert docs["model.fp16"].only == ("backend=torch", "backend=tensorrt")
     assert docs["model.path"].default == "required" and docs["model.path"].only == ()
     assert docs["cameras[].decoder"].type == "auto | nvdec | cpu"

@@ -26,6 +26,7 @@ from torch import Tensor
 from rtsp_worker.analytics.lines import NO_CROSSING, LineSet
 from rtsp_worker.analytics.zones import ZoneSet, ZoneStep
 from rtsp_worker.config import CameraConfig, Config, ConfigError
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.types import Event, Frame
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Analytics:
 
     def __init__(self, cameras: Sequence[CameraConfig], class_names: Sequence[str], *, expire: Sequence[int],
                  capacity: int = 512, device: torch.device | str = "cpu", origin: str = "<config>") -> None:
-        device = torch.device(device)
+        device = normalize_device(device)
         self.cameras = list(cameras)
         self.names = [c.name for c in cameras]
         self.class_names = list(class_names)

@@ -9,21 +9,22 @@ supervision's, so a config reads the same as code written against it.
 
 from __future__ import annotations
 
-import supervision as sv
 import torch
 from torch import Tensor
 
-# Where on the box each sv.Position sits, as (fraction of width, fraction of height) from the top-left.
+# Where on the box each `sv.Position` sits, as (fraction of width, fraction of height) from the top-left.
+# The keys are supervision's `sv.Position` values, written out: counting must not need supervision (and its
+# OpenCV) installed, only the video sink draws with it (tests/test_gpu_fixes.py checks the names agree).
 ANCHOR_OFFSETS: dict[str, tuple[float, float]] = {
-    sv.Position.CENTER.value: (0.5, 0.5),
-    sv.Position.CENTER_LEFT.value: (0.0, 0.5),
-    sv.Position.CENTER_RIGHT.value: (1.0, 0.5),
-    sv.Position.TOP_CENTER.value: (0.5, 0.0),
-    sv.Position.TOP_LEFT.value: (0.0, 0.0),
-    sv.Position.TOP_RIGHT.value: (1.0, 0.0),
-    sv.Position.BOTTOM_LEFT.value: (0.0, 1.0),
-    sv.Position.BOTTOM_CENTER.value: (0.5, 1.0),
-    sv.Position.BOTTOM_RIGHT.value: (1.0, 1.0),
+    "CENTER": (0.5, 0.5),
+    "CENTER_LEFT": (0.0, 0.5),
+    "CENTER_RIGHT": (1.0, 0.5),
+    "TOP_CENTER": (0.5, 0.0),
+    "TOP_LEFT": (0.0, 0.0),
+    "TOP_RIGHT": (1.0, 0.0),
+    "BOTTOM_LEFT": (0.0, 1.0),
+    "BOTTOM_CENTER": (0.5, 1.0),
+    "BOTTOM_RIGHT": (1.0, 1.0),
 }
 
 

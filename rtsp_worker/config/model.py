@@ -202,8 +202,8 @@ class TensorRTModelConfig(ModelConfig):
     BACKEND: ClassVar[str] = "tensorrt"
 
     fp16: bool = Field(True, description=_FP16)
-    contexts: int = Field(2, ge=1, le=8, description="Execution contexts: batches in flight at once (each needs "
-                          "an optimization profile of its own in the engine).")
+    contexts: int = Field(1, ge=1, le=8, description="Execution contexts, one per calling CUDA stream, each on an "
+                          "optimization profile of its own (the pipeline infers from one stream: 1).")
     build_engine: bool = Field(
         False, description="With a .onnx path: build `<path>.engine` from it on first start, and rebuild it when "
         "stale (other TensorRT, GPU, ONNX or batch size)."

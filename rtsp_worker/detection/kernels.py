@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.detection.input_spec import InputSpec
+from rtsp_worker.devices import normalize_device, same_device
 
 # Per image, int64: Y plane address, source height, width, region y0, x0, region height, width.
 INT_FIELDS = 7
@@ -161,7 +162,7 @@ class FusedPreprocess:
             raise ValueError(f"fused preprocessing writes float32 or float16, not {dtype}")
         self.spec = spec
         self.dtype = dtype
-        self.device = device
+        device = self.device = normalize_device(device)  # `cuda` -> `cuda:N`, as the frames report it
         out_t = "float" if dtype == torch.float32 else "__half"
         source = ("#include <cuda_fp16.h>\n" if dtype == torch.float16 else "") + KERNEL_SOURCE.replace(
             "OUT_T", out_t)
@@ -177,7 +178,7 @@ class FusedPreprocess:
         bsz = len(nv12)
         if out.shape[0] < bsz or tuple(out.shape[1:]) != (3, *self.spec.size) or out.dtype != self.dtype:
             raise ValueError(f"output buffer {tuple(out.shape)} {out.dtype} does not fit a batch of {bsz}")
-        if not all(t.is_contiguous() and t.device == self.device for t in nv12):
+        if not all(t.is_contiguous() and same_device(t.device, self.device) for t in nv12):
             raise ValueError(f"fused preprocessing reads contiguous NV12 frames on {self.device}")
         ints = torch.tensor([[t.data_ptr(), g.height, g.width, g.top, g.left, g.region_h, g.region_w]
                              for t, g in zip(nv12, geometry)], dtype=torch.int64)
@@ -188,7 +189,7 @@ class FusedPreprocess:
         h, w = self.spec.size
         total = bsz * h * w
         cp = self._cupy
-        with cp.cuda.ExternalStream(stream.cuda_stream, self.device.index or 0):
+        with cp.cuda.ExternalStream(stream.cuda_stream, self.device.index):
             self._kernel(((total + BLOCK - 1) // BLOCK,), (BLOCK,), (
                 cp.asarray(ints), cp.asarray(floats), cp.asarray(self._chan), cp.int32(self._src_channel0),
                 cp.asarray(out), cp.int32(bsz), cp.int32(h), cp.int32(w)))

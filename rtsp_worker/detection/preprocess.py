@@ -20,12 +20,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.detection.input_spec import InputSpec
+from rtsp_worker.devices import normalize_device, same_device
+from rtsp_worker.sources.base import swscale_colorspace
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame, Letterbox
 
 log = logging.getLogger(__name__)
@@ -102,15 +103,21 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device, non_blocking=device.type != "cpu")
 
 
-def native_to_hwc(frames: Sequence[Frame], bgr: bool = False) -> Tensor:
+def native_to_hwc(frames: Sequence[Frame], bgr: bool = False, pin: bool = False) -> Tensor:
     """Same-size NATIVE frames (av.VideoFrame) -> (G, H, W, 3) uint8 RGB or BGR on the host, by swscale, which
-    reads each frame's colour tags (as the eager rgb24 decoder did)."""
+    reads each frame's colour tags; an untagged HD frame is read as BT.709 (`Frame.colorimetry`, from
+    `sources.base.colorimetry_from_tags`) where swscale alone would assume BT.601.
+
+    `pin`: written straight into page-locked memory, so the copy to a GPU is one asynchronous DMA."""
     fmt = "bgr24" if bgr else "rgb24"
     first = frames[0]
-    out = np.empty((len(frames), first.height, first.width, 3), dtype=np.uint8)
+    shape = (len(frames), first.height, first.width, 3)
+    out = torch.empty(shape, dtype=torch.uint8, pin_memory=True) if pin else torch.empty(shape, dtype=torch.uint8)
+    view = out.numpy()
     for i, f in enumerate(frames):
-        out[i] = f.image.to_ndarray(format=fmt)
-    return torch.from_numpy(out)
+        src = swscale_colorspace(f.image, f.colorimetry)
+        view[i] = f.image.to_ndarray(format=fmt, **({"src_colorspace": src} if src else {}))
+    return out
 
 
 def frame_rgb(frame: Frame) -> Tensor:
@@ -123,18 +130,46 @@ def frame_rgb(frame: Frame) -> Tensor:
     return frame.image.cpu()
 
 
-def _to_chw_float(frames: Sequence[Frame], bgr: bool = False) -> Tensor:
-    """Same-size frames -> (G, 3, H, W) float32 in [0, 255], RGB or BGR."""
+def host_to_device(values: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small host-built tensor (indices, letterbox parameters) on `device` without a host sync.
+
+    `torch.tensor(list, device=cuda)` copies from pageable memory, which waits for the device; built on the
+    host in page-locked memory, the copy is queued on the current stream and the host goes on (torch's
+    pinned allocator keeps the block until that copy has run)."""
+    t = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def uploads_uint8(frames: Sequence[Frame], device: torch.device) -> bool:
+    """Host frames for a GPU: they travel as uint8 (a quarter of float32's bytes) and are converted there."""
     first = frames[0]
+    return device.type == "cuda" and (first.pixel_format == NATIVE or not first.image.is_cuda)
+
+
+def _to_chw_float(frames: Sequence[Frame], bgr: bool = False, device: torch.device | None = None) -> Tensor:
+    """Same-size frames -> (G, 3, H, W) float32 in [0, 255], RGB or BGR, on `device` (default: where the
+    frames are). Host frames for a GPU go up as uint8 from pinned memory before any conversion; GPU frames
+    for the CPU are converted where they are (the GPU's work), then copied."""
+    first = frames[0]
+    upload = device is not None and uploads_uint8(frames, device)
     if first.pixel_format == NATIVE:  # channel order chosen in the conversion itself: no flip
-        return native_to_hwc(frames, bgr).permute(0, 3, 1, 2).float()
+        hwc = native_to_hwc(frames, bgr, pin=upload)
+        if upload:
+            hwc = hwc.to(device, non_blocking=True)
+        return hwc.permute(0, 3, 1, 2).float()
     if first.image.is_cuda:
         # NVDEC frames were allocated on the decoder's stream: keep their memory from being reused
         # while this (inference) stream still reads it.
         stream = torch.cuda.current_stream(first.image.device)
         for f in frames:
             f.image.record_stream(stream)
-    stacked = torch.stack([f.image for f in frames])
+    if upload:
+        staged = torch.empty((len(frames), *first.image.shape), dtype=first.image.dtype, pin_memory=True)
+        stacked = torch.stack([f.image for f in frames], out=staged).to(device, non_blocking=True)
+    else:
+        stacked = torch.stack([f.image for f in frames])
     if first.pixel_format == NV12:
         return nv12_to_rgb(stacked, first.height, first.width, first.colorimetry, bgr)
     if first.pixel_format != RGB:
@@ -157,7 +192,7 @@ class Preprocessor:
         spec = input_size if isinstance(input_size, InputSpec) else InputSpec(tuple(input_size))  # type: ignore[arg-type]
         self.spec = spec
         self.input_size = spec.size
-        self.device = device
+        device = self.device = normalize_device(device)  # compared with the frames' devices below
         self.dtype = dtype
         self._buffer = torch.empty((max_batch, 3, *spec.size), dtype=dtype, device=device)
         self._bgr = spec.channels == "bgr"
@@ -189,22 +224,23 @@ class Preprocessor:
             groups.setdefault((f.height, f.width, f.pixel_format, f.colorimetry), []).append(i)
         for idx in groups.values():
             _, new_h, new_w, pad_x, pad_y = geo[idx[0]]
-            imgs = to_device(_to_chw_float([frames[i] for i in idx], self._bgr), self.device)
+            imgs = to_device(_to_chw_float([frames[i] for i in idx], self._bgr, self.device), self.device)
             if imgs.shape[-2:] != (new_h, new_w):
                 # bilinear can overshoot 0-255 slightly at edges; uint8 pixels need no clamp
                 imgs = F.interpolate(imgs, size=(new_h, new_w), mode="bilinear", align_corners=False).clamp_(0, 255)
             region = torch.addcmul(self._add, imgs, self._mul, out=imgs).to(self.dtype)  # v * mul + add
-            index = torch.tensor(idx, device=self.device)
             if len(idx) == bsz:
                 out[:, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
-            else:
+            else:  # the group's rows: built on the host, queued to the device without a sync
+                index = host_to_device(idx, torch.int64, self.device)
                 out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
 
         return out, self._letterbox(frames, geo)
 
     def _fused_ok(self, frames: Sequence[Frame]) -> bool:
         """Use the fused kernel: CUDA, NV12 frames on this device, and cupy importable (once decided)."""
-        if self.device.type != "cuda" or not all(f.pixel_format == NV12 and f.image.device == self.device
+        if self.device.type != "cuda" or not all(f.pixel_format == NV12
+                                                 and same_device(f.image.device, self.device)
                                                  for f in frames):
             return False
         if self._fused is None:
@@ -228,7 +264,7 @@ class Preprocessor:
             pad=torch.tensor([[g[3], g[4]] for g in geo], dtype=torch.float32),
             source_size=torch.tensor([[f.width, f.height] for f in frames], dtype=torch.float32),
         )
-        if self.device.type != "cpu":
-            letterbox = Letterbox(*(t.to(self.device, non_blocking=True) for t in
+        if self.device.type == "cuda":  # from pinned memory: queued, no host sync (see host_to_device)
+            letterbox = Letterbox(*(t.pin_memory().to(self.device, non_blocking=True) for t in
                                     (letterbox.scale, letterbox.pad, letterbox.source_size)))
         return letterbox

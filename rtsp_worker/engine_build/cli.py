@@ -75,7 +75,7 @@ class BuildOptions:
     box_tol: float | None = None
     conf: float = 0.25  # boxes compared by the accuracy guard: reference score >= conf
     progress: bool = True
-    contexts: int = 2  # execution contexts the engine will serve at once (one optimization profile each)
+    contexts: int = 1  # execution contexts the engine will serve at once (one optimization profile each)
     model: ModelConfig | None = None  # model.layout / class_names to read the ONNX with (default: config's)
 
     @property
@@ -287,7 +287,7 @@ def build_engine_cli(
                                          "--validate, on boxes scoring >= 0.25 (default: fp32 1, fp16 3, "
                                          "int8 12).")] = None,
     contexts: Annotated[int, Opt("--contexts", min=1, max=8, help="Execution contexts the worker may run at "
-                                 "once (model.contexts): one optimization profile each.")] = 2,
+                                 "once (model.contexts): one optimization profile each.")] = 1,
     dry_run: Annotated[bool, Opt("--dry-run", help="Print the profile and settings that would be built, then "
                                  "stop (no TensorRT needed).")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No build progress.")] = False,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from rtsp_worker.config import TensorRTModelConfig
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engines.base import ModelError
 from rtsp_worker.engines.tensorrt import engine_path_for
@@ -28,7 +29,7 @@ def ensure_engine(cfg: TensorRTModelConfig, device: torch.device, max_batch: int
     if not onnx_path.is_file():
         raise ModelError(f"{onnx_path}: model file not found")
     engine_path = engine_path_for(onnx_path)
-    index = device.index if device.index is not None else 0
+    index = normalize_device(device).index
     cc = tuple(torch.cuda.get_device_capability(index))
     if engine_path.is_file():
         try:

@@ -16,6 +16,7 @@ from rtsp_worker.config import (
     TensorRTModelConfig,
     TorchModelConfig,
 )
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.engines.base import Engine, ModelError, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
     `build`: turns an ONNX into a TensorRT plan for `model.build_engine` (the builder lives above the
     engines, so the caller passes it in).
     """
+    device = normalize_device(device)  # `cuda` -> `cuda:N`, `cpu:0` -> `cpu`: as the tensors will report it
     backend = choose_backend(cfg, device)
     if backend in ("onnxruntime", "torch") and not cfg.path.exists():
         raise ModelError(f"{cfg.path}: model file not found")

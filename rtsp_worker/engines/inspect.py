@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.layouts import LAYOUTS
+from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import Engine
 
@@ -39,7 +38,7 @@ def describe(engine: Engine, cfg: ModelConfig) -> str:
 
 def inspect_model(path: Path, layout: str = "auto", device: str = "cpu") -> str:
     cfg = ModelConfig(path=path, layout=layout)  # type: ignore[arg-type]
-    engine = load_engine(cfg, torch.device(device), max_batch=1)
+    engine = load_engine(cfg, resolve_device(device), max_batch=1)  # auto, cpu, cpu:N, cuda, cuda:N
     try:
         return describe(engine, cfg)
     finally:

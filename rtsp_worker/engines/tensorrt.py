@@ -22,6 +22,10 @@ How a call flows, and why nothing waits on the host:
   no overlap from more contexts (its work is ordered anyway); two threads, each inside its own
   `torch.cuda.stream(...)`, get two slots and two batches in flight. With more calling streams than
   contexts, streams share slots and the slot also waits for the previous caller's stream.
+  The pipeline calls `infer` from its one loop thread on one stream (`batcher.overlap` overlaps the
+  postprocessing of batch N with the inference of N+1, not two inferences), so `model.contexts` and
+  `build-engine --contexts` default to 1: a second context would only hold a second copy of the
+  activation memory and an optimization profile that nothing uses.
 - FP16 engine outputs are converted to float32 on the slot's stream into a preallocated buffer.
 - What the output holds (layout, class names, input conventions) is read like the ONNX it was built from:
   from the output shape of the probe run at load and the ONNX metadata `build-engine` stored with the
@@ -41,6 +45,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import ModelConfig, TensorRTModelConfig
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.engines.base import ModelError, ModelInfo, model_info
 from rtsp_worker.engines.trt_plan import EngineMetadata, check_compatible, import_tensorrt, read_plan
 
@@ -119,8 +124,8 @@ class TensorRTEngine:
         src = str(self.path)
         if device.type != "cuda" or not torch.cuda.is_available():
             raise ModelError(f"{src}: the TensorRT backend needs a CUDA GPU (device is {device})")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self.device = torch.device("cuda", index)
+        self.device = normalize_device(device)
+        index = self.device.index
         meta, plan = read_plan(self.path)
         gpu_name = torch.cuda.get_device_name(index)
         cc = tuple(torch.cuda.get_device_capability(index))

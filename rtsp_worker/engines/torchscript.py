@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import TorchModelConfig
+from rtsp_worker.devices import normalize_device, same_device
 from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
     literals). TorchScript files traced on one device keep that device in their graph, which no
     `map_location` changes: loading one for another device is refused with the reason.
     """
+    device = normalize_device(device)  # `cuda` names no index, the moved weights say `cuda:0`
     extra: dict[str, Any] = {name: "" for name in METADATA_FILES}
     if path.suffix.lower() == ".pt2":
         from torch.export.passes import move_to_device_pass
@@ -181,7 +183,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
         except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
             raise ModelError(f"{path}: cannot load as a torch.export program: {type(e).__name__}: {e}") from None
         program = move_to_device_pass(program, device)
-        stray = {k: v for k, v in device_literals(program).items() if torch.device(v) != device}
+        stray = {k: v for k, v in device_literals(program).items() if not same_device(v, device)}
         if stray:
             raise ModelError(f"{path}: after moving to {device}, the graph still names other devices: "
                              + ", ".join(f"{k} on {v}" for k, v in list(stray.items())[:5]))
@@ -192,7 +194,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
             module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as e:  # noqa: BLE001 - any load failure becomes one ModelError naming the file
         raise ModelError(f"{path}: cannot load as TorchScript: {type(e).__name__}: {e}") from None
-    baked = [d for d in torchscript_device_constants(module) if torch.device(d) != device]
+    baked = [d for d in torchscript_device_constants(module) if not same_device(d, device)]
     if baked:
         raise ModelError(
             f"{path}: TorchScript graph was traced with tensors on {', '.join(baked)} and cannot run on "
@@ -209,7 +211,7 @@ class TorchScriptEngine:
     fresh_outputs = True  # every `infer` returns a new tensor (graph outputs are copied out): no clone needed
 
     def __init__(self, cfg: TorchModelConfig, device: torch.device, max_batch: int) -> None:
-        self.device = device
+        device = self.device = normalize_device(device)
         self._source = str(cfg.path)
         module, extra = load_module(Path(cfg.path), device)
         meta = read_metadata(extra, self._source)
@@ -223,7 +225,11 @@ class TorchScriptEngine:
         names = tuple(cfg.class_names) if cfg.class_names else parse_names(props.get("names"))
 
         self._half = device.type == "cuda" and cfg.fp16
+        # Inference only: parameters that require grad (torch.export keeps them so) would give every output a
+        # grad_fn and make a CUDA graph keep its activations; frozen here and run under inference_mode.
         self._module = module.float()
+        for p in self._module.parameters():  # (ScriptModules refuse Module.requires_grad_; parameters do not)
+            p.requires_grad_(False)
         input_size = (int(input_size[0]), int(input_size[1]))
         probe = self._probe(input_size)
         dynamic = self._accepts_batch(input_size)
@@ -331,6 +337,11 @@ class TorchScriptEngine:
         return self._graphs[bucket]  # all captured at load
 
     def _capture(self, bucket: int) -> _Graph:
+        # Under inference_mode, as `infer` replays it: no autograd state, no activations kept for a backward.
+        with torch.inference_mode():
+            return self._capture_graph(bucket)
+
+    def _capture_graph(self, bucket: int) -> _Graph:
         inputs = torch.zeros((bucket, 3, *self.info.input_size), device=self.device, dtype=self.input_dtype)
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

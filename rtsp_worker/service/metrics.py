@@ -42,19 +42,29 @@ _CAMERA_COUNTERS = (
 )
 
 
+def pci_bus_id(index: int) -> str:
+    """The PCI bus id of CUDA device `index` in NVML's form (domain:bus:device.function, hexadecimal)."""
+    import torch
+
+    p = torch.cuda.get_device_properties(index)
+    return f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+
+
 class _Nvml:
     """GPU utilization and memory through NVML; `available` is False when NVML cannot be used."""
 
     def __init__(self, index: int) -> None:
+        """`index`: the CUDA ordinal (torch's). NVML numbers GPUs its own way (PCI order, all of them), while
+        CUDA's order follows CUDA_DEVICE_ORDER and CUDA_VISIBLE_DEVICES: the two meet on the PCI bus id."""
         self.available = False
         try:
             import pynvml
 
             pynvml.nvmlInit()
             self._nvml = pynvml
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci_bus_id(index))
             self.available = True
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - no pynvml, no driver, no GPU at that bus id: no GPU metrics
             log.debug("NVML unavailable (%s): no GPU metrics", e)
 
     def sample(self) -> tuple[float, float, float] | None:

@@ -21,6 +21,7 @@ import torch
 
 from rtsp_worker.config import CameraConfig, SourceOptions
 from rtsp_worker.redact import mask_url, register_url, scrub, url_host
+from rtsp_worker.sources.base import DecodeError
 from rtsp_worker.sources.decoders import DecodedImage, UnsupportedCodec, VideoDecoder, make_decoder
 from rtsp_worker.types import Frame
 
@@ -408,7 +409,7 @@ class CameraSource(threading.Thread):
         """Decode one packet; a corrupt packet is counted and skipped (the stall watchdog bounds a run of them)."""
         try:
             return decoder.decode(packet)
-        except av.error.InvalidDataError as e:
+        except (av.error.InvalidDataError, DecodeError) as e:  # FFmpeg's or NVDEC's: one bad packet
             self.stats.decode_errors += 1
             n = self.stats.decode_errors
             if n in (1, 10, 100) or n % 1000 == 0:

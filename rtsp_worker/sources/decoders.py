@@ -17,6 +17,7 @@ from rtsp_worker.sources.base import (
     UnsupportedCodec,
     VideoDecoder,
     colorimetry_from_tags,
+    swscale_colorspace,
 )
 from rtsp_worker.types import NATIVE, NV12, RGB
 
@@ -53,12 +54,15 @@ class CpuDecoder:
         tb = self._time_base
         for f in frames:
             pts = float(f.pts * tb) if f.pts is not None and tb else None
-            if self._format == NATIVE:  # FFmpeg's conversion, when it comes, reads the frame's own colour tags
-                out.append(DecodedImage(f, NATIVE, f.height, f.width, pts))
+            # FFmpeg's conversion follows the frame's colour tags; for an untagged HD frame it is told BT.709
+            # (colorimetry_from_tags), which NV12 frames carry along to the GPU path's conversion.
+            color = colorimetry_from_tags(f.colorspace, f.color_range, f.height)
+            if self._format == NATIVE:  # converted later, only if a batch takes it (preprocess.native_to_hwc)
+                out.append(DecodedImage(f, NATIVE, f.height, f.width, pts, color))
                 continue
-            arr = torch.from_numpy(f.to_ndarray(format=self._format))
-            # FFmpeg's rgb24 conversion follows the frame's colour tags; NV12 frames carry them along.
-            color = colorimetry_from_tags(f.colorspace, f.color_range)
+            # NV12 keeps the stream's YUV as it is (no matrix): only the RGB conversion is told the colorspace.
+            src = swscale_colorspace(f, color) if self._format == "rgb24" else None
+            arr = torch.from_numpy(f.to_ndarray(format=self._format, **({"src_colorspace": src} if src else {})))
             out.append(DecodedImage(arr, RGB if self._format == "rgb24" else NV12, f.height, f.width, pts, color))
         return out
 

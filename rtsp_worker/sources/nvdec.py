@@ -23,7 +23,14 @@ import av
 import av.bitstream
 import torch
 
-from rtsp_worker.sources.base import SUPPORTED_CODECS, DecodedImage, UnsupportedCodec, colorimetry_from_tags
+from rtsp_worker.devices import normalize_device, same_device
+from rtsp_worker.sources.base import (
+    SUPPORTED_CODECS,
+    DecodedImage,
+    DecodeError,
+    UnsupportedCodec,
+    colorimetry_from_tags,
+)
 from rtsp_worker.types import NV12
 
 log = logging.getLogger(__name__)
@@ -105,6 +112,16 @@ def decoder_caps(codec_name: str, device_index: int = 0) -> dict[str, int]:
     )
 
 
+def is_packet_error(nvc: Any, error: BaseException) -> bool:
+    """True for PyNvVideoCodec's per-packet error (`PyNvVCException`), False for an unsupported stream
+    (`PyNvVCExceptionUnsupported`) and for anything else (a CUDA failure, a bug: those end the connection)."""
+    unsupported = getattr(nvc, "PyNvVCExceptionUnsupported", None)
+    generic = getattr(nvc, "PyNvVCException", None)
+    if isinstance(unsupported, type) and isinstance(error, unsupported):
+        return False
+    return isinstance(generic, type) and isinstance(error, generic)
+
+
 class _PrimaryContext:
     """Holds a reference on a device's primary CUDA context (the one torch uses) and knows its handle."""
 
@@ -161,14 +178,15 @@ class NvdecDecoder:
         import PyNvVideoCodec as nvc
 
         self._nvc = nvc
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        self.device = torch.device("cuda", index)
+        self.device = normalize_device(device)  # `cuda` -> `cuda:<current>`: what the surfaces will report
+        index = self.device.index
         self._converter = AnnexBConverter(stream)
         self._time_base = stream.time_base
         self._low_latency = low_latency
         self._seen_pts = False
         # The surfaces keep the stream's YUV values: preprocessing converts them with the stream's tags.
-        self._colorimetry = colorimetry_from_tags(ctx.colorspace, ctx.color_range)
+        # (the rule depends on the height, read from each decoded surface: a stream may not tell it at open)
+        self._tags = (ctx.colorspace, ctx.color_range)
         self._stream = torch.cuda.Stream(device=self.device)
         self._context = _PrimaryContext(index)
         latency = nvc.DisplayDecodeLatencyType.LOW if low_latency else nvc.DisplayDecodeLatencyType.NATIVE
@@ -206,7 +224,7 @@ class NvdecDecoder:
         out = []
         for frame in frames:
             view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
-            if view.device != self.device:
+            if not same_device(view.device, self.device):
                 # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
                 # tensor would name the wrong device for memory on this one.
                 raise RuntimeError(
@@ -226,8 +244,24 @@ class NvdecDecoder:
             if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
                 ts = frame.getPTS()
             pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
-            out.append(DecodedImage(image, NV12, height, width, pts, getattr(self, "_colorimetry", "bt601-limited")))
+            color = colorimetry_from_tags(*getattr(self, "_tags", (None, None)), height)
+            out.append(DecodedImage(image, NV12, height, width, pts, color))
         return out
+
+    def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
+        """PyNvVideoCodec's frames for one packet; its errors on a bad packet become `DecodeError`.
+
+        PyNvVideoCodec 2.2 raises `PyNvVCException` (pybind11-registered, an `Exception` subclass) when the
+        parser or decoder refuses a packet, and `PyNvVCExceptionUnsupported` for a stream it cannot decode
+        at all: the first is one bad frame (the camera counts it and goes on, as with FFmpeg's
+        InvalidDataError), the second ends the connection as before.
+        """
+        try:
+            return self._decoder.Decode(self._packet_data(packet))
+        except Exception as e:
+            if not is_packet_error(self._nvc, e):
+                raise
+            raise DecodeError(f"NVDEC: {type(e).__name__}: {e}") from e
 
     def _decode(self, packets: list[av.Packet | None]) -> list[DecodedImage]:
         images: list[DecodedImage] = []
@@ -235,7 +269,7 @@ class NvdecDecoder:
             for packet in packets:
                 if packet is not None and packet.size == 0:
                     continue
-                images.extend(self._to_images(self._decoder.Decode(self._packet_data(packet))))
+                images.extend(self._to_images(self._decode_packet(packet)))
         if images:
             self._stream.synchronize()  # in this camera's thread: consumers on other streams get finished copies
         return images

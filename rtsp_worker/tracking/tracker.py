@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from rtsp_worker.config import TrackerConfig
+from rtsp_worker.devices import normalize_device
 from rtsp_worker.tracking.motion import make_motion
 from rtsp_worker.types import CONFIRMED, LOST, TENTATIVE, Detections, Tracks
 
@@ -213,7 +214,7 @@ class IouTracker:
         if num_cameras < 0:
             raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = normalize_device(device)
         self.startup_grace = startup_grace
         self.motion = make_motion(cfg)
         self._layout = _Layout({**_FLOAT_FIELDS, **self.motion.fields})
