@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from rtsp_worker.coco import COCO_CLASS_NAMES
 from rtsp_worker.redact import (
     mask_url,  # noqa: F401 - re-exported: callers import it from here
     url_host_port,
@@ -177,6 +178,18 @@ class ZoneConfig(_Model):
         return self
 
 
+CAMERA_NAME_RULE = "1-64 of A-Z a-z 0-9 _ . -, not starting with a dot"
+
+
+def check_camera_name(name: str) -> str:
+    """A camera name is also its output folder's name (`<output.dir>/<camera>/`): no `.`, `..` or hidden
+    folder, no path separator. Raises ValueError saying the rule."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name) or name.startswith("."):
+        raise ValueError(f"camera name {name!r}: names are {CAMERA_NAME_RULE} (each camera's outputs go to a "
+                         "folder of that name)")
+    return name
+
+
 class CameraConfig(_Model):
     """One camera. Any field but `name` and `url` may also be set in `defaults:`."""
 
@@ -193,6 +206,11 @@ class CameraConfig(_Model):
         None, description="(width, height) the camera sends; with `frame_rate`, weighs it when cameras are sharded."
     )
     frame_rate: float | None = Field(None, gt=0, le=1000, description="Frame rate the camera sends (shard balancing).")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return check_camera_name(v)
 
     @field_validator("url")
     @classmethod
@@ -238,7 +256,9 @@ class ModelConfig(_Model):
     input_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None = Field(
         None, description="(height, width), multiples of 32; default: read from the model."
     )
-    class_names: list[str] | None = Field(None, description="Override the names stored in the model.")
+    class_names: list[str] | None = Field(
+        None, description="Override the names stored in the model; `coco`: the 80 COCO names, in order."
+    )
     layout: Literal["auto", "yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr", "rtdetr-topk"] = Field(
         "auto", description="Output layout (detection/layouts.py); auto: from metadata and output shape."
     )
@@ -259,6 +279,15 @@ class ModelConfig(_Model):
     spin: bool = Field(
         False, description="ONNX Runtime: let idle pool threads spin-wait between runs (burns CPU that decode needs)."
     )
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _coco(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() != "coco":
+                raise ValueError(f"class_names {v!r}: give a list of names, or `coco` for the 80 COCO names")
+            return list(COCO_CLASS_NAMES)
+        return v
 
     @field_validator("input_size")
     @classmethod
@@ -362,6 +391,10 @@ class MetricsConfig(_Model):
     health_max_silence_s: float = Field(
         30.0, gt=0, le=3600, description="/healthz fails when the inference loop made no progress for this long."
     )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Open HTTP connections served at once (metrics, health, control, "
+        "views); beyond, a new connection gets 503 and is closed, and is counted."
+    )
 
 
 class ControlConfig(_Model):
@@ -370,6 +403,10 @@ class ControlConfig(_Model):
     # SecretStr: the token never shows in a repr, a log line or an error message.
     token: SecretStr | None = Field(
         None, description="Bearer token every write needs (`${ENV}` works); none: the API is read-only."
+    )
+    allow_file_dirs: list[Path] = Field(
+        default_factory=list, description="Folders under which a camera added through the API may read a "
+        "file:// clip (none by default: the API adds only rtsp:// and rtsps:// cameras)."
     )
 
 

@@ -210,6 +210,7 @@ class MetricsServer:
         self.metrics = metrics
         self.http = http if http is not None else HttpServer(host, port)  # given: already started (health)
         self.http.route("GET", "/metrics", self._scrape)
+        metrics.registry.register(self.http.collector())
         if http is None:
             self.http.start()
         self.host = host

@@ -86,6 +86,23 @@ def plan_reload(running: Mapping[str, CameraConfig], old: Config, new: Config) -
     )
 
 
+def capacity_advice(pipeline: Pipeline, count: int) -> str:
+    """Why `count` cameras do not fit the running engine, and what would help for this kind of engine."""
+    capacity = pipeline.camset.capacity
+    info = pipeline.engine.info
+    head = f"{count} cameras exceed the engine's batch capacity of {capacity}: not added"
+    if not info.dynamic_batch:
+        # ultralytics' default export: batch fixed at 1. Raising batcher.max_batch cannot help such a model.
+        return (f"{head}; the model has a fixed batch of {info.max_batch} (ultralytics' default export), so "
+                "cameras cannot be added to it at run time: put the camera in the file and restart the worker "
+                "(at start, batches run in chunks of the fixed size), or export the model with a dynamic batch "
+                "(ultralytics: `dynamic=True`)")
+    if info.max_batch is not None and info.max_batch < pipeline.cfg.batcher.max_batch:
+        return (f"{head}; the TensorRT engine takes batches of at most {info.max_batch}: rebuild it with a larger "
+                f"maximum batch (`rtsp-worker build-engine --max-batch {count}` or more) and restart the worker")
+    return f"{head}; raise batcher.max_batch to {count} or more in the file and restart the worker"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves either the old or the new file, never half of one."""
     target = path.resolve()  # a symlinked cameras.yaml: write where it points, keep the link
@@ -216,8 +233,8 @@ class Reloader:
         if plan.add:
             try:
                 self.p.camset.check_capacity(count)
-            except CapacityError as e:
-                raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
+            except CapacityError:
+                raise ReloadError(409, f"{self.path}: {capacity_advice(self.p, count)}; nothing changed") from None
         return plan
 
     def _apply(self, new: Config, why: str) -> list[str]:
