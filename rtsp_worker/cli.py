@@ -1,7 +1,6 @@
-"""Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`. Thin: parsing,
-logging and exit codes.
+"""Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`.
 
-Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
+Thin on purpose: parsing, logging and exit codes; the work is in the modules it calls.
 """
 
 from __future__ import annotations
@@ -14,7 +13,15 @@ import typer
 
 from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_MODEL, fail, run_pipeline, setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+HELP = (
+    "Multi-camera object detection and tracking: RTSP cameras in, one JSON line per frame (and annotated "
+    "video, Redis streams, Prometheus metrics) out.\n\n"
+    "Start with `rtsp-worker run cameras.yaml`; `rtsp-worker doctor` checks the machine, `rtsp-worker probe URL` "
+    "a camera, `rtsp-worker demo` runs without cameras.\n\n"
+    "Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal."
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
 log = logging.getLogger("rtsp_worker")
 

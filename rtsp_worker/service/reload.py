@@ -103,10 +103,45 @@ def capacity_advice(pipeline: Pipeline, count: int) -> str:
     return f"{head}; raise batcher.max_batch to {count} or more in the file and restart the worker"
 
 
+def _temporary(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what a write-back killed midway left (`.cameras.yaml.<pid>.<tid>.tmp`), unless its process
+    still runs (another worker of a supervisor writing the same file now). Returns what was removed."""
+    target = Path(path).resolve()
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.*.tmp"):
+        pid = tmp.name.removeprefix(f".{target.name}.").split(".")[0]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+        except OSError as e:
+            log.warning("%s: cannot remove the stale temporary file %s: %s", path, tmp.name, e.strerror or e)
+            continue
+        removed.append(tmp)
+        log.info("%s: removed %s, left by a write-back that did not finish", path, tmp.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's)
+        return True
+    return True
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves either the old or the new file, never half of one."""
     target = path.resolve()  # a symlinked cameras.yaml: write where it points, keep the link
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temporary(target)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -146,6 +181,8 @@ class Reloader:
         except (ConfigError, ReloadError):
             self.baseline = pipeline.cfg
         self._sig = self._signature()
+        self._missing = False
+        remove_stale_temporaries(self.path)
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
@@ -189,7 +226,16 @@ class Reloader:
                 self._reload_logged("SIGHUP")
                 continue
             sig = self._signature()
-            if sig is None or sig == self._sig:
+            if sig is None:
+                if not self._missing:  # once: the cameras keep running on what was read last
+                    self._missing, self._sig = True, None
+                    log.warning("%s was deleted (or cannot be read): the cameras keep running as they are; "
+                                "a file written there again is read", self.path)
+                continue
+            if self._missing:
+                self._missing = False
+                log.info("%s is there again: reading it", self.path)
+            if sig == self._sig:
                 continue
             # An editor may write in steps: act once the file has stopped changing.
             if self._closed.wait(min(0.25, self.poll_s)) or self._signature() != sig:
