@@ -267,7 +267,9 @@ class HttpServer:
                          self.read_timeout_s)
                 return _closing(web.Response(status=408, text="request body not received in time\n"))
         headers = {k.lower(): v for k, v in request.headers.items()}
-        req = Request(request.method, request.path, {}, parse_qs(request.query_string), headers, body)
+        # Routes match the path as sent (percent-escapes kept): `/cameras/a%2Fb` is a name the name rule
+        # refuses, never the path `/cameras/a/b`.
+        req = Request(request.method, request.rel_url.raw_path, {}, parse_qs(request.query_string), headers, body)
         pool = self._pools[request.method in _WRITES]
         resp = await asyncio.get_running_loop().run_in_executor(pool, self.dispatch, req)
         if resp.stream is not None:
