@@ -195,7 +195,7 @@ def check_camera_name(name: str) -> str:
 class CameraConfig(_Model):
     """One camera. Any field but `name` and `url` may also be set in `defaults:`."""
 
-    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(..., description=f"Names the camera everywhere, and its output folder: {CAMERA_NAME_RULE}.")
     url: str = Field(..., description="rtsp://, rtsps:// or file:// (a clip played at its native rate, looped)")
     enabled: bool = True
     decoder: DecoderKind = Field("auto", description="auto: NVDEC when a GPU and PyNvVideoCodec exist.")
