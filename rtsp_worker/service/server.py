@@ -318,8 +318,7 @@ class HttpServer:
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> HttpServer:
         """Bind and serve; raises OSError when the address cannot be bound."""
-        self._pools = {False: ThreadPoolExecutor(READ_THREADS, thread_name_prefix="http-get"),
-                       True: ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="http-write")}
+        self._pools = {False: _started_pool(READ_THREADS, "http-get"), True: _started_pool(WRITE_THREADS, "http-write")}
         self.loop = asyncio.new_event_loop()
         bound, failure = threading.Event(), []
         self._thread = threading.Thread(target=self._serve, args=(bound, failure), name="http", daemon=True)
@@ -376,6 +375,16 @@ class _ConnectionsCollector(Collector):
                                 "bounds them).", value=self.server.open_connections)
         yield CounterMetricFamily("rtsp_worker_http_connections_refused", "HTTP connections refused with 503: "
                                   "metrics.max_connections were open.", value=self.server.refused_connections)
+
+
+def _started_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A pool whose threads all exist from the start: the process's thread count is the same at the first
+    request as under load (a pool growing on demand reads as a leak to anyone watching the count)."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+    barrier = threading.Barrier(threads)
+    for f in [pool.submit(barrier.wait, 10) for _ in range(threads)]:  # each waits for all: n threads
+        f.result()
+    return pool
 
 
 def _closing(resp: web.Response) -> web.Response:
