@@ -289,9 +289,9 @@ class HttpServer:
             async for chunk in resp.stream:
                 await out.write(chunk)
             await out.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             log.debug("http %s %s: client left the stream", request.method, request.path)
-            raise ConnectionResetError from None
+            raise
         return out
 
     def _serve(self, bound: threading.Event, failure: list[BaseException]) -> None:
