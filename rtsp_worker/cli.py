@@ -11,7 +11,14 @@ from typing import Annotated
 
 import typer
 
-from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_MODEL, fail, run_pipeline, setup_logging
+from rtsp_worker.service.runner import (
+    EXIT_CONFIG,
+    EXIT_MODEL,
+    fail,
+    raise_open_files_limit,
+    run_pipeline,
+    setup_logging,
+)
 
 HELP = (
     "Multi-camera object detection and tracking: RTSP cameras in, one JSON line per frame (and annotated "
@@ -50,6 +57,7 @@ def run(
     except ValueError as e:
         raise fail(str(e), EXIT_CONFIG) from None
     setup_logging(log_level, worker=None if the_shard is None else the_shard.index)
+    raise_open_files_limit()  # the supervisor too: it serves the box's endpoint and holds its workers' pipes
     try:
         cfg = load_config(config)
     except ConfigError as e:
