@@ -63,8 +63,8 @@ def server() -> Iterator[HttpServer]:
     srv.route("PUT", "/echo", lambda r: Response(201, r.body, "application/octet-stream"))
 
     async def ticks() -> Iterator[bytes]:  # type: ignore[misc]
-        for i in range(4):
-            await asyncio.sleep(0.8)  # 3.2 s in all: over three read timeouts
+        for i in range(3):
+            await asyncio.sleep(0.7)  # 2.1 s in all: over twice the read timeout
             yield b"tick %d\n" % i
 
     srv.route("GET", "/stream", lambda r: Response(200, content_type="text/plain", stream=ticks()))
@@ -116,9 +116,9 @@ def test_read_timeouts_close_slow_clients_but_never_a_stream(server: HttpServer)
     # Headers never finished: closed without an answer.
     statuses, _, closed = exchange(server.port, b"GET /x HTTP/1.1\r\nHost: t\r\n")
     assert statuses == [] and closed
-    # A streaming answer lasts as long as it has something to send (3.2 s > the 1 s read timeout).
+    # A streaming answer lasts as long as it has something to send (2.1 s > the 1 s read timeout).
     statuses, out, closed = exchange(server.port, b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert statuses == [200] and all(b"tick %d" % i in out for i in range(4)) and out.endswith(b"0\r\n\r\n")
+    assert statuses == [200] and all(b"tick %d" % i in out for i in range(3)) and out.endswith(b"0\r\n\r\n")
 
 
 def test_connection_limit_refuses_with_503_and_counts_without_a_thread_per_connection(server: HttpServer) -> None:
@@ -129,7 +129,7 @@ def test_connection_limit_refuses_with_503_and_counts_without_a_thread_per_conne
         statuses, _, closed = exchange(server.port, b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
         assert statuses == [503] and closed and server.refused_connections >= 1
         # 40 connections, no thread more: one event loop thread serves them all.
-        assert threading.active_count() == threads0
+        assert threading.active_count() <= threads0  # (earlier tests' servers may still be winding down)
     finally:
         for c in held:
             c.close()
