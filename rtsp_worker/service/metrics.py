@@ -101,6 +101,9 @@ class _StatsCollector(Collector):
         yield failures
         yield skipping
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
+        yield CounterMetricFamily(f"{NS}_removed_camera_threads_left", "Removed cameras whose source thread did not "
+                                  "end within its timeouts (left behind, still connecting or reading).",
+                                  value=getattr(p.camset, "lingering_sources", 0))
         dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
                                       "its own buffer overflowed (buffer) or its writes failed (write).",
                                       labels=["sink", "where"])
