@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,27 @@ def test_help_begins_with_what_the_tool_does_for_users() -> None:
     assert "Thin" not in text and "parsing, logging" not in text
     assert text.index("object detection and tracking") < text.index("Commands")
     assert "rtsp-worker run cameras.yaml" in text
+
+
+def test_a_removed_cameras_source_that_does_not_stop_is_left_behind_and_counted() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from rtsp_worker.camera_set import CameraSet
+    from rtsp_worker.config import SourceOptions
+
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, args=(30,), daemon=True)  # a connect that does not return
+    stuck.start()
+    cam = SimpleNamespace(source=stuck, cfg=SimpleNamespace(name="gate"))
+    camset = SimpleNamespace(options=SourceOptions(), _linger_lock=threading.Lock(), lingering_sources=0)
+    camset._join = lambda c, t: CameraSet._join(camset, c, t)  # type: ignore[attr-defined]
+    try:
+        CameraSet._join_later(camset, cam, 0.2)  # type: ignore[arg-type]  # returns at once: joins in the background
+        assert camset.lingering_sources == 0
+        deadline = time.monotonic() + 20
+        while camset.lingering_sources == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert camset.lingering_sources == 1
+    finally:
+        release.set()
