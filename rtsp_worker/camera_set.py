@@ -103,6 +103,9 @@ class CameraSet:
         # "added", "removed", "updated", "reconnected".
         self.listeners: list[Callable[[str, str], None]] = []
         self._lock = threading.Lock()  # one change at a time
+        # Removed cameras whose source thread did not end within its timeouts (left behind, counted).
+        self.lingering_sources = 0
+        self._linger_lock = threading.Lock()
         self._qlock = threading.Lock()
         self._pending: list[_Change] = []
         self._loop_active = False
@@ -207,9 +210,11 @@ class CameraSet:
                 raise KeyError(name)
             cam.stop.set()  # the thread winds down while the inference thread detaches the camera
             closed = self.call(lambda: self._detach(cam, sinks))
-            self._join(cam, join_timeout)
             if closed is not None and not closed.wait(CHANGE_TIMEOUT_S):
                 log.error("camera %s: outputs did not close within %.0f s", name, CHANGE_TIMEOUT_S)
+        # Detached: nothing of it reaches the batches or the outputs any more. Its source may still be in a
+        # connect or a read (up to its timeouts): it closes in the background, counted if it lingers.
+        self._join_later(cam, join_timeout)
         log.info("camera %s removed: processed=%d decoded=%d dropped=%d reconnects=%d; its tracks ended, its "
                  "outputs are flushed and closed", name, cam.stats.processed, cam.stats.decoded, cam.stats.dropped,
                  cam.stats.reconnects)
@@ -306,7 +311,18 @@ class CameraSet:
             for listener in list(self.listeners):
                 listener(event, name)
 
-    def _join(self, cam: LiveCamera, timeout: float | None) -> None:
+    def _join_later(self, cam: LiveCamera, timeout: float | None) -> None:
+        if not cam.source.is_alive():
+            return
+
+        def join() -> None:
+            if not self._join(cam, timeout):
+                with self._linger_lock:
+                    self.lingering_sources += 1
+
+        threading.Thread(target=join, name=f"close-{cam.cfg.name}", daemon=True).start()
+
+    def _join(self, cam: LiveCamera, timeout: float | None) -> bool:
         # A connect or read in progress ends within its own timeouts; beyond that the thread is left
         # behind (a daemon writing into a slot nobody reads).
         if timeout is None:
@@ -315,3 +331,5 @@ class CameraSet:
             cam.source.join(timeout)
         if cam.source.is_alive():
             log.warning("camera %s: thread did not stop within %.0f s; leaving it", cam.cfg.name, timeout)
+            return False
+        return True

@@ -1,7 +1,6 @@
-"""Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`. Thin: parsing,
-logging and exit codes.
+"""Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`.
 
-Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
+Thin on purpose: parsing, logging and exit codes; the work is in the modules it calls.
 """
 
 from __future__ import annotations
@@ -12,9 +11,24 @@ from typing import Annotated
 
 import typer
 
-from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_MODEL, fail, run_pipeline, setup_logging
+from rtsp_worker.service.runner import (
+    EXIT_CONFIG,
+    EXIT_MODEL,
+    fail,
+    raise_open_files_limit,
+    run_pipeline,
+    setup_logging,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+HELP = (
+    "Multi-camera object detection and tracking: RTSP cameras in, one JSON line per frame (and annotated "
+    "video, Redis streams, Prometheus metrics) out.\n\n"
+    "Start with `rtsp-worker run cameras.yaml`; `rtsp-worker doctor` checks the machine, `rtsp-worker probe URL` "
+    "a camera, `rtsp-worker demo` runs without cameras.\n\n"
+    "Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal."
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
 log = logging.getLogger("rtsp_worker")
 
@@ -43,6 +57,7 @@ def run(
     except ValueError as e:
         raise fail(str(e), EXIT_CONFIG) from None
     setup_logging(log_level, worker=None if the_shard is None else the_shard.index)
+    raise_open_files_limit()  # the supervisor too: it serves the box's endpoint and holds its workers' pipes
     try:
         cfg = load_config(config)
     except ConfigError as e:

@@ -79,13 +79,18 @@ def url_secrets(url: str) -> set[str]:
 
 
 def mask_url(url: str) -> str:
-    """`rtsp://user:secret@host/x` -> `rtsp://user:***@host/x`; `rtsp://TOKEN@host` -> `rtsp://***@host`."""
+    """`rtsp://user:secret@host/x` -> `rtsp://user:***@host/x`; `rtsp://TOKEN@host` -> `rtsp://***@host`.
+
+    Registered secrets elsewhere in the URL are masked too: a value that came from the environment
+    (`rtsp://host/${CAM_KEY}`, config.expand_env registers it) or another camera's password in a path.
+    """
     parts = split_userinfo(url)
-    if parts is None:
-        return url
-    head, userinfo, tail = parts
-    user, colon, _ = userinfo.partition(":")
-    return f"{head}{user}:{MASK}@{tail}" if colon and user else f"{head}{MASK}@{tail}"
+    if parts is not None:
+        head, userinfo, tail = parts
+        user, colon, _ = userinfo.partition(":")
+        url = f"{head}{user}:{MASK}@{tail}" if colon and user else f"{head}{MASK}@{tail}"
+    pattern = _pattern
+    return pattern.sub(MASK, url) if pattern is not None else url
 
 
 def register_secret(secret: str) -> None:

@@ -38,14 +38,14 @@ def test_runner_hands_events_to_jsonl_in_their_own_file(tmp_path: Path) -> None:
     runner.submit([result("a", 0, [event("a", 0)]), result("b", 0)])
     runner.submit([result("a", 1, [event("a", 1, "exit", "zone", "lobby")]), result("b", 1, [event("b", 1, "out")])])
     runner.close()
-    a = [json.loads(x) for x in (tmp_path / "a.events.jsonl").read_text().splitlines()]
+    a = [json.loads(x) for x in (tmp_path / "a" / "events.jsonl").read_text().splitlines()]
     assert {r.pop("run") for r in a} == {sink.run}  # every event carries the worker's run id, like the frames
     assert a == [event("a", 0).to_json_dict(), event("a", 1, "exit", "zone", "lobby").to_json_dict()]
     assert a[0] == {"camera": "a", "frame": 0, "ts": 1e9, "track_id": 3, "class_id": 0, "class": "person",
                     "kind": "line", "line": "door", "direction": "in", "point": [10.0, 20.0]}
     assert a[1]["zone"] == "lobby" and a[1]["dwell_s"] == 1.5
-    assert [json.loads(x)["direction"] for x in (tmp_path / "b.events.jsonl").read_text().splitlines()] == ["out"]
-    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 2  # the frame records are still written
+    assert [json.loads(x)["direction"] for x in (tmp_path / "b" / "events.jsonl").read_text().splitlines()] == ["out"]
+    assert len((tmp_path / "a" / "frames.jsonl").read_text().splitlines()) == 2  # the frame records are still written
 
 
 @pytest.mark.redis
@@ -79,7 +79,7 @@ def test_video_draws_lines_and_zones_with_live_counts(tmp_path: Path) -> None:
     grey = torch.full((240, 320, 3), 60, dtype=torch.uint8)
     runner.submit([result("a", i, [event("a", i)] if i == 5 else [], image=grey) for i in range(10)])
     runner.close()
-    with av.open(str(tmp_path / "a.mp4")) as c:
+    with av.open(str(tmp_path / "a" / "video.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
     assert len(frames) == 10
     last = frames[-1]

@@ -94,7 +94,7 @@ def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Pat
     for i in range(n):
         runner.submit([result("cam", i, n_objects=3)])
     runner.close()
-    data = (small_fs / "cam.jsonl").read_bytes()
+    data = (small_fs / "cam" / "frames.jsonl").read_bytes()
     assert data.endswith(b"\n"), "the file ends in half a record"
     on_disk = [strict_json(line) for line in data.decode().splitlines()]
     assert 0 < len(on_disk) < n
@@ -102,12 +102,13 @@ def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Pat
     # What the operator sees: drops and errors that add up, one throttled error line.
     assert runner.drops("jsonl") == n - len(on_disk) and runner.error_count("jsonl") >= 1
     assert other.frames == list(range(n)), "another sink lost results because the disk was full"
-    assert len(re.findall(r"jsonl .*cam\.jsonl: write failed", caplog.text)) <= 3
+    assert len(re.findall(r"jsonl .*cam/frames\.jsonl: write failed", caplog.text)) <= 3
     assert "No space left on device" in caplog.text
 
 
 def test_restart_terminates_a_partial_last_line(tmp_path: Path) -> None:
-    path = tmp_path / "cam.jsonl"
+    path = tmp_path / "cam" / "frames.jsonl"
+    path.parent.mkdir()
     path.write_bytes(b'{"camera":"cam","frame":0}\n{"camera":"cam","fra')  # a run killed mid-write
     sink = JsonlSink(tmp_path, run="run2")
     sink.write([result("cam", 0)])
@@ -152,23 +153,23 @@ def test_redis_rejections_are_counted_as_errors_and_drops_and_logged_throttled(r
 # -- rotation, restart, video ---------------------------------------------------------------------------
 def test_external_rotation_is_followed(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path, check_interval_s=0.0)  # check on every write
-    path = tmp_path / "cam.jsonl"
+    path = tmp_path / "cam" / "frames.jsonl"
     sink.write([result("cam", 0)])
-    path.rename(tmp_path / "cam.jsonl.old")  # logrotate's `mv`
+    path.rename(tmp_path / "cam" / "frames.jsonl.old")  # logrotate's `mv`
     sink.write([result("cam", 1)])
-    (tmp_path / "cam.jsonl").unlink()  # `rm`
+    path.unlink()  # `rm`
     sink.write([result("cam", 2)])
     sink.close()
-    assert [r["frame"] for r in read_jsonl(tmp_path / "cam.jsonl.old")] == [0]
+    assert [r["frame"] for r in read_jsonl(tmp_path / "cam" / "frames.jsonl.old")] == [0]
     assert [r["frame"] for r in read_jsonl(path)] == [2]
 
     slow = JsonlSink(tmp_path / "b", check_interval_s=3600)  # only SIGUSR1 (reopen) makes it look
     slow.write([result("cam", 0)])
-    (tmp_path / "b" / "cam.jsonl").rename(tmp_path / "b" / "moved")
+    (tmp_path / "b" / "cam" / "frames.jsonl").rename(tmp_path / "b" / "moved")
     slow.reopen()
     slow.write([result("cam", 1)])
     slow.close()
-    assert [r["frame"] for r in read_jsonl(tmp_path / "b" / "cam.jsonl")] == [1]
+    assert [r["frame"] for r in read_jsonl(tmp_path / "b" / "cam" / "frames.jsonl")] == [1]
 
 
 def test_restart_gets_a_new_run_id_and_never_overwrites_a_video(tmp_path: Path) -> None:
@@ -180,11 +181,11 @@ def test_restart_gets_a_new_run_id_and_never_overwrites_a_video(tmp_path: Path) 
         video.write(batch)
         jsonl.close()
         video.close()
-    records = read_jsonl(tmp_path / "a.jsonl")
+    records = read_jsonl(tmp_path / "a" / "frames.jsonl")
     assert [(r["run"], r["frame"]) for r in records] == [("first", i) for i in range(10)] + [
         ("second", i) for i in range(10)]
-    for name in ("a.mp4", "a.1.mp4"):
-        with av.open(str(tmp_path / name)) as c:
+    for name in ("video.mp4", "video.1.mp4"):
+        with av.open(str(tmp_path / "a" / name)) as c:
             assert sum(1 for _ in c.decode(video=0)) == 10, name
 
 
@@ -202,7 +203,7 @@ os.kill(os.getpid(), 9)  # no close(): as after SIGKILL, OOM or a second signal
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    with av.open(str(tmp_path / "a.mp4")) as c:
+    with av.open(str(tmp_path / "a" / "video.mp4")) as c:
         frames = sum(1 for _ in c.decode(video=0))
     assert frames >= 150 - 2 * 30, frames  # at most the last fragment (gop 30) and the encoder's delay lost
 
@@ -251,7 +252,7 @@ def test_nan_detections_never_reach_a_sink(tmp_path: Path, tiny_model: Path, cap
     metrics = {s.name: s.value for fam in text_string_to_metric_families(
         generate_latest(PipelineMetrics(pipeline).registry).decode()) for s in fam.samples}
     pipeline.shutdown(reporter, join_timeout=0)
-    lines = (tmp_path / "cam.jsonl").read_text().splitlines()
+    lines = (tmp_path / "cam" / "frames.jsonl").read_text().splitlines()
     assert len(lines) == 5 and all(strict_json(line)["objects"] == [] for line in lines)
     assert pipeline.nonfinite.value() == 5 * 8  # max_detections per frame, every one NaN
     # What the operator sees: the Prometheus counter and the pipeline line carry the same count.
@@ -372,12 +373,12 @@ def test_sighup_does_not_kill_and_sigusr1_reopens_after_rotation(tmp_path, rtsp_
     out = tmp_path / "out"
     cfg = _write_config(tmp_path, [{"name": "a", "url": srv.url("a")}], tiny_model, out)
     proc = _cli(["run", str(cfg)], tmp_path)
-    path = out / "a.jsonl"
+    path = out / "a" / "frames.jsonl"
     try:
         wait_for(lambda: path.exists() and len(path.read_bytes().splitlines()) >= 10 or proc.poll() is not None,
                  60, "outputs", 0.2)
         proc.send_signal(signal.SIGHUP)
-        path.rename(out / "a.jsonl.1")
+        path.rename(out / "a" / "frames.jsonl.1")
         proc.send_signal(signal.SIGUSR1)
         wait_for(lambda: path.exists() and len(path.read_bytes().splitlines()) >= 5 or proc.poll() is not None,
                  30, "the reopened file", 0.2)
@@ -390,7 +391,7 @@ def test_sighup_does_not_kill_and_sigusr1_reopens_after_rotation(tmp_path, rtsp_
     assert proc.returncode == 0, stderr[-3000:]
     # `run` has a config file: SIGHUP reloads it (unchanged here: nothing to apply), never the default action.
     assert "received SIGHUP: reloading the cameras" in stderr and "received SIGUSR1: reopening output files" in stderr
-    total = len(read_jsonl(out / "a.jsonl.1")) + len(read_jsonl(path))
+    total = len(read_jsonl(out / "a" / "frames.jsonl.1")) + len(read_jsonl(path))
     final = re.findall(r"camera=a state=\w+ .* processed=(\d+)", stderr)[-1]
     assert total == int(final), (total, final)
     assert re.search(r"pipeline final: .* sink_drops=0 sink_errors=0", stderr)

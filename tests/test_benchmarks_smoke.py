@@ -168,3 +168,18 @@ def test_bench_scale_out(tmp_path: Path, cache: Path) -> None:
         assert row["server_cores"] >= 0
         assert row["thread_ms_per_frame"] and all(positive(v) for v in row["thread_ms_per_frame"].values())
     assert result["rows"][0]["fps_vs_first"] == 1.0
+
+
+@pytest.mark.slow
+def test_bench_http(tmp_path: Path, cache: Path) -> None:
+    result, stdout = run_smoke("bench_http.py", tmp_path, cache)
+    check_metadata(result, "http")
+    variants = {row["variant"] for row in result["rows"]}
+    assert "after" in variants and "idle connections open" in stdout
+    for row in result["rows"]:
+        assert positive(row["requests_per_s"]) and row["errors"] == 0, row
+    # The old server holds a thread per idle connection, the new one none.
+    after = result["summary"]["after"]
+    assert after["server_threads_idle"] < 50
+    if "before" in variants:
+        assert result["summary"]["before"]["server_threads_idle"] >= 50

@@ -46,7 +46,7 @@ def test_demo_runs_cameras_with_detections_tracks_and_videos(tmp_path: Path) -> 
     rows = {m[0]: m[1:] for m in re.findall(r"^(\w+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", proc.stdout, re.M)}
     assert set(rows) == set(CAMERAS), proc.stdout
     for cam in CAMERAS:
-        records = [json.loads(line) for line in (out / f"{cam}.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (out / cam / "frames.jsonl").read_text().splitlines()]
         frames, _, objects_per_frame, track_ids = rows[cam]
         # Frames, not a rate: a busy machine once managed 2.4 fps here (60 frames in 12 s would be 5 fps).
         assert int(frames) == len(records) >= 5, (cam, rows[cam])
@@ -57,6 +57,6 @@ def test_demo_runs_cameras_with_detections_tracks_and_videos(tmp_path: Path) -> 
                 x1, y1, x2, y2 = obj["box"]
                 assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 360, (cam, obj)
                 assert obj["class_name"] in ("person", "car", "bike")
-        with av.open(str(out / f"{cam}.mp4")) as c:
+        with av.open(str(out / cam / "video.mp4")) as c:
             video_frames = sum(1 for _ in c.decode(video=0))
         assert video_frames == len(records), (cam, video_frames, len(records))

@@ -129,7 +129,7 @@ def test_line_and_zone_counts_match_ground_truth_in_every_sink(tmp_path, rtsp_se
     report = {}
     for seq in scenes:
         gt_all = np.loadtxt(seq / "gt" / "gt.txt", delimiter=",", ndmin=2)
-        out = tmp_path / "out" / f"{seq.name}.jsonl"
+        out = tmp_path / "out" / seq.name / "frames.jsonl"
         hyp, frames = jsonl_rows(out), processed_frames(out)
         assert len(frames) >= MIN_FRAMES, f"{seq.name}: only {len(frames)} frames processed"
         visible = gt_all[gt_all[:, 8] >= 0.3][:, :6]
@@ -147,7 +147,7 @@ def test_line_and_zone_counts_match_ground_truth_in_every_sink(tmp_path, rtsp_se
         expire = (cfg.tracker.max_age + 2) * cfg.cameras[0].infer_interval
         expected = truth(unwrap_gt(gt_all[:, :6], frames, offset, CLIP_FRAMES), frames + 1, expire)
 
-        events = [json.loads(line) for line in (tmp_path / "out" / f"{seq.name}.events.jsonl").read_text().splitlines()]
+        events = [json.loads(line) for line in (tmp_path / "out" / seq.name / "events.jsonl").read_text().splitlines()]
         got = {k: 0 for k in expected}
         for e in events:
             assert e["camera"] == seq.name and isinstance(e["track_id"], int) and e["class"] in pipeline.class_names

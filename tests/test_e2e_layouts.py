@@ -30,7 +30,7 @@ def test_run_over_rtsp_with_each_layout(tmp_path, rtsp_server_factory, test_clip
     proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg), "--duration", "4"],
                           check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "out" / "cam0.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "out" / "cam0" / "frames.jsonl").read_text().splitlines()]
     assert len(records) >= 5, len(records)
     objects = [o for r in records for o in r["objects"]]
     assert objects, f"{layout}: nothing detected over {len(records)} frames"

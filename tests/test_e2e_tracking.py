@@ -116,7 +116,7 @@ def test_tracking_quality_end_to_end(tmp_path, rtsp_server_factory, scenes):
     for seq in scenes:
         gt = np.loadtxt(seq / "gt" / "gt.txt", delimiter=",", ndmin=2)
         gt = gt[gt[:, 8] >= MIN_VISIBILITY][:, :6]
-        out = tmp_path / "out" / f"{seq.name}.jsonl"
+        out = tmp_path / "out" / seq.name / "frames.jsonl"
         hyp = jsonl_rows(out)
         frames = processed_frames(out)
         assert len(frames) >= 100, f"{seq.name}: only {len(frames)} frames processed"

@@ -64,7 +64,7 @@ def test_four_rtsp_cameras_and_a_file_camera(tmp_path, rtsp_server_factory, scen
         fps_lines = re.findall(rf"camera={cam} state=\w+ decode_fps=([\d.]+) processed_fps=([\d.]+)", log)
         assert fps_lines, f"no FPS log line for {cam}:\n{log[-2000:]}"
         assert max(float(p) for _, p in fps_lines) > 0
-        records = read_jsonl(tmp_path / "out" / f"{cam}.jsonl")
+        records = read_jsonl(tmp_path / "out" / cam / "frames.jsonl")
         assert len(records) >= 10, (cam, len(records))
         frames = [r["frame"] for r in records]
         assert frames == sorted(frames) and len(set(frames)) == len(frames), f"{cam}: frame numbers not increasing"
@@ -120,5 +120,5 @@ def test_server_killed_and_restarted(tmp_path, rtsp_server_factory, scene_clip, 
         worker.join(30)
     assert not worker.is_alive()
     for cam in ("cam0", "cam1", "lobby"):
-        frames = [r["frame"] for r in read_jsonl(tmp_path / "out" / f"{cam}.jsonl")]
+        frames = [r["frame"] for r in read_jsonl(tmp_path / "out" / cam / "frames.jsonl")]
         assert frames == sorted(frames) and len(frames) == len(set(frames))

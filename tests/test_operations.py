@@ -108,13 +108,13 @@ def test_server_killed_frozen_restarted_recovers_and_others_keep_their_rate(
 
     # The healthy cameras' processed rate, from the JSONL decode timestamps: never below half the baseline.
     for cam in ("a", "b"):
-        ts = [r["ts"] for r in read_jsonl(out / f"{cam}.jsonl")]
+        ts = [r["ts"] for r in read_jsonl(out / cam / "frames.jsonl")]
         base = rate(ts, marks["baseline"], marks["kill"])
         assert base > 1.0, f"{cam}: baseline rate {base:.1f} fps is too low to compare"
         for window in (("kill", "restart"), ("freeze", "thaw")):
             during = rate(ts, marks[window[0]], marks[window[1]])
             assert during >= 0.5 * base, f"{cam}: {during:.1f} fps during {window[0]} vs {base:.1f} fps before"
-        frames = [r["frame"] for r in read_jsonl(out / f"{cam}.jsonl")]
+        frames = [r["frame"] for r in read_jsonl(out / cam / "frames.jsonl")]
         assert frames == sorted(set(frames))
 
 
@@ -163,8 +163,8 @@ def test_broken_cameras_are_reported_and_do_not_disturb_the_good_ones(
         assert line and reason in line.group(2), f"no clear log line for {name}"
     assert "camera refused (rtsp://op:***@127.0.0.1:" in caplog.text
     assert secret not in caplog.text, "a password reached the log"
-    assert len(read_jsonl(out / "authed.jsonl")) >= 10
-    assert not (out / "mj.jsonl").exists()
+    assert len(read_jsonl(out / "authed" / "frames.jsonl")) >= 10
+    assert not (out / "mj" / "frames.jsonl").exists()
 
 
 def test_resolution_change_within_a_stream(tmp_path, tiny_model, caplog):
@@ -215,7 +215,7 @@ def test_redis_outage_loses_nothing_within_the_buffer(
     assert redis_sink.dropped == 0
     r = redis_srv.client()
     for cam in ("a", "b"):
-        jsonl = [(d["frame"], d["ts"]) for d in read_jsonl(out / f"{cam}.jsonl")]
+        jsonl = [(d["frame"], d["ts"]) for d in read_jsonl(out / cam / "frames.jsonl")]
         entries = r.xrange(f"cams:{cam}")
         in_redis = [(int(f["frame"]), float(f["ts"])) for _, f in entries]
         # Delivery is at-least-once (README): a pipelined send cut by the shutdown may be stored twice. Nothing
@@ -262,7 +262,7 @@ def test_sigterm_drains_and_exits_0_with_complete_outputs(tmp_path, rtsp_server_
         out = tmp_path / "out"
 
         def lines(cam: str) -> int:
-            p = out / f"{cam}.jsonl"
+            p = out / cam / "frames.jsonl"
             return len(p.read_bytes().splitlines()) if p.exists() else 0
 
         wait_for(lambda: min(lines("a"), lines("b")) >= 20 or proc.poll() is not None, 60, "outputs", 0.2)
@@ -278,7 +278,7 @@ def test_sigterm_drains_and_exits_0_with_complete_outputs(tmp_path, rtsp_server_
     for cam in ("a", "b", "h"):
         finals = re.findall(rf"camera={cam} state=\w+ .* processed=(\d+)", stderr)
         assert finals, f"no periodic line for {cam}"
-        path = out / f"{cam}.jsonl"
+        path = out / cam / "frames.jsonl"
         records = read_jsonl(path) if path.exists() else []  # every line is complete JSON
         assert path.read_bytes().endswith(b"\n") if records else True
         assert len(records) == int(finals[-1]), f"{cam}: JSONL has {len(records)}, log says {finals[-1]}"

@@ -164,7 +164,7 @@ class Worker:
         return {c["name"]: c for c in body["cameras"]}
 
     def lines(self, cam: str) -> int:
-        p = self.out / f"{cam}.jsonl"
+        p = self.out / cam / "frames.jsonl"
         return len(p.read_bytes().splitlines()) if p.exists() else 0
 
     def proc_status(self) -> tuple[int, int, int]:
@@ -263,7 +263,7 @@ def test_sighup_reload_adds_edits_refuses_and_removes(tmp_path, rtsp_server_fact
         wait_for(lambda: "camera c removed" in w.log, BOUND_S, "the removal", 0.2)
         final_c = int(re.search(r"camera c removed: processed=(\d+)", w.log).group(1))
         assert w.lines("c") == final_c > 0
-        assert (w.out / "c.jsonl").read_bytes().endswith(b"\n")
+        assert (w.out / "c" / "frames.jsonl").read_bytes().endswith(b"\n")
         wait_for(lambda: w.proc_status()[0] <= threads0, 10, "the thread count to come back", 0.2)
         assert "c" not in w.cameras()
         time.sleep(1.5)
@@ -275,14 +275,14 @@ def test_sighup_reload_adds_edits_refuses_and_removes(tmp_path, rtsp_server_fact
     log = w.log
     assert code == 0, log[-3000:]
     for cam in ("a", "b"):
-        records = read_jsonl(w.out / f"{cam}.jsonl")
+        records = read_jsonl(w.out / cam / "frames.jsonl")
         frames = [r["frame"] for r in records]
         assert frames == sorted(set(frames)), f"{cam}: frame numbers went back"
         # Every missing frame number is a counted newest-frame drop: no change made a gap.
         assert _missing(frames) == _dropped_total(log, cam), cam
         assert len(records) == _processed_totals(log, cam)[-1]
-    a = read_jsonl(w.out / "a.jsonl")
-    b = read_jsonl(w.out / "b.jsonl")
+    a = read_jsonl(w.out / "a" / "frames.jsonl")
+    b = read_jsonl(w.out / "b" / "frames.jsonl")
     # a kept its tracks through its edit; b's new URL is another scene: its tracks ended.
     assert _ids(a, t_edit - 2, t_edit) & _ids(a, t_edit + 1, t_edit + 3)
     assert not (_ids(b, 0, t_edit) & _ids(b, t_edit + 1, time.time()))
@@ -311,7 +311,7 @@ def test_control_api_security_write_back_capacity_and_file_watch(tmp_path, rtsp_
             (w.request("PUT", "/cameras/c", {"name": "other", "url": srv.url("c")}), 400),
             (w.request("PUT", "/cameras/..", entry), 400),
             (w.request("PUT", "/cameras/a%2Fb", entry), 400),
-            (w.request("PUT", "/cameras/a..b", entry), 400),
+            (w.request("PUT", "/cameras/.hidden", entry), 400),
         ]
         for (status, body), expected in refusals:
             assert status == expected, body

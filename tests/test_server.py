@@ -25,7 +25,7 @@ def test_routes_params_and_errors() -> None:
     # A parameter is one path segment: "/" never matches it, so `..`-style paths cannot reach other routes.
     assert srv.dispatch(_req("GET", "/cameras/a/b")).status == 404
     wrong = srv.dispatch(_req("DELETE", "/cameras/gate"))
-    assert wrong.status == 405 and wrong.headers["Allow"] == "GET"
+    assert wrong.status == 405 and wrong.headers["Allow"] == "GET, HEAD, OPTIONS"
     boom = srv.dispatch(_req("GET", "/boom"))
     assert boom.status == 500 and b"ZeroDivision" not in boom.body.encode()  # no exception text leaves
     srv.unroute("GET", "/boom")

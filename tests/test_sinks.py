@@ -45,10 +45,10 @@ def test_jsonl_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
     for i in range(41):  # 8 lines fill a file: the 41st starts a fresh one
         sink.write([result("cam", i)] + ([result("other", i, n_objects=0)] if i < 20 else []))
     sink.close()
-    base = tmp_path / "cam.jsonl"
-    files = [base.with_name(f"cam.jsonl.{k}") for k in (3, 2, 1)] + [base]
-    assert all(f.exists() for f in files), sorted(p.name for p in tmp_path.iterdir())
-    assert not base.with_name("cam.jsonl.4").exists(), "more backups kept than configured"
+    base = tmp_path / "cam" / "frames.jsonl"
+    files = [base.with_name(f"frames.jsonl.{k}") for k in (3, 2, 1)] + [base]
+    assert all(f.exists() for f in files), sorted(p.name for p in base.parent.iterdir())
+    assert not base.with_name("frames.jsonl.4").exists(), "more backups kept than configured"
     # Rotated files are closed near the limit (rotation happens after the batch that crossed it).
     for f in files[:-1]:
         assert 2048 <= f.stat().st_size < 2048 + 400, (f.name, f.stat().st_size)
@@ -57,17 +57,17 @@ def test_jsonl_rotates_by_size_and_keeps_every_line(tmp_path: Path) -> None:
     assert frames == list(range(frames[0], 41)) and frames[0] > 0
     assert sink.lines["cam"] == 41
     # A camera that stays under the limit is never rotated.
-    assert not (tmp_path / "other.jsonl.1").exists()
-    assert len((tmp_path / "other.jsonl").read_text().splitlines()) == 20
+    assert not (tmp_path / "other" / "frames.jsonl.1").exists()
+    assert len((tmp_path / "other" / "frames.jsonl").read_text().splitlines()) == 20
 
 
 def test_jsonl_with_zero_backups_starts_over(tmp_path: Path) -> None:
     sink = JsonlSink(tmp_path, max_bytes=1024, backups=0)
-    path = tmp_path / "cam.jsonl"
+    path = tmp_path / "cam" / "frames.jsonl"
     restarts = 0
     for i in range(30):
         sink.write([result("cam", i)])
-        assert [p.name for p in tmp_path.iterdir()] in ([], ["cam.jsonl"]), "a backup was kept"
+        assert [p.name for p in path.parent.iterdir()] in ([], ["frames.jsonl"]), "a backup was kept"
         if not path.exists():
             restarts += 1  # crossed the limit with this line: the file was dropped
             continue
@@ -274,14 +274,14 @@ def test_video_sink_writes_annotated_h264_per_camera(tmp_path: Path) -> None:
     r = result("a", 30, image=big, ts=t0 + 2)
     sink.write([FrameResult(r.camera, 0, 30, r.ts, 640, 360, r.objects, big, r.done_ts)])
     sink.close()
-    assert [p.name for p in sink.paths] == ["a.mp4", "b.mp4", "a.1.mp4"]
+    assert [str(p.relative_to(tmp_path)) for p in sink.paths] == ["a/video.mp4", "b/video.mp4", "a/video.1.mp4"]
 
     def frames(path: Path) -> list[np.ndarray]:
         with av.open(str(path)) as c:
             assert c.streams.video[0].codec_context.name == "h264"
             return [(f.to_ndarray(format="rgb24"), f.time) for f in c.decode(video=0)]
 
-    a, b = frames(tmp_path / "a.mp4"), frames(tmp_path / "b.mp4")
+    a, b = frames(tmp_path / "a" / "video.mp4"), frames(tmp_path / "b" / "video.mp4")
     assert len(a) == len(b) == 30
     assert a[0][0].shape == (240, 320, 3)
     assert abs(a[-1][1] - 29 / 15) < 0.01  # timed from the frames' own timestamps
@@ -293,7 +293,7 @@ def test_video_sink_writes_annotated_h264_per_camera(tmp_path: Path) -> None:
     assert left_edge_a > 60 and left_edge_b < 20
     assert np.abs(img_b[:28, :200] - 60).max() > 100, "no fps text on camera b"
     assert np.abs(img_b[120:, :] - 60).max() < 20
-    big_frames = frames(tmp_path / "a.1.mp4")
+    big_frames = frames(tmp_path / "a" / "video.1.mp4")
     assert len(big_frames) == 1 and big_frames[0][0].shape == (360, 640, 3)
 
 
@@ -359,8 +359,8 @@ def test_pipeline_feeds_the_video_sink_every_processed_frame(tmp_path: Path, sma
     runner = PipelineThread(pipeline)
     wait_for(lambda: pipeline.stats[0].state == CameraState.STOPPED, 30, "the end of the clip")
     runner.stop()
-    records = read_jsonl(tmp_path / "lobby.jsonl")
-    with av.open(str(tmp_path / "lobby.mp4")) as c:
+    records = read_jsonl(tmp_path / "lobby" / "frames.jsonl")
+    with av.open(str(tmp_path / "lobby" / "video.mp4")) as c:
         frames = list(c.decode(video=0))
     assert len(frames) == len(records) == pipeline.stats[0].processed > 0
     assert (frames[0].width, frames[0].height) == (320, 240)

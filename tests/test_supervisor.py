@@ -53,7 +53,7 @@ def _last_life(records: list[dict]) -> list[dict]:
 
 
 def _lines(out: Path, cam: str) -> int:
-    p = out / f"{cam}.jsonl"
+    p = out / cam / "frames.jsonl"
     return len(p.read_bytes().splitlines()) if p.exists() else 0
 
 
@@ -163,7 +163,7 @@ def test_two_workers_split_restart_and_flush(tmp_path, rtsp_server_factory, smal
         assert sorted(finals) == sorted(mine[k]), f"worker {k} ran {sorted(finals)}, its shard is {mine[k]}"
     client = redis.client()
     for cam in CAMERAS:
-        records = _records(out / f"{cam}.jsonl")
+        records = _records(out / cam / "frames.jsonl")
         k = owner[cam]
         # Worker 0 lived once: its JSONL is exactly what it processed. Worker 1's newest life likewise.
         life = records if k == 0 else _last_life(records)

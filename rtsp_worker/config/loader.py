@@ -16,17 +16,29 @@ from rtsp_worker.config.base import ConfigError
 from rtsp_worker.config.cameras import CameraConfig
 from rtsp_worker.config.model import SECTIONS, WRONG_BACKEND
 from rtsp_worker.config.schema import Config
+from rtsp_worker.redact import register_secret, register_url
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def _secret_field(where: str) -> bool:
+    """Whether a field holds (or may hold) a secret: URLs (credentials, tokens in paths) and tokens."""
+    last = re.split(r"[.\[]", where)[-1].lower()
+    return last in ("url", "token") or "password" in last or "secret" in last
+
+
 def expand_env(value: Any, where: str = "") -> Any:
-    """Replace `${NAME}` (or `${NAME:-default}`) in every string; an unset NAME without default is an error."""
+    """Replace `${NAME}` (or `${NAME:-default}`) in every string; an unset NAME without default is an error.
+
+    A value taken from the environment into a URL or a token is registered with the scrubber: it is masked
+    wherever a URL is shown and scrubbed from every log line (it may be a password or a token)."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
+                if _secret_field(where):
+                    register_secret(os.environ[name])
                 return os.environ[name]
             if default is not None:
                 return default
@@ -109,7 +121,19 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
         if updates:
             cfg = cfg.model_copy(update=updates)
     cfg._source = source
+    register_config_secrets(cfg)
     return cfg
+
+
+def register_config_secrets(cfg: Config) -> None:
+    """Every secret the config holds into the log scrubber (redact.py): the control token, the passwords (or
+    user-part tokens) of camera and Redis URLs. Answers and log lines never show them."""
+    if cfg.control.token is not None:
+        register_secret(cfg.control.token.get_secret_value())
+    for cam in cfg.cameras:
+        register_url(cam.url)
+    if cfg.output.redis is not None:
+        register_url(cfg.output.redis.url)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

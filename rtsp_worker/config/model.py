@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rtsp_worker.coco import COCO_CLASS_NAMES
 from rtsp_worker.config.base import StrictModel
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
@@ -107,7 +108,9 @@ class ModelConfig(StrictModel, metaclass=_PickBackend):
     input_size: tuple[Annotated[int, Field(ge=32, le=4096)], Annotated[int, Field(ge=32, le=4096)]] | None = Field(
         None, description="[height, width], multiples of 32 (default: read from the model)."
     )
-    class_names: list[str] | None = Field(None, description="Class names, overriding those stored in the model.")
+    class_names: list[str] | None = Field(
+        None, description="Class names, overriding those stored in the model; `coco`: the 80 COCO names, in order."
+    )
     layout: Literal["auto", "yolov8", "yolov5", "yolox", "yolox-decoded", "end2end", "rtdetr", "rtdetr-topk"] = Field(
         "auto", description="The model's output layout (auto: from its metadata and output shape)."
     )
@@ -119,6 +122,15 @@ class ModelConfig(StrictModel, metaclass=_PickBackend):
         if cls is ModelConfig:
             return ANY_MODEL.validate_python(obj, **kwargs)
         return super().model_validate(obj, **kwargs)
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _coco(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() != "coco":
+                raise ValueError(f"class_names {v!r}: give a list of names, or `coco` for the 80 COCO names")
+            return list(COCO_CLASS_NAMES)
+        return v
 
     @model_validator(mode="before")
     @classmethod

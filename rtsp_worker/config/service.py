@@ -7,6 +7,7 @@ their checks, and only `rtsp-worker run` with more than one worker reads them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr
@@ -26,6 +27,10 @@ class MetricsConfig(StrictModel):
     health_max_silence_s: float = Field(
         30.0, gt=0, le=3600, description="/healthz fails when the inference loop made no progress for this long."
     )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Open HTTP connections served at once (metrics, health, control, "
+        "views); beyond, a new connection gets 503 and is closed, and is counted."
+    )
 
 
 class ControlConfig(StrictModel):
@@ -34,6 +39,10 @@ class ControlConfig(StrictModel):
     # SecretStr: the token never shows in a repr, a log line or an error message.
     token: SecretStr | None = Field(
         None, description="Bearer token every write needs (`${ENV}` works); null: the API is read-only."
+    )
+    allow_file_dirs: list[Path] = Field(
+        default_factory=list, description="Folders under which a camera added through the API may read a "
+        "file:// clip (none by default: the API adds only rtsp:// and rtsps:// cameras)."
     )
 
 

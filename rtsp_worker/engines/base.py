@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -14,6 +15,9 @@ from rtsp_worker.detection.layouts import LayoutError, OutputLayout, resolve_lay
 
 if TYPE_CHECKING:
     from rtsp_worker.config import ModelConfig
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -121,6 +125,9 @@ def model_info(
     and its metadata: the layout (`model_layout`), the class names (given, else '0'..) and the pixel
     conventions (`model_input_spec`). A layout that does not fit is a ModelError naming `source`."""
     layout = model_layout(cfg, output_shape, input_size, names, meta, source)
+    if names is None and layout.num_classes == 80:
+        log.warning("%s: the model has 80 classes and no class names in its metadata: classes show as 0..79; "
+                    "set `model.class_names: coco` if it was trained on COCO", source)
     return ModelInfo(input_size=input_size,
                      class_names=names if names is not None else default_class_names(layout.num_classes),
                      max_batch=max_batch, dynamic_batch=dynamic_batch, layout=layout,

@@ -8,18 +8,26 @@
 Security model: every write needs `Authorization: Bearer <control.token>`; with no token configured the API
 is read-only (writes answer 403). The server listens on loopback unless `metrics.host` says otherwise. A
 write is validated against the whole file before anything changes, written back to cameras.yaml atomically
-(temporary file, fsync, rename) so that a restart keeps it, then applied like a reload. Camera names follow
-the config's one rule (`config.check_name`: no "/", no "..", no leading dot); answers never echo the token,
-and camera URLs are shown with passwords masked.
+(temporary file, fsync, rename) so that a restart keeps it, then applied like a reload. Camera names are
+checked (the one rule of config.check_name: no "/", no ".", ".." or leading dot); answers never echo
+the token, and camera URLs are shown with passwords and every value from the environment masked.
+
+A body that contains `${` anywhere is refused (400 naming the field): an `${ENV}` reference would be
+expanded by the worker, at once or at a later reload, and the environment (the control token, other
+cameras' passwords) sent inside a URL to whatever host the body named and shown by `GET /cameras`. A
+`file://` camera is accepted only under a folder of `control.allow_file_dirs` (none by default).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from rtsp_worker.config import check_name, mask_url
 from rtsp_worker.service.reload import Reloader, ReloadError
@@ -92,10 +100,28 @@ class ControlApi:
 
     @staticmethod
     def _name(req: Request) -> str | Response:
+        name = req.params.get("name", "")
         try:
-            return check_name(req.params.get("name", ""))
+            return check_name(name)
         except ValueError as e:
             return Response.json(400, {"error": str(e)})
+
+    def _check_body(self, name: str, body: dict[str, Any]) -> Response | None:
+        """None when the entry may be written; otherwise the 400 that says which field and why."""
+        field = _env_reference(body)
+        if field is not None:
+            where = f"camera {name!r}, field {field!r}"
+            log.warning("http PUT /cameras/%s refused: %s holds '${'", name, where)
+            return Response.json(400, {"error": f"{where}: '${{' is not accepted through the API (environment "
+                                                "references are expanded only in a file the operator writes); "
+                                                "give the value itself"})
+        url = body.get("url")
+        if isinstance(url, str) and urlsplit(url).scheme.lower() == "file":
+            refused = _file_refusal(url, self.reloader.baseline.control.allow_file_dirs)
+            if refused is not None:
+                log.warning("http PUT /cameras/%s refused: %s", name, refused)
+                return Response.json(400, {"error": f"camera {name!r}, field 'url': {refused}"})
+        return None
 
     @staticmethod
     def _error(e: ReloadError) -> Response:
@@ -131,6 +157,8 @@ class ControlApi:
             return Response.json(400, {"error": str(e)})
         if not isinstance(body, dict):
             return Response.json(400, {"error": "body must be a JSON object: one cameras.yaml camera entry"})
+        if (refused := self._check_body(name, body)) is not None:
+            return refused
         if "name" in body and body["name"] != name:
             return Response.json(400, {"error": f"body names camera {body['name']!r}, the path {name!r}"})
         try:
@@ -159,3 +187,36 @@ class ControlApi:
         except ReloadError as e:
             return self._error(e)
         return Response.json(200, {"changes": changes})
+
+
+def _env_reference(value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted field (`url`, `lines.0.name`) of the first key or string holding `${`, or None."""
+    if isinstance(value, str):
+        return ".".join(path) if "${" in value else None
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    for key, v in items:
+        if "${" in key:
+            return ".".join((*path, key))
+        if (found := _env_reference(v, (*path, key))) is not None:
+            return found
+    return None
+
+
+def _file_refusal(url: str, allowed: list[Path]) -> str | None:
+    """Why a file:// URL given through the API is refused, or None when it is under an allowed folder."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        return "a file:// URL names a local file (file:///path or file://localhost/path)"
+    if not allowed:
+        return ("file:// cameras are not accepted through the API (control.allow_file_dirs lists none); "
+                "add it to cameras.yaml, or list its folder in control.allow_file_dirs")
+    # Symlinks and `..` resolved first: the allowed folder must hold the file that would really be opened.
+    path = Path(os.path.realpath(unquote(parts.path)))
+    for folder in allowed:
+        if path.is_relative_to(Path(os.path.realpath(folder))):
+            return None
+    return f"file:// path is not under a folder of control.allow_file_dirs ({', '.join(map(str, allowed))})"

@@ -111,6 +111,9 @@ class _StatsCollector(Collector):
         yield failures
         yield skipping
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
+        yield CounterMetricFamily(f"{NS}_removed_camera_threads_left", "Removed cameras whose source thread did not "
+                                  "end within its timeouts (left behind, still connecting or reading).",
+                                  value=getattr(p.camset, "lingering_sources", 0))
         dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
                                       "its own buffer overflowed (buffer) or its writes failed (write).",
                                       labels=["sink", "where"])
@@ -220,6 +223,7 @@ class MetricsServer:
         self.metrics = metrics
         self.http = http if http is not None else HttpServer(host, port)  # given: already started (health)
         self.http.route("GET", "/metrics", self._scrape)
+        metrics.registry.register(self.http.collector())
         if http is None:
             self.http.start()
         self.host = host

@@ -86,10 +86,62 @@ def plan_reload(running: Mapping[str, CameraConfig], old: Config, new: Config) -
     )
 
 
+def capacity_advice(pipeline: Pipeline, count: int) -> str:
+    """Why `count` cameras do not fit the running engine, and what would help for this kind of engine."""
+    capacity = pipeline.camset.capacity
+    info = pipeline.engine.info
+    head = f"{count} cameras exceed the engine's batch capacity of {capacity}: not added"
+    if not info.dynamic_batch:
+        # ultralytics' default export: batch fixed at 1. Raising batcher.max_batch cannot help such a model.
+        return (f"{head}; the model has a fixed batch of {info.max_batch} (ultralytics' default export), so "
+                "cameras cannot be added to it at run time: put the camera in the file and restart the worker "
+                "(at start, batches run in chunks of the fixed size), or export the model with a dynamic batch "
+                "(ultralytics: `dynamic=True`)")
+    if info.max_batch is not None and info.max_batch < pipeline.cfg.batcher.max_batch:
+        return (f"{head}; the TensorRT engine takes batches of at most {info.max_batch}: rebuild it with a larger "
+                f"maximum batch (`rtsp-worker build-engine --max-batch {count}` or more) and restart the worker")
+    return f"{head}; raise batcher.max_batch to {count} or more in the file and restart the worker"
+
+
+def _temporary(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove what a write-back killed midway left (`.cameras.yaml.<pid>.<tid>.tmp`), unless its process
+    still runs (another worker of a supervisor writing the same file now). Returns what was removed."""
+    target = Path(path).resolve()
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.*.*.tmp"):
+        pid = tmp.name.removeprefix(f".{target.name}.").split(".")[0]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+        except OSError as e:
+            log.warning("%s: cannot remove the stale temporary file %s: %s", path, tmp.name, e.strerror or e)
+            continue
+        removed.append(tmp)
+        log.info("%s: removed %s, left by a write-back that did not finish", path, tmp.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's)
+        return True
+    return True
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves either the old or the new file, never half of one."""
     target = path.resolve()  # a symlinked cameras.yaml: write where it points, keep the link
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = _temporary(target)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -129,6 +181,8 @@ class Reloader:
         except (ConfigError, ReloadError):
             self.baseline = pipeline.cfg
         self._sig = self._signature()
+        self._missing = False
+        remove_stale_temporaries(self.path)
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
@@ -172,7 +226,16 @@ class Reloader:
                 self._reload_logged("SIGHUP")
                 continue
             sig = self._signature()
-            if sig is None or sig == self._sig:
+            if sig is None:
+                if not self._missing:  # once: the cameras keep running on what was read last
+                    self._missing, self._sig = True, None
+                    log.warning("%s was deleted (or cannot be read): the cameras keep running as they are; "
+                                "a file written there again is read", self.path)
+                continue
+            if self._missing:
+                self._missing = False
+                log.info("%s is there again: reading it", self.path)
+            if sig == self._sig:
                 continue
             # An editor may write in steps: act once the file has stopped changing.
             if self._closed.wait(min(0.25, self.poll_s)) or self._signature() != sig:
@@ -216,8 +279,8 @@ class Reloader:
         if plan.add:
             try:
                 self.p.camset.check_capacity(count)
-            except CapacityError as e:
-                raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
+            except CapacityError:
+                raise ReloadError(409, f"{self.path}: {capacity_advice(self.p, count)}; nothing changed") from None
         return plan
 
     def _apply(self, new: Config, why: str) -> list[str]:

@@ -91,6 +91,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import Pipeline
 
+    raise_open_files_limit()
     http, health = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     try:
         pipeline = Pipeline(cfg)
@@ -153,6 +154,20 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     log.info("stopped cleanly")
 
 
+def raise_open_files_limit() -> None:
+    """Open-files soft limit up to the hard limit: many cameras, outputs and HTTP clients (viewers, scrapers)
+    need more than the usual 1,024 descriptors; the hard limit is what the box allows without privileges."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open-files limit raised from %d to %d", soft, hard)
+    except (ImportError, ValueError, OSError) as e:  # not on this OS, or refused: keep the current limit
+        log.debug("open-files limit not raised: %s", e)
+
+
 def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
     """The worker's one HTTP server with /healthz and /readyz, started early; /metrics joins it later."""
     if cfg.metrics.port is None:
@@ -162,7 +177,8 @@ def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
 
     health = Health(cfg.metrics.health_max_silence_s)
     try:
-        http = health.register(HttpServer(cfg.metrics.host, cfg.metrics.port)).start()
+        http = health.register(HttpServer(cfg.metrics.host, cfg.metrics.port,
+                                          max_connections=cfg.metrics.max_connections)).start()
     except OSError as e:
         raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
                    EXIT_RUNTIME) from None

@@ -274,7 +274,7 @@ class Supervisor:
         m = self.cfg.metrics
         if m.port is None:
             return
-        http = HttpServer(m.host, m.port)
+        http = HttpServer(m.host, m.port, max_connections=m.max_connections)
         http.route("GET", "/metrics", self._metrics)
         http.route("GET", "/healthz", lambda _r: self._aggregate("/healthz"))
         http.route("GET", "/readyz", lambda _r: self._aggregate("/readyz"))

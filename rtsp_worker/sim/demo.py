@@ -56,7 +56,7 @@ def summarize(out_dir: Path, cameras: list[str]) -> str:
     """Per-camera table from the JSONL the run wrote (fps from the first and last frame timestamps)."""
     lines = [f"{'camera':<10} {'frames':>7} {'fps':>6} {'objects/frame':>14} {'track ids':>10}"]
     for cam in cameras:
-        path = out_dir / f"{cam}.jsonl"
+        path = out_dir / cam / "frames.jsonl"
         frames, objects, ids, first, last = 0, 0, set(), 0.0, 0.0
         if path.exists():
             with path.open() as f:
@@ -94,8 +94,8 @@ def demo(
         raise fail(f"the demo's RTSP server cannot start: {reason}", EXIT_RUNTIME)
     mounts = {f"cam{i}": f"file:{seqs[i] / 'video.mp4'}" for i in range(cameras)}
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.jsonl"):
-        old.unlink()  # one demo run = one set of outputs
+    for old in [*out.glob("*/frames.jsonl*"), *out.glob("*/events.jsonl")]:
+        old.unlink()  # one demo run = one set of outputs (each camera's in out/<camera>/)
     with RtspServerProcess.start(mounts) as server:
         urls = {name: server.url(name) for name in mounts}
         urls["lobby"] = (seqs[cameras] / "video.mp4").resolve().as_uri()
@@ -106,4 +106,4 @@ def demo(
             raise fail(str(e), EXIT_CONFIG) from None
         run_pipeline(cfg, duration or None)
     typer.echo(summarize(out, list(urls)))
-    typer.echo(f"outputs in {out} (ground truth of each scene: {clip_dir}/sceneNN/gt/gt.txt)")
+    typer.echo(f"outputs in {out}/<camera>/ (ground truth of each scene: {clip_dir}/sceneNN/gt/gt.txt)")

@@ -1,11 +1,13 @@
-"""One JSON line per processed frame, one file per camera, written after every batch.
+"""One JSON line per processed frame, one file per camera (`<output.dir>/<camera>/frames.jsonl`), written
+after every batch.
 
 Lines go out whole through `LineFile` (a full disk never leaves half a record; lost lines are counted in
 `failed` and reported as drops), every record carries the worker's `run` id (a restart on the same folder
 appends, and `frame` starts at 0 again for the new run), and a file moved or removed by external log
 rotation is reopened (inode check every second, or at once on SIGUSR1 through `reopen`).
 
-Events (line crossings, zone enter/exit) go to `<camera>.events.jsonl`, one JSON line each, the same way.
+Events (line crossings, zone enter/exit) go to `<output.dir>/<camera>/events.jsonl`, one JSON line each,
+the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from rtsp_worker.sinks.lines import LineFile, ensure_output_dir, record_json
+from rtsp_worker.sinks.lines import LineFile, camera_dir, ensure_output_dir, record_json
 from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.types import Event, FrameResult
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class JsonlSink:
-    """`<directory>/<camera>.jsonl`, optionally rotated by size into `.1` ... `.<backups>`."""
+    """`<directory>/<camera>/frames.jsonl`, optionally rotated by size into `.1` ... `.<backups>`."""
 
     name = "jsonl"
     wants_images = False
@@ -44,11 +46,12 @@ class JsonlSink:
         self._throttle = ErrorThrottle(log)
 
     def path(self, camera: str) -> Path:
-        return self.directory / f"{camera}.jsonl"
+        return self.directory / camera / "frames.jsonl"
 
     def _file(self, camera: str) -> LineFile:
         f = self._files.get(camera)
         if f is None:
+            camera_dir(self.directory, camera)
             f = self._files[camera] = LineFile(self.path(camera), self.check_interval_s)
         return f
 
@@ -84,7 +87,7 @@ class JsonlSink:
                 self._rotate(cam)
 
     def events_path(self, camera: str) -> Path:
-        return self.directory / f"{camera}.events.jsonl"
+        return self.directory / camera / "events.jsonl"
 
     def write_events(self, events: Sequence[Event]) -> None:
         """Append each event to its camera's events file (whole lines, not rotated: a few per crossing)."""
@@ -94,6 +97,7 @@ class JsonlSink:
         for cam, lines in per_camera.items():
             f = self._event_files.get(cam)
             if f is None:
+                camera_dir(self.directory, cam)
                 f = self._event_files[cam] = LineFile(self.events_path(cam), self.check_interval_s)
             self._append(f, lines, "events")
 

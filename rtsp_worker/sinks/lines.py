@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 class OutputDirError(RuntimeError):
     """`output.dir` cannot be created or written: one line that names it and the reason (exit 4)."""
+
+
+_noted_old_layout: set[Path] = set()
 
 
 def ensure_output_dir(directory: Path) -> Path:
@@ -42,7 +46,33 @@ def ensure_output_dir(directory: Path) -> Path:
         probe.unlink()
     except OSError as e:
         raise OutputDirError(f"output.dir {directory}: cannot write there: {e.strerror or e}") from None
+    _note_old_layout(directory)
     return directory
+
+
+def camera_dir(directory: Path, camera: str) -> Path:
+    """`<output.dir>/<camera>/`, where every output of one camera goes (created on first use). Camera names
+    are never `.`, `..` or hidden (config.check_name): two cameras never share a file."""
+    path = directory / camera
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _note_old_layout(directory: Path) -> None:
+    """One INFO line per folder when files of the flat layout of earlier versions (`<camera>.jsonl`,
+    `<camera>.events.jsonl`, `<camera>.mp4`) are there: outputs now go to `<camera>/` folders."""
+    if directory in _noted_old_layout:
+        return
+    _noted_old_layout.add(directory)
+    try:
+        old = sorted(p.name for p in directory.iterdir()
+                     if p.is_file() and re.search(r"\.(jsonl|jsonl\.\d+|mp4)$", p.name))
+    except OSError:
+        return
+    if old:
+        log.info("output.dir %s holds %d files of the old flat layout (%s%s): they are left as they are; each "
+                 "camera's outputs now go to %s/<camera>/ (frames.jsonl, events.jsonl, video.mp4)", directory,
+                 len(old), ", ".join(old[:3]), ", ..." if len(old) > 3 else "", directory)
 
 
 class LineFile:

@@ -2,10 +2,11 @@
 
 The sink asks for pixels (`wants_images`), so the pipeline attaches each frame as (H, W, 3) uint8 RGB on the
 CPU. Frames are timed from their decode timestamps (variable rate, like the camera delivered them) unless a
-fixed `fps` is given. A resolution change closes the file and starts `<camera>.<n>.mp4`.
+fixed `fps` is given. Files go to `<output.dir>/<camera>/video.mp4`; a resolution change closes the file and
+starts `video.<n>.mp4`.
 
 An existing file is never overwritten: a restart on the same folder starts the next free number
-(`<camera>.1.mp4`, `<camera>.2.mp4`, ...). Files are fragmented MP4 (a fragment per key frame, one key
+(`video.1.mp4`, `video.2.mp4`, ...). Files are fragmented MP4 (a fragment per key frame, one key
 frame every `gop` frames, each fragment written out at once), so a SIGKILL, an OOM kill or a second
 signal keeps everything up to the last complete fragment: about `gop` frames plus the encoder's delay
 are lost, not the whole file (a plain MP4 is unreadable without the index written at close).
@@ -24,7 +25,7 @@ import numpy as np
 import supervision as sv
 
 from rtsp_worker.config import CameraConfig
-from rtsp_worker.sinks.lines import ensure_output_dir
+from rtsp_worker.sinks.lines import camera_dir, ensure_output_dir
 from rtsp_worker.types import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class _Writer:
 
 
 class VideoSink:
-    """One H.264 MP4 per camera in `directory`, annotated with the tracks of each frame."""
+    """One H.264 MP4 per camera in `<directory>/<camera>/`, annotated with the tracks of each frame."""
 
     name = "video"
     wants_images = True
@@ -103,10 +104,11 @@ class VideoSink:
 
     def _open(self, camera: str, width: int, height: int, ts: float) -> _Writer:
         n = self._segments.get(camera, 0)
-        path = self.directory / (f"{camera}.mp4" if n == 0 else f"{camera}.{n}.mp4")
+        folder = camera_dir(self.directory, camera)
+        path = folder / ("video.mp4" if n == 0 else f"video.{n}.mp4")
         while path.exists():  # an earlier run's video: keep it, take the next number
             n += 1
-            path = self.directory / f"{camera}.{n}.mp4"
+            path = folder / f"video.{n}.mp4"
         self._segments[camera] = n + 1
         container = av.open(str(path), mode="w", options=_FRAGMENTED)
         stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1000) if self.fps

@@ -1,0 +1,148 @@
+"""What an operator is told (issue 27, smaller items): the capacity refusal of a fixed-batch model, camera
+names that would be special folders, the per-camera output folders, COCO names, stale temporaries, --help."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_sinks import result
+from tiny_models import export_tiny
+from typer.testing import CliRunner
+
+from rtsp_worker.config import ConfigError, load_config, parse_config
+from rtsp_worker.sinks.jsonl import JsonlSink
+from rtsp_worker.sinks.video import VideoSink
+
+
+def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_path: Path) -> None:
+    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.service.reload import Reloader, ReloadError
+
+    model = export_tiny(tmp_path / "fixed.onnx", dynamic_batch=False)  # batch 1, as ultralytics exports by default
+    path = tmp_path / "cameras.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
+                                    "model": {"path": str(model)}, "device": "cpu",
+                                    "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
+    pipeline = Pipeline(load_config(path))
+    try:
+        with pytest.raises(ReloadError) as err:
+            Reloader(pipeline, path).put_camera("b", {"url": "rtsp://127.0.0.1:1/b"})
+    finally:
+        pipeline.shutdown()
+    message = str(err.value)
+    assert err.value.status == 409
+    assert "fixed batch of 1" in message and "restart" in message and "dynamic" in message, message
+    assert "batcher.max_batch" not in message  # raising it cannot help such a model
+    assert [c["name"] for c in yaml.safe_load(path.read_text())["cameras"]] == ["a"]
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", ""])
+def test_camera_names_that_are_not_plain_folders_are_refused_at_load(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"field .name.: camera name .* must (be|not start with a dot)"):
+        parse_config({"cameras": [{"name": name, "url": "rtsp://h/x"}], "model": {"path": "m.onnx"}})
+
+
+def test_each_camera_writes_into_its_own_folder_and_old_flat_files_are_mentioned_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    (tmp_path / "cars.jsonl").write_text("")  # an earlier version's flat layout
+    grey = torch.full((64, 96, 3), 60, dtype=torch.uint8)
+    jsonl, video = JsonlSink(tmp_path), VideoSink(tmp_path)
+    # Names that collided in the flat layout: `cars.events` wrote into camera `cars`'s events file.
+    batch = [result(cam, 0, image=grey, ts=1e9) for cam in ("cars", "cars.events", "cars.1")]
+    jsonl.write(batch)
+    video.write(batch)
+    jsonl.close()
+    video.close()
+    for cam in ("cars", "cars.events", "cars.1"):
+        assert sorted(p.name for p in (tmp_path / cam).iterdir()) == ["frames.jsonl", "video.mp4"]
+        assert len((tmp_path / cam / "frames.jsonl").read_text().splitlines()) == 1
+    notes = [r for r in caplog.records if "old flat layout" in r.getMessage()]
+    assert len(notes) == 1 and "cars.jsonl" in notes[0].getMessage() and notes[0].levelno == logging.INFO
+
+
+def test_class_names_coco_and_a_nameless_80_class_model_is_mentioned_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from rtsp_worker.engines import load_engine
+
+    cfg = parse_config({"cameras": [{"name": "a", "url": "rtsp://h/x"}],
+                        "model": {"path": str(export_tiny(tmp_path / "m80.onnx", nc=80)), "class_names": "coco"}})
+    assert len(cfg.model.class_names) == 80 and cfg.model.class_names[:3] == ["person", "bicycle", "car"]
+    assert cfg.model.class_names[-1] == "toothbrush"
+    with pytest.raises(ConfigError, match="class_names 'imagenet'"):
+        parse_config({"cameras": [{"name": "a", "url": "rtsp://h/x"}],
+                      "model": {"path": "m.onnx", "class_names": "imagenet"}})
+    caplog.set_level(logging.INFO)
+    named = load_engine(cfg.model, torch.device("cpu"), 2)
+    assert named.info.class_names[0] == "person"
+    assert "no class names" not in caplog.text
+    bare = load_engine(cfg.model.model_copy(update={"class_names": None}), torch.device("cpu"), 2)
+    assert bare.info.class_names[:2] == ("0", "1")
+    assert caplog.text.count("80 classes and no class names") == 1 and "model.class_names: coco" in caplog.text
+    named.close()
+    bare.close()
+
+
+def test_stale_write_back_temporaries_are_removed_but_a_live_writer_is_left_alone(tmp_path: Path) -> None:
+    from rtsp_worker.service.reload import remove_stale_temporaries
+
+    path = tmp_path / "cameras.yaml"
+    path.write_text("cameras: []\n")
+    dead = next(pid for pid in range(4_000_000, 3_000_000, -1) if not _exists(pid))
+    stale = tmp_path / f".cameras.yaml.{dead}.1.tmp"
+    live = tmp_path / f".cameras.yaml.{os.getppid()}.1.tmp"  # another process writing now
+    other = tmp_path / ".other.yaml.1.1.tmp"
+    for p in (stale, live, other):
+        p.write_text("x")
+    assert remove_stale_temporaries(path) == [stale]
+    assert live.exists() and other.exists() and not stale.exists()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def test_help_begins_with_what_the_tool_does_for_users() -> None:
+    from rtsp_worker.cli import app
+
+    out = CliRunner().invoke(app, ["--help"], terminal_width=100).output
+    text = " ".join(line.strip(" │") for line in out.splitlines() if line.strip(" │"))
+    assert "Thin" not in text and "parsing, logging" not in text
+    assert text.index("object detection and tracking") < text.index("Commands")
+    assert "rtsp-worker run cameras.yaml" in text
+
+
+def test_a_removed_cameras_source_that_does_not_stop_is_left_behind_and_counted() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from rtsp_worker.camera_set import CameraSet
+    from rtsp_worker.config import SourceOptions
+
+    release = threading.Event()
+    stuck = threading.Thread(target=release.wait, args=(30,), daemon=True)  # a connect that does not return
+    stuck.start()
+    cam = SimpleNamespace(source=stuck, cfg=SimpleNamespace(name="gate"))
+    camset = SimpleNamespace(options=SourceOptions(), _linger_lock=threading.Lock(), lingering_sources=0)
+    camset._join = lambda c, t: CameraSet._join(camset, c, t)  # type: ignore[attr-defined]
+    try:
+        CameraSet._join_later(camset, cam, 0.2)  # type: ignore[arg-type]  # returns at once: joins in the background
+        assert camset.lingering_sources == 0
+        deadline = time.monotonic() + 20
+        while camset.lingering_sources == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert camset.lingering_sources == 1
+    finally:
+        release.set()
