@@ -32,7 +32,7 @@ from ops_support import (
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port, redis_server_factory
-from test_sinks import result
+from sink_support import result
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.detection.finite import drop_nonfinite
@@ -192,7 +192,7 @@ def test_sigkill_keeps_the_annotated_video_written_so_far(tmp_path: Path) -> Non
     code = f"""
 import os, sys, torch
 sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
-from test_sinks import result
+from sink_support import result
 from rtsp_worker.sinks.video import VideoSink
 sink = VideoSink({str(tmp_path)!r})
 grey = torch.full((240, 320, 3), 60, dtype=torch.uint8)

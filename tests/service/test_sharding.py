@@ -23,7 +23,7 @@ from rtsp_worker.service.sharding import (
     shard_from_hostname,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIZES = [(320, 240, 15), (1280, 720, 25), (1920, 1080, 30), (3840, 2160, 15)]
 
 

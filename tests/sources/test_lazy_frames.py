@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from media_support import decode_with as decode  # the GPU path's tests decode the same way
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.input_spec import InputSpec
@@ -27,9 +28,8 @@ from rtsp_worker.sim import synthetic
 from rtsp_worker.sources.camera import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
-from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
 CPU = torch.device("cpu")
 
 
@@ -107,7 +107,7 @@ def test_a_replaced_frame_is_never_converted():
         def __init__(self, i: int) -> None:
             self.i = i
 
-        def to_ndarray(self, format: str) -> np.ndarray:  # noqa: A002 - av.VideoFrame's own keyword
+        def to_ndarray(self, format: str) -> np.ndarray:
             converted.append(self.i)
             return np.full((16, 16, 3), self.i, dtype=np.uint8)
 
