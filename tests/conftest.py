@@ -1,4 +1,15 @@
-"""Shared fixtures: the repo importable as `rtsp_worker`, a small H.264 clip, and the real RTSP server."""
+"""Shared fixtures, in one place for every folder of tests/ (which mirrors the package by stage):
+
+- here: the repo importable as `rtsp_worker`, a small H.264 clip, the real RTSP server (`rtsp_server_factory`);
+- ops_support.py: the tiny ONNX model (`tiny_model`), a small clip (`small_clip`), test configs, a pipeline
+  on a thread, `wait_for`;
+- redis_fixture.py: a real redis-server on a free port (`redis_server_factory`), `free_port()`;
+- sink_support.py: hand-made results and recording sinks; tiny_models.py: tiny models of the output layouts;
+  media_support.py: decoding a clip in memory.
+
+Under pytest-xdist every worker is its own process: session fixtures are made once per worker, ports are
+bound to 0 or taken from free_port(), and files go to tmp_path / tmp_path_factory, never into the checkout.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +27,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sim.devserver import RtspServerProcess, available
+
+# The fixtures of the helper modules, for every test without importing them by name.
+pytest_plugins = ["ops_support", "redis_fixture"]
 
 # In CI a missing dependency must fail the run, not quietly skip the integration tests.
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -60,3 +74,17 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServerProcess]]:
     yield factory
     for server in started:
         server.stop()
+
+
+# Folders whose tests run real workers and wait on real-time streams or child processes: they start first,
+# so that under pytest-xdist the short unit tests fill the gaps instead of a long test ending the run alone.
+# (A stable sort: the order inside each folder and file is kept.)
+LONG_FIRST = ("e2e", "service", "tools")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        folder = Path(str(item.path)).parent.name
+        return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)

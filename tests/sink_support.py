@@ -1,8 +1,9 @@
-"""Shared pieces of the sink tests: hand-made results to write (no pipeline needed)."""
+"""Shared pieces of the sink tests: hand-made results to write, and sinks that record what they are given."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -19,3 +20,36 @@ def result(camera: str, frame: int, n_objects: int = 2, image: torch.Tensor | No
     )
     return FrameResult(camera=camera, camera_index=0, frame=frame, ts=ts if ts is not None else 1e9 + frame / 15,
                        width=320, height=240, objects=objects, image=image, done_ts=time.time())
+
+
+class RecordingSink:
+    """A sink that keeps (camera, frame, width, height) of every result: lets a test see frame sizes."""
+
+    name = "recording"
+    wants_images = False
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int, int]] = []
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        self.seen.extend((r.camera, r.frame, r.width, r.height) for r in results)
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink:
+    """Keeps the frame number of every result, and whether it was closed."""
+
+    name = "list"
+    wants_images = False
+
+    def __init__(self) -> None:
+        self.written: list[int] = []
+        self.closed = False
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        self.written.extend(r.frame for r in results)
+
+    def close(self) -> None:
+        self.closed = True

@@ -15,7 +15,7 @@ import pytest
 import torch
 from ops_support import PipelineThread, make_config, read_jsonl, small_clip, tiny_model, wait_for
 from redis_fixture import redis_server_factory
-from sink_support import result
+from sink_support import ListSink, result
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.pipeline import Pipeline
@@ -102,21 +102,6 @@ class FailingSink:
 
     def close(self) -> None:
         raise OSError("still full")
-
-
-class ListSink:
-    name = "list"
-    wants_images = False
-
-    def __init__(self) -> None:
-        self.written: list[int] = []
-        self.closed = False
-
-    def write(self, results: Sequence[FrameResult]) -> None:
-        self.written.extend(r.frame for r in results)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def test_slow_and_failing_sinks_do_not_block_or_starve_the_others(caplog: pytest.LogCaptureFixture) -> None:
