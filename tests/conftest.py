@@ -81,10 +81,26 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServerProcess]]:
 # (A stable sort: the order inside each folder and file is kept.)
 LONG_FIRST = ("e2e", "service", "tools")
 
+# Tests that run the trained model on several real-time streams and then judge what came out (tracking
+# quality, counts, every camera's frames): each needs most of a core for its whole run. Under
+# `--dist loadgroup` they form one xdist group, run one after another on one worker, so two of them
+# never compete for the same two cores (the other workers run everything else meanwhile).
+REALTIME_HEAVY = (
+    "e2e/test_e2e_tracking.py",
+    "e2e/test_e2e_analytics.py",
+    "e2e/test_integration.py",
+    "service/test_supervisor.py",
+    "tools/test_demo.py",
+)
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         folder = Path(str(item.path)).parent.name
         return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)
+    for item in items:
+        if Path(str(item.path)).relative_to(Path(__file__).parent).as_posix() in REALTIME_HEAVY:
+            item.add_marker(pytest.mark.xdist_group("realtime"))
