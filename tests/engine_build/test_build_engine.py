@@ -599,7 +599,7 @@ def test_fp16_synth_det_detections_match_fp32(tmp_path):
 
 class _Recorder:
     """Stand-in for the `tensorrt` module: records what the builder is asked to do (unit test of the
-    orchestration only; the real build runs in tests/test_tensorrt_engine.py on a GPU)."""
+    orchestration only; the real build runs in tests/engines/test_tensorrt_engine.py on a GPU)."""
 
     def __init__(self, version: str) -> None:
         rec = self
