@@ -13,6 +13,7 @@ bound to 0 or taken from free_port(), and files go to tmp_path / tmp_path_factor
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -82,9 +83,10 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServerProcess]]:
 LONG_FIRST = ("e2e", "service", "tools")
 
 # Tests that run the trained model on several real-time streams and then judge what came out (tracking
-# quality, counts, every camera's frames): each needs most of a core for its whole run. Under
-# `--dist loadgroup` they form one xdist group, run one after another on one worker, so two of them
-# never compete for the same two cores (the other workers run everything else meanwhile).
+# quality, counts, every camera's frames): each needs most of a core for its whole run. Under pytest-xdist
+# they take a lock shared by the workers, so two of them never compete for the same two cores (the other
+# workers run everything else meanwhile). A lock rather than an xdist_group: `--dist loadgroup` does not
+# group under pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads).
 REALTIME_HEAVY = (
     "e2e/test_e2e_tracking.py",
     "e2e/test_e2e_analytics.py",
@@ -94,13 +96,24 @@ REALTIME_HEAVY = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         folder = Path(str(item.path)).parent.name
         return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)
-    for item in items:
-        if Path(str(item.path)).relative_to(Path(__file__).parent).as_posix() in REALTIME_HEAVY:
-            item.add_marker(pytest.mark.xdist_group("realtime"))
+
+
+@pytest.fixture(autouse=True)
+def one_realtime_heavy_test_at_a_time(request: pytest.FixtureRequest,
+                                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Holds the workers' shared lock around a REALTIME_HEAVY test (no-op without xdist or for others)."""
+    relative = Path(str(request.node.path)).relative_to(Path(__file__).parent).as_posix()
+    if "PYTEST_XDIST_WORKER" not in os.environ or relative not in REALTIME_HEAVY:
+        yield
+        return
+    # Every worker's basetemp is <the run's basetemp>/popen-gwN: the parent is this run's, shared by its workers.
+    lock = tmp_path_factory.getbasetemp().parent / "realtime-heavy.lock"
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if the test fails
+        yield
