@@ -66,7 +66,7 @@ else
   step pytest_gpu 120 "$PY" -m pytest -q -m "gpu and not tensorrt" -rs -p no:cacheprovider \
     --junitxml "$OUT/pytest_gpu.xml" tests/
   # TensorRT is optional (its own index): its tests may skip when it was not brought; they run when it was.
-  step pytest_tensorrt 90 "$PY" -m pytest -q -m tensorrt -rs -p no:cacheprovider tests/engines/test_tensorrt_engine.py
+  step pytest_tensorrt 90 "$PY" -m pytest -q -n 0 -m tensorrt -rs -p no:cacheprovider tests/engines/test_tensorrt_engine.py
   step bench_gpu 150 "$PY" benchmarks/bench_gpu.py --seconds 4 --streams 1,8,32,64 --batches 1,8,32,64 \
     --e2e-streams 8,64 --json "$OUT/bench_gpu.json"
   step parity 45 "$PY" benchmarks/parity.py --frames 60 --json "$OUT/parity.json"
