@@ -63,7 +63,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   # Limits add up to 480 s: the whole script stays under 8 minutes even when every step runs out of time.
   step doctor 75 "$PY" -m rtsp_worker.cli doctor --device cuda --seconds 10 --cameras 8 --json "$OUT/doctor.json"
-  step pytest_gpu 120 "$PY" -m pytest -q -m "gpu and not tensorrt" -rs -p no:cacheprovider \
+  step pytest_gpu 120 "$PY" -m pytest -q -n 0 -m "gpu and not tensorrt" -rs -p no:cacheprovider \
     --junitxml "$OUT/pytest_gpu.xml" tests/
   # TensorRT is optional (its own index): its tests may skip when it was not brought; they run when it was.
   step pytest_tensorrt 90 "$PY" -m pytest -q -n 0 -m tensorrt -rs -p no:cacheprovider tests/engines/test_tensorrt_engine.py
