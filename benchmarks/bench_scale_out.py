@@ -205,7 +205,7 @@ def main() -> None:
     args = ap.parse_args()
     common.setup(args)
     ceiling = args.mode == "ceiling"
-    # --smoke (tests/test_benchmarks_smoke.py): 2 small cameras through 1 and 2 processes, a 2 s window.
+    # --smoke (tests/tools/test_benchmarks_smoke.py): 2 small cameras through 1 and 2 processes, a 2 s window.
     cameras = args.cameras or ([2] if args.smoke else [64] if ceiling else [8, 16])
     processes = args.processes or ([1, 2] if args.smoke or not ceiling else [1, 2, 4])
     seconds = 2.0 if args.smoke else args.seconds

@@ -4,7 +4,7 @@ and installed there without network (`scripts/gpu_check.sh OUTDIR --deps DIR`).
 The list is computed, not written by hand: the project's runtime requirements (pyproject.toml's
 `dependencies` and the `gpu` extra) and, transitively, those of every wheel brought, less the packages the
 machine has (`scripts/gpu_machine_packages.txt`) and the few that the parts needing them import lazily
-(`NOT_BROUGHT`, each with its reason; `tests/test_gpu_check.py` runs the check with every other package
+(`NOT_BROUGHT`, each with its reason; `tests/tools/test_gpu_check.py` runs the check with every other package
 blocked). A dependency added later is brought, or must be added to `NOT_BROUGHT` and imported lazily.
 
 The working tree and the bundle travel together under a limit (64 MiB): wheels are trimmed (optional

@@ -47,10 +47,10 @@ cd "$ROOT" || exit 1
 START=$(date +%s)
 BUDGET=$([ "$SMOKE" = 1 ] && echo 300 || echo 470)  # whole run; 8 minutes less the report's few seconds
 
-# The GPU test files: each imports only what the GPU machine has (tests/test_gpu_check.py runs this list
+# The GPU test files: each imports only what the GPU machine has (tests/tools/test_gpu_check.py runs this list
 # with every other package blocked). A GPU test in another file is not run here: add its file.
-GPU_TESTS="tests/test_gpu_path.py tests/test_kernels.py tests/test_layouts.py tests/test_tracking.py
-  tests/test_gpu_fixes.py"
+GPU_TESTS="tests/engines/test_gpu_path.py tests/detection/test_kernels.py tests/detection/test_layouts.py tests/tracking/test_tracking.py
+  tests/detection/test_gpu_fixes.py"
 
 # step NAME LIMIT_S COMMAND...: runs with min(limit, time left), logs to OUT/NAME.log, records name, rc, seconds.
 step() {
@@ -91,22 +91,22 @@ if [ "$SMOKE" = 1 ]; then
   step doctor 90 "$PY" -m rtsp_worker.cli doctor --device cpu:0 --seconds 1 --cameras 1 --width 320 \
     --height 192 --json "$OUT/doctor.json"
   # No GPU here: every GPU test skips; the step proves that the files import and the tests are collected.
-  step pytest_gpu 90 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_gpu.json" "$PY" -m pytest -q -m gpu -rs \
+  step pytest_gpu 90 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_gpu.json" "$PY" -m pytest -q -o addopts= -m gpu -rs \
     -p gpu_check_pytest -p no:cacheprovider $GPU_TESTS
 else
   step doctor 60 "$PY" -m rtsp_worker.cli doctor --device cuda:0 --seconds 10 --cameras 8 --json "$OUT/doctor.json"
-  step pytest_gpu 100 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_gpu.json" "$PY" -m pytest -q -m gpu -rs \
+  step pytest_gpu 100 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_gpu.json" "$PY" -m pytest -q -o addopts= -m gpu -rs \
     -p gpu_check_pytest -p no:cacheprovider $GPU_TESTS
 fi
 # TensorRT's libraries are not on PyPI (NVIDIA's index), and its tests build engines from ONNX files.
 if "$PY" -c "import tensorrt, onnx" > /dev/null 2>&1 && [ "$SMOKE" != 1 ]; then
-  step pytest_tensorrt 35 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_tensorrt.json" "$PY" -m pytest -q \
-    -m tensorrt -rs -p gpu_check_pytest -p no:cacheprovider tests/test_tensorrt_engine.py
+  step pytest_tensorrt 35 "${PLUGIN[@]}" GPU_CHECK_PYTEST_JSON="$OUT/pytest_tensorrt.json" "$PY" -m pytest -q -o addopts= \
+    -m tensorrt -rs -p gpu_check_pytest -p no:cacheprovider tests/engines/test_tensorrt_engine.py
 else
   not_available pytest_tensorrt "TensorRT (pip install tensorrt-cu13 --extra-index-url https://pypi.nvidia.com) and onnx are not both importable"
 fi
 if [ "$SMOKE" = 1 ]; then
-  # Without a GPU both benchmarks say so and exit 0 (their CPU simulations are tests/test_benchmarks_smoke.py's).
+  # Without a GPU both benchmarks say so and exit 0 (their CPU simulations are tests/tools/test_benchmarks_smoke.py's).
   step parity 60 "$PY" benchmarks/parity.py --frames 8 --json "$OUT/parity.json"
   step bench_gpu 30 "$PY" benchmarks/bench_gpu.py --smoke --json "$OUT/bench_gpu.json"
   step run 60 "$PY" scripts/gpu_check_run.py --json "$OUT/run.json" --log "$OUT/run_worker.log" --cameras 2 \

@@ -3,7 +3,7 @@
 # for the Redis sink tests) and a virtual environment in .venv with the project and its test extras.
 #   bash scripts/setup.sh            # CPU machine
 #   EXTRAS=test,parity,gpu bash scripts/setup.sh   # + PyNvVideoCodec/cupy on an NVIDIA machine
-# The default extras include `parity` (ultralytics, AGPL, test-only: tests/test_ultralytics_parity.py).
+# The default extras include `parity` (ultralytics, AGPL, test-only: tests/detection/test_ultralytics_parity.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,19 @@
-"""Shared fixtures: the repo importable as `rtsp_worker`, a small H.264 clip, and the real RTSP server."""
+"""Shared fixtures, in one place for every folder of tests/ (which mirrors the package by stage):
+
+- here: the repo importable as `rtsp_worker`, a small H.264 clip, the real RTSP server (`rtsp_server_factory`);
+- ops_support.py: the tiny ONNX model (`tiny_model`), a small clip (`small_clip`), test configs, a pipeline
+  on a thread, `wait_for`;
+- redis_fixture.py: a real redis-server on a free port (`redis_server_factory`), `free_port()`;
+- sink_support.py: hand-made results and recording sinks; tiny_models.py: tiny models of the output layouts;
+  media_support.py: decoding a clip in memory.
+
+Under pytest-xdist every worker is its own process: session fixtures are made once per worker, ports are
+bound to 0 or taken from free_port(), and files go to tmp_path / tmp_path_factory, never into the checkout.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +28,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sim.devserver import RtspServerProcess, available
+
+# The fixtures of the helper modules, for every test without importing them by name.
+pytest_plugins = ["ops_support", "redis_fixture"]
 
 # In CI a missing dependency must fail the run, not quietly skip the integration tests.
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -60,3 +75,45 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServerProcess]]:
     yield factory
     for server in started:
         server.stop()
+
+
+# Folders whose tests run real workers and wait on real-time streams or child processes: they start first,
+# so that under pytest-xdist the short unit tests fill the gaps instead of a long test ending the run alone.
+# (A stable sort: the order inside each folder and file is kept.)
+LONG_FIRST = ("e2e", "service", "tools")
+
+# Tests that run the trained model on several real-time streams and then judge what came out (tracking
+# quality, counts, every camera's frames): each needs most of a core for its whole run. Under pytest-xdist
+# they take a lock shared by the workers, so two of them never compete for the same two cores (the other
+# workers run everything else meanwhile). A lock rather than an xdist_group: `--dist loadgroup` does not
+# group under pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads).
+REALTIME_HEAVY = (
+    "e2e/test_e2e_tracking.py",
+    "e2e/test_e2e_analytics.py",
+    "e2e/test_integration.py",
+    "service/test_supervisor.py",
+    "tools/test_demo.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        folder = Path(str(item.path)).parent.name
+        return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(autouse=True)
+def one_realtime_heavy_test_at_a_time(request: pytest.FixtureRequest,
+                                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Holds the workers' shared lock around a REALTIME_HEAVY test (no-op without xdist or for others)."""
+    relative = Path(str(request.node.path)).relative_to(Path(__file__).parent).as_posix()
+    if "PYTEST_XDIST_WORKER" not in os.environ or relative not in REALTIME_HEAVY:
+        yield
+        return
+    # Every worker's basetemp is <the run's basetemp>/popen-gwN: the parent is this run's, shared by its workers.
+    lock = tmp_path_factory.getbasetemp().parent / "realtime-heavy.lock"
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if the test fails
+        yield

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from tiny_models import export_tiny
 from rtsp_worker.config import Config, parse_config
 from rtsp_worker.pipeline import Pipeline
 from rtsp_worker.sim.clips import write_test_clip
-from rtsp_worker.types import FrameResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,19 +130,3 @@ def write_size_change_clip(path: Path, fps: int = 15, seconds_each: float = 2.0)
         parts.append(part.read_bytes())
     path.write_bytes(b"".join(parts))
     return path
-
-
-class RecordingSink:
-    """A sink that keeps (camera, frame, width, height) of every result: lets a test see frame sizes."""
-
-    name = "recording"
-    wants_images = False
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, int, int, int]] = []
-
-    def write(self, results: Sequence[FrameResult]) -> None:
-        self.seen.extend((r.camera, r.frame, r.width, r.height) for r in results)
-
-    def close(self) -> None:
-        pass

@@ -6,7 +6,7 @@ random weight) hashing -- and goes to the first shard in its ranking that still 
 of `(1 + slack) x` the mean load; when none has room (a few very heavy cameras), to the least loaded one.
 Cameras are placed heaviest first, so the cap is met by moving light cameras, never heavy ones.
 
-Properties (tests/test_sharding.py checks them on 1000 random camera sets):
+Properties (tests/service/test_sharding.py checks them on 1000 random camera sets):
 - deterministic, disjoint and complete;
 - balanced: no shard carries more than `max((1 + slack) * mean, mean + heaviest camera)`;
 - stable: going from N to N+1 shards moves about 1/(N+1) of the cameras plus a few that the cap pushes

@@ -209,7 +209,8 @@ class IouTracker:
     """Multi-camera IOU tracker; see the module docstring for the rules."""
 
     def __init__(
-        self, cfg: TrackerConfig, num_cameras: int, device: torch.device | str, startup_grace: bool = True
+        self, cfg: TrackerConfig, num_cameras: int, device: torch.device | str, startup_grace: bool = True,
+        host_reads: bool | None = None,
     ) -> None:
         if num_cameras < 0:
             raise ValueError(f"num_cameras must be >= 0, got {num_cameras}")
@@ -218,8 +219,9 @@ class IouTracker:
         self.startup_grace = startup_grace
         self.motion = make_motion(cfg)
         self._layout = _Layout({**_FLOAT_FIELDS, **self.motion.fields})
-        # Host reads of device values (window trimming, greedy convergence) are free on CPU only.
-        self._host_reads = self.device.type == "cpu"
+        # Host reads of device values (window trimming, greedy convergence) are free on CPU only. None: on
+        # CPU only; False on CPU runs the device path's code (its tests compare it with the CPU path).
+        self._host_reads = self.device.type == "cpu" if host_reads is None else host_reads
         # Every slot's state, packed per dtype: group -> (C, T, width); see _Layout.
         self._state: dict[str, Tensor] = {}
         self._next_id = torch.ones((0,), dtype=torch.int64, device=self.device)

@@ -18,7 +18,7 @@ from rtsp_worker.config import parse_config
 from rtsp_worker.pipeline import Pipeline
 
 pytestmark = pytest.mark.rtsp
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "synth_det.onnx"
 
 

@@ -28,7 +28,7 @@ from rtsp_worker.sources.decoders import CpuDecoder
 from rtsp_worker.sources.nvdec import NvdecDecoder, is_packet_error
 from rtsp_worker.types import NATIVE, RGB, Frame
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 Y, U, V = 120, 100, 170  # a colour where BT.601 and BT.709 differ by ~8 levels in R and G
 
 

@@ -23,7 +23,7 @@ from rtsp_worker.service.sharding import (
     shard_from_hostname,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIZES = [(320, 240, 15), (1280, 720, 25), (1920, 1080, 30), (3840, 2160, 15)]
 
 
@@ -45,8 +45,11 @@ def _loads(owner: dict[str, int], costs: dict[str, float] | None, n: int) -> lis
     return loads
 
 
-def test_deterministic_disjoint_complete_balanced_on_1000_sets():
-    for names, costs in _camera_sets():
+@pytest.mark.parametrize("part", range(4))  # the 1000 sets in four interleaved parts: parallel test workers
+def test_deterministic_disjoint_complete_balanced_on_1000_sets(part: int):
+    for t, (names, costs) in enumerate(_camera_sets()):
+        if t % 4 != part:
+            continue
         for n in (1, 2, 3, 4, 5, 8):
             owner = assign(names, n, costs)
             # Complete and disjoint: every camera has exactly one shard, and it is a valid one.

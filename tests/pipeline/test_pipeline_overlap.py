@@ -18,7 +18,7 @@ from rtsp_worker.pipeline import Pipeline, _Finisher
 from rtsp_worker.sim.synthetic import make_scene, render_frame
 from rtsp_worker.types import Batch, Frame
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "synth_det.onnx"
 
 

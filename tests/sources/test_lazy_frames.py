@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from media_support import decode_with as decode  # the GPU path's tests decode the same way
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.input_spec import InputSpec
@@ -27,9 +28,8 @@ from rtsp_worker.sim import synthetic
 from rtsp_worker.sources.camera import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
-from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
+MODEL = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
 CPU = torch.device("cpu")
 
 
@@ -107,15 +107,16 @@ def test_a_replaced_frame_is_never_converted():
         def __init__(self, i: int) -> None:
             self.i = i
 
-        def to_ndarray(self, format: str) -> np.ndarray:  # noqa: A002 - av.VideoFrame's own keyword
+        def to_ndarray(self, format: str) -> np.ndarray:
             converted.append(self.i)
             return np.full((16, 16, 3), self.i, dtype=np.uint8)
 
     stats = CameraStats()
-    slot = FrameSlot(threading.Condition(), stats)
+    cond = threading.Condition()
+    slot = FrameSlot(cond, stats)
     for i in range(5):
         slot.put(Frame(0, i, 0.0, Watched(i), 16, 16, NATIVE))
-    with slot._cond:
+    with cond:
         frame = slot.take()
     x, _ = Preprocessor((16, 16), 1, CPU)([frame])
     assert stats.dropped == 4 and converted == [4]
@@ -163,14 +164,14 @@ def test_camera_skips_nonref_frames_only_while_frames_are_dropped(rtsp_server_fa
         src = CameraSource(0, CameraConfig(name="cam0", url=server.url("cam0")), SourceOptions(skip_nonref=skip),
                            slot, stats, stop, CPU)
         src.start()
-        return src, slot, stats, stop
+        return src, slot, stats, stop, cond
 
     def rate(stats, seconds=1.5):
         d0, t0 = stats.decoded, time.monotonic()
         time.sleep(seconds)
         return (stats.decoded - d0) / (time.monotonic() - t0)
 
-    src, slot, stats, stop = start(True)
+    src, slot, stats, stop, cond = start(True)
     try:
         deadline = time.monotonic() + 15
         while not stats.skipping_nonref and time.monotonic() < deadline:
@@ -184,8 +185,8 @@ def test_camera_skips_nonref_frames_only_while_frames_are_dropped(rtsp_server_fa
 
         def consume():
             while not done.is_set():
-                with slot._cond:
-                    slot._cond.wait(0.05)
+                with cond:
+                    cond.wait(0.05)
                     f = slot.take()
                 if f is not None:
                     taken.append(f)

@@ -19,7 +19,7 @@ import yaml
 from conftest import skip_or_fail
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "synth_det.onnx"
 CLIP_FRAMES = 300  # 20 s at 15 fps
 MIN_VISIBILITY = 0.3  # ground truth hidden more than this is not expected to be detected

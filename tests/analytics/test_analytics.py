@@ -242,7 +242,7 @@ def test_cli_exits_with_config_error_for_an_unknown_class(tmp_path):
 
     import yaml
 
-    model = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
+    model = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
     if not model.exists():
         pytest.skip(f"{model} is missing")
     cfg = tmp_path / "cameras.yaml"

@@ -373,9 +373,14 @@ def test_control_api_security_write_back_capacity_and_file_watch(tmp_path, rtsp_
     assert TOKEN not in w.log
 
 
+# Add/remove cycles after the warm-up: 30 show a leak of one thread, fd or decoder per cycle as surely as 50
+# did (every bound is per cycle or zero), in a little over half the time.
+CYCLES = 30
+
+
 @pytest.mark.rtsp
 @pytest.mark.slow
-def test_fifty_add_remove_cycles_do_not_grow_threads_fds_or_memory(
+def test_add_remove_cycles_do_not_grow_threads_fds_or_memory(
     tmp_path, rtsp_server_factory, small_clip, tiny_model
 ):
     srv = rtsp_server_factory({"a": f"file:{small_clip}", "x": f"file:{small_clip}"})
@@ -395,7 +400,7 @@ def test_fifty_add_remove_cycles_do_not_grow_threads_fds_or_memory(
             cycle(wait_frames=True)
         time.sleep(1)
         threads0, fds0, rss0 = w.proc_status()
-        for i in range(50):
+        for i in range(CYCLES):
             cycle(wait_frames=i % 10 == 0)
         # A removed camera's thread ends once its connection does (a loaded machine can take seconds to
         # finish the last cycle's RTSP set-up); a leaked thread never ends, however long this waits.
@@ -405,13 +410,14 @@ def test_fifty_add_remove_cycles_do_not_grow_threads_fds_or_memory(
     finally:
         code = w.stop()
     assert code == 0, w.log[-3000:]
-    print(f"50 cycles: threads {threads0}->{threads1}, fds {fds0}->{fds1}, rss {rss0}->{rss1} KiB")
-    # Stated bounds over 50 cycles: no thread left behind, at most 4 fds (sockets being closed), 48 MiB of
-    # resident memory (allocator noise; a leak of one decoder or tracker row per cycle would exceed it).
+    print(f"{CYCLES} cycles: threads {threads0}->{threads1}, fds {fds0}->{fds1}, rss {rss0}->{rss1} KiB")
+    # Stated bounds: no thread left behind, at most 4 fds (sockets being closed), ~1 MiB of resident memory
+    # per cycle (allocator noise, 4 MiB measured over 50 cycles; a leak of one decoder or tracker row per
+    # cycle would exceed it).
     assert threads1 <= threads0, (threads0, threads1)
     assert fds1 <= fds0 + 4, (fds0, fds1)
-    assert rss1 - rss0 <= 48 * 1024, (rss0, rss1)
-    assert len(re.findall(r"camera x removed: processed=", w.log)) == 55
+    assert rss1 - rss0 <= CYCLES * 1024, (rss0, rss1)
+    assert len(re.findall(r"camera x removed: processed=", w.log)) == 5 + CYCLES
     assert w.lines("a") == _processed_totals(w.log, "a")[-1]
 
 

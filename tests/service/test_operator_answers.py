@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_sinks import result
+from sink_support import result
 from tiny_models import export_tiny
 from typer.testing import CliRunner
 

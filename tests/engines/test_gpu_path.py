@@ -394,7 +394,7 @@ def test_exported_program_names_no_device_and_loads_for_meta(tmp_path):
 
 
 def test_shipped_model_is_device_independent():
-    path = Path(__file__).resolve().parents[1] / "models" / "synth_det.pt2"
+    path = Path(__file__).resolve().parents[2] / "models" / "synth_det.pt2"
     program = torch.export.load(str(path))
     assert device_copies(program) == []
     from torch.export.passes import move_to_device_pass
@@ -625,7 +625,7 @@ def test_cameras_decode_on_the_engines_device_not_the_configured_one(tmp_path, m
     import rtsp_worker.pipeline as pipeline_mod
     from rtsp_worker.config import parse_config
 
-    onnx = Path(__file__).resolve().parents[1] / "models" / "synth_det.onnx"
+    onnx = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
     cfg = parse_config({
         "cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}, {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
         "model": {"path": str(onnx)}, "device": "cpu", "output": {"dir": str(tmp_path)},

@@ -13,7 +13,7 @@ import pytest
 from rtsp_worker.sim import synthetic
 from rtsp_worker.sim.synthetic import CLASS_NAMES, MOT_CLASS_IDS, make_scene, render, write_sequence
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "synth_det.onnx"
 PT2 = REPO / "models" / "synth_det.pt2"
 sys.path.insert(0, str(REPO / "scripts"))

@@ -17,7 +17,7 @@ from conftest import skip_or_fail
 from rtsp_worker.sim.devserver import available
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CAMERAS = ["cam0", "cam1", "lobby"]
 
 

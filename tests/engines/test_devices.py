@@ -24,7 +24,7 @@ from rtsp_worker.engines import load_engine
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.types import RGB, Frame
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PT2 = REPO / "models" / "synth_det.pt2"
 
 

@@ -32,7 +32,7 @@ from ops_support import (
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port, redis_server_factory
-from test_sinks import result
+from sink_support import ListSink, result
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.detection.finite import drop_nonfinite
@@ -72,20 +72,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-class ListSink:
-    name = "list"
-    wants_images = False
-
-    def __init__(self) -> None:
-        self.frames: list[int] = []
-
-    def write(self, results) -> None:
-        self.frames.extend(r.frame for r in results)
-
-    def close(self) -> None:
-        pass
-
-
 def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Path, caplog) -> None:
     caplog.set_level(logging.INFO)
     jsonl, other = JsonlSink(small_fs), ListSink()
@@ -101,7 +87,7 @@ def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Pat
     assert jsonl.failed == n - len(on_disk) and jsonl.errors >= 1
     # What the operator sees: drops and errors that add up, one throttled error line.
     assert runner.drops("jsonl") == n - len(on_disk) and runner.error_count("jsonl") >= 1
-    assert other.frames == list(range(n)), "another sink lost results because the disk was full"
+    assert other.written == list(range(n)), "another sink lost results because the disk was full"
     assert len(re.findall(r"jsonl .*cam/frames\.jsonl: write failed", caplog.text)) <= 3
     assert "No space left on device" in caplog.text
 
@@ -193,7 +179,7 @@ def test_sigkill_keeps_the_annotated_video_written_so_far(tmp_path: Path) -> Non
     code = f"""
 import os, sys, torch
 sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
-from test_sinks import result
+from sink_support import result
 from rtsp_worker.sinks.video import VideoSink
 sink = VideoSink({str(tmp_path)!r})
 grey = torch.full((240, 320, 3), 60, dtype=torch.uint8)

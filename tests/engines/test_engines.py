@@ -1,5 +1,7 @@
 """ONNX Runtime engine: reads size and names from the model, runs whole batches, rejects bad models."""
 
+import threading
+
 import pytest
 import torch
 from tiny_models import export_tiny
@@ -10,6 +12,11 @@ from rtsp_worker.engines import ModelError, choose_backend, load_engine
 
 def load(path, **kw):
     return load_engine(ModelConfig(path=path, **kw), torch.device("cpu"), max_batch=4)
+
+
+def ort_threads() -> int:
+    """Threads of the engines' parallel-run pools in this process."""
+    return sum(t.name.startswith("ort-run") for t in threading.enumerate())
 
 
 def test_reads_input_size_and_names(tmp_path):
@@ -33,27 +40,23 @@ def test_fixed_batch_one_model_still_runs_batches(tmp_path):
 def test_parallel_runs_split_a_batch_and_give_the_same_output(tmp_path):
     """model.parallel_runs: sub-batches at once on a single-threaded session; smaller batches one run."""
     path = export_tiny(tmp_path / "m.onnx", nc=2)
+    before = ort_threads()
     one = load(path, parallel_runs=1)
+    assert ort_threads() == before  # one run at a time: no pool
     three = load_engine(ModelConfig(path=path, parallel_runs=3), torch.device("cpu"), max_batch=8)
     x = torch.rand(7, 3, 64, 96)
     try:
-        assert one._single is None and three._single is not None and three._runs == 3
+        assert ort_threads() == before + 2  # three runs at once: two pool threads, the caller runs the third
         assert torch.allclose(three.infer(x), one.infer(x), atol=1e-5)  # 7 images as 3 + 2 + 2, in order
-        assert three._pool is not None and three._pool._max_workers == 2  # the caller runs one sub-batch
         assert torch.allclose(three.infer(x[:2]), one.infer(x[:2]), atol=1e-5)  # 2 < 3: one run
     finally:
         three.close()
-    assert three._pool is None
+    assert ort_threads() == before  # close() ends the pool
 
 
 def test_parallel_runs_threads_run_from_the_start(tmp_path):
     """The pool's threads exist once the engine is loaded: the first parallel batch adds none (an
     operator's thread count, and the leak tests that read it, see a steady number from the start)."""
-    import threading
-
-    def ort_threads() -> int:
-        return sum(t.name.startswith("ort-run") for t in threading.enumerate())
-
     before = ort_threads()
     three = load_engine(ModelConfig(path=export_tiny(tmp_path / "m.onnx", nc=2), parallel_runs=3),
                         torch.device("cpu"), max_batch=8)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from ops_support import PipelineThread, make_config, read_jsonl, small_clip, tiny_model, wait_for
 from redis_fixture import redis_server_factory
+from sink_support import ListSink, result
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.pipeline import Pipeline
@@ -23,18 +24,7 @@ from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.sinks.video import VideoSink
 from rtsp_worker.sources.camera import CameraState
-from rtsp_worker.types import FrameResult, TrackedObject
-
-
-def result(camera: str, frame: int, n_objects: int = 2, image: torch.Tensor | None = None,
-           ts: float | None = None) -> FrameResult:
-    objects = tuple(
-        TrackedObject(track_id=k + 1, class_id=k % 3, class_name=("person", "car", "bike")[k % 3],
-                      confidence=0.5 + 0.1 * k, box=(10.0 + 30 * k + frame, 20.0, 40.0 + 30 * k + frame, 80.0))
-        for k in range(n_objects)
-    )
-    return FrameResult(camera=camera, camera_index=0, frame=frame, ts=ts if ts is not None else 1e9 + frame / 15,
-                       width=320, height=240, objects=objects, image=image, done_ts=time.time())
+from rtsp_worker.types import FrameResult
 
 FIXTURES = (redis_server_factory, small_clip, tiny_model)  # pytest finds fixtures by their module-level name
 
@@ -112,21 +102,6 @@ class FailingSink:
 
     def close(self) -> None:
         raise OSError("still full")
-
-
-class ListSink:
-    name = "list"
-    wants_images = False
-
-    def __init__(self) -> None:
-        self.written: list[int] = []
-        self.closed = False
-
-    def write(self, results: Sequence[FrameResult]) -> None:
-        self.written.extend(r.frame for r in results)
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def test_slow_and_failing_sinks_do_not_block_or_starve_the_others(caplog: pytest.LogCaptureFixture) -> None:

@@ -22,7 +22,6 @@ from ops_support import (
     RECOVERY_BOUND_S,
     REPO,
     PipelineThread,
-    RecordingSink,
     make_config,
     rate,
     read_jsonl,
@@ -32,6 +31,7 @@ from ops_support import (
     write_size_change_clip,
 )
 from redis_fixture import free_port, redis_server_factory
+from sink_support import RecordingSink
 
 from rtsp_worker.pipeline import Pipeline
 from rtsp_worker.sim.clips import write_test_clip

@@ -371,7 +371,7 @@ def test_import_stays_light():
     code = ("import sys, rtsp_worker.engine_build.cli, rtsp_worker.engines.tensorrt; "
             "print(sorted(m for m in ('tensorrt', 'onnxruntime', 'av') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parent.parent, check=True)
+                         cwd=Path(__file__).resolve().parents[2], check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -564,7 +564,7 @@ def test_accuracy_guard_passes_fp16_and_rejects_a_different_model(tmp_path):
 
 # ------------------------------------------------------------------------ the project's own model
 
-SYNTH_DET = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
+SYNTH_DET = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
 # Stated tolerance for FP16 vs FP32 detections (after NMS) on the project's model: every detection of one
 # has a same-class partner in the other with IoU >= 0.95 and a score within 0.02. A detection scoring just
 # above the threshold in one may fall just below it in the other, so each side is matched against the
@@ -599,7 +599,7 @@ def test_fp16_synth_det_detections_match_fp32(tmp_path):
 
 class _Recorder:
     """Stand-in for the `tensorrt` module: records what the builder is asked to do (unit test of the
-    orchestration only; the real build runs in tests/test_tensorrt_engine.py on a GPU)."""
+    orchestration only; the real build runs in tests/engines/test_tensorrt_engine.py on a GPU)."""
 
     def __init__(self, version: str) -> None:
         rec = self

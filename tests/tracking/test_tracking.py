@@ -328,8 +328,7 @@ def test_device_path_without_host_reads_matches_cpu_path() -> None:
     # On CUDA the tracker neither trims its slot window nor checks greedy convergence (both need a
     # host read); the same code on CPU with those reads switched off must give the same tracks.
     cfg = TrackerConfig(min_hits=2, max_tracks=64)
-    fast, full = IouTracker(cfg, 3, "cpu"), IouTracker(cfg, 3, "cpu")
-    full._host_reads = False
+    fast, full = IouTracker(cfg, 3, "cpu"), IouTracker(cfg, 3, "cpu", host_reads=False)
     cams = torch.tensor([2, 0, 1])
     for d in _random_batches(12, 3, seed=3):
         a, b = fast.update(cams, d), full.update(cams, d)
@@ -482,8 +481,8 @@ def test_device_path_reads_the_host_once_per_update(motion: str) -> None:
     # The CUDA path (no host reads) must sync once per update: the nonzero that sizes the output.
     # .any()/.all() are recorded too: harmless as tensors, they are listed so that an `if x.any()`
     # (which also shows up as __bool__) cannot hide.
-    trk = IouTracker(TrackerConfig(min_hits=2, max_tracks=64, motion=motion, min_confidence=0.5), 3, "cpu")
-    trk._host_reads = False
+    trk = IouTracker(TrackerConfig(min_hits=2, max_tracks=64, motion=motion, min_confidence=0.5), 3, "cpu",
+                     host_reads=False)
     cams = torch.tensor([2, 0, 1])
     for f, d in enumerate(_random_batches(6, 3, seed=5)):
         ts = torch.full((3,), 10.0 + f / 15, dtype=torch.float64)
