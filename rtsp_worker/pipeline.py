@@ -86,6 +86,14 @@ def build_sinks(cfg: Config, class_names: Sequence[str]) -> list[Sink]:
         from rtsp_worker.sinks.redis import RedisSink
 
         sinks.append(RedisSink(out.redis))
+    if out.mqtt is not None:
+        from rtsp_worker.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(out.mqtt))
+    if out.webhooks:
+        from rtsp_worker.sinks.webhook import WebhookSink
+
+        sinks.extend(WebhookSink(w, i) for i, w in enumerate(out.webhooks))
     return sinks
 
 
