@@ -48,7 +48,7 @@ class Mosquitto:
         self.port = free_port()
         self.tls_port = free_port() if tls else None
         self.cert: Path | None = None
-        lines = [f"listener {self.port} 127.0.0.1", f"persistence true", f"persistence_location {directory}/",
+        lines = [f"listener {self.port} 127.0.0.1", "persistence true", f"persistence_location {directory}/",
                  "autosave_interval 0", "max_queued_messages 100000", "log_type error", "log_type warning",
                  f"log_dest file {directory / 'mosquitto.log'}"]
         if os.geteuid() == 0:
