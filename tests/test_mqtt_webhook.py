@@ -27,6 +27,7 @@ from rtsp_worker.types import Event, FrameResult
 
 FIXTURES = (mosquitto_factory, small_clip, tiny_model)
 pytest.importorskip("paho.mqtt")
+MQTT = pytest.mark.mqtt
 
 
 def event(i: int, camera: str = "a", kind: str = "line", direction: str = "in") -> Event:
@@ -107,6 +108,7 @@ def endpoints():
 
 
 # -- end to end -----------------------------------------------------------------------------------------
+@MQTT
 @pytest.mark.rtsp
 @pytest.mark.slow
 def test_worker_sends_every_jsonl_event_to_mqtt_and_matching_ones_to_the_webhook(
@@ -171,6 +173,7 @@ def test_worker_sends_every_jsonl_event_to_mqtt_and_matching_ones_to_the_webhook
 
 
 # -- MQTT ---------------------------------------------------------------------------------------------
+@MQTT
 @pytest.mark.slow
 def test_broker_restart_loses_nothing_within_the_buffer_and_counts_drops_beyond(mosquitto_factory, caplog):
     broker = mosquitto_factory()
@@ -204,6 +207,7 @@ def test_broker_restart_loses_nothing_within_the_buffer_and_counts_drops_beyond(
     sub.close()
 
 
+@MQTT
 def test_wrong_password_is_a_clear_error_without_the_secret(mosquitto_factory, caplog, monkeypatch):
     secret = "Wr0ng-Secret-Passw0rd"
     broker = mosquitto_factory(users={"worker": "the-right-password"})
@@ -225,6 +229,7 @@ def test_wrong_password_is_a_clear_error_without_the_secret(mosquitto_factory, c
     assert not sink.connected and sink.delivered == 0 and sink.dropped == 1
 
 
+@MQTT
 def test_broker_down_at_start_warns_once_and_connects_when_it_comes(tmp_path, caplog):
     broker = Mosquitto(tmp_path)  # its port is chosen, nothing listens on it yet
     caplog.set_level(logging.INFO, logger="rtsp_worker.sinks.mqtt")
@@ -244,6 +249,7 @@ def test_broker_down_at_start_warns_once_and_connects_when_it_comes(tmp_path, ca
         broker.stop()
 
 
+@MQTT
 @pytest.mark.slow
 def test_mqtt_over_tls_with_a_self_signed_certificate(mosquitto_factory, caplog):
     broker = mosquitto_factory(tls=True)
