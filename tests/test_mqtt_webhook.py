@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from mqtt_fixture import Mosquitto, Subscriber, mosquitto_factory
@@ -331,3 +332,6 @@ def test_webhook_config_refuses_bad_urls_and_duplicate_names():
         assert "abcdef" not in str(err.value)
     with pytest.raises(ConfigError, match="not mqtts://"):
         parse_config({**base, "output": {"mqtt": {"url": "mqtt://h", "tls": {"insecure": True}}}}, source="c.yaml")
+    # A certificate file that is not there: a config error naming it, at start (not a retry loop).
+    with pytest.raises(ConfigError, match=r"output.mqtt.tls: cannot load ca=/nonexistent/ca.pem: No such file"):
+        mqtt_sink("mqtts://127.0.0.1:1", tls=MqttTlsConfig(ca=Path("/nonexistent/ca.pem")))

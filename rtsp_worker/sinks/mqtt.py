@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
-from rtsp_worker.config import MqttConfig
+from rtsp_worker.config import ConfigError, MqttConfig
 from rtsp_worker.redact import mask_url, register_secret, register_url, url_host_port
 from rtsp_worker.sinks.lines import record_json
 from rtsp_worker.sinks.run import run_id
@@ -112,10 +112,16 @@ class MqttSink:
         if parts.scheme.lower() == "mqtts":
             tls = cfg.tls
             insecure = tls is not None and tls.insecure
-            client.tls_set(ca_certs=str(tls.ca) if tls and tls.ca else None,
-                           certfile=str(tls.cert) if tls and tls.cert else None,
-                           keyfile=str(tls.key) if tls and tls.key else None,
-                           cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED)
+            files = {"ca": tls.ca, "cert": tls.cert, "key": tls.key} if tls is not None else {}
+            try:
+                client.tls_set(ca_certs=str(tls.ca) if tls and tls.ca else None,
+                               certfile=str(tls.cert) if tls and tls.cert else None,
+                               keyfile=str(tls.key) if tls and tls.key else None,
+                               cert_reqs=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED)
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                named = ", ".join(f"{k}={v}" for k, v in files.items() if v is not None) or "the system's CAs"
+                raise ConfigError(f"output.mqtt.tls: cannot load {named}: {getattr(e, 'strerror', None) or e}"
+                                  ) from None
             if insecure:
                 client.tls_insecure_set(True)
                 log.warning("mqtt %s: tls.insecure: the broker's certificate and host name are not checked",
