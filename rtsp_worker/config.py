@@ -408,6 +408,14 @@ class WebhookConfig(_Model):
     backoff_s: float = Field(0.5, gt=0, le=60, description="Wait before the first retry, doubled each time.")
     queue: int = Field(1000, ge=1, le=100000, description="Events waiting to be sent; beyond: dropped, counted.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True.
+        if isinstance(data, dict) and any(k is True for k in data) and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @field_validator("url")
     @classmethod
     def _check_webhook_url(cls, v: SecretStr) -> SecretStr:

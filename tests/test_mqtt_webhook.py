@@ -320,8 +320,13 @@ def test_hanging_webhook_is_bounded_counted_and_blocks_nothing(endpoints, tmp_pa
     assert re.search(r"timed out", caplog.text)
 
 
-def test_webhook_config_refuses_bad_urls_and_duplicate_names():
-    from rtsp_worker.config import ConfigError
+def test_webhook_config_refuses_bad_urls_and_duplicate_names(tmp_path):
+    from rtsp_worker.config import ConfigError, load_config
+
+    # In YAML 1.1 a bare `on:` key is the boolean true: the webhook still gets its `on` list.
+    (tmp_path / "c.yaml").write_text("cameras: [{name: a, url: rtsp://127.0.0.1/a}]\nmodel: {path: m.onnx}\n"
+                                     "output:\n  webhooks:\n    - url: http://h/x\n      on: [zone_exit]\n")
+    assert load_config(tmp_path / "c.yaml").output.webhooks[0].on == ["zone_exit"]
 
     base = {"cameras": [{"name": "a", "url": "rtsp://127.0.0.1/a"}], "model": {"path": "m.onnx"}}
     for hooks, expected in (([{"url": "ftp://h/x?key=abcdef"}], "use http:// or https://"),
