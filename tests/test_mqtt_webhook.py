@@ -231,7 +231,8 @@ def test_wrong_password_is_a_clear_error_without_the_secret(mosquitto_factory, c
 
 
 @MQTT
-def test_broker_down_at_start_warns_once_and_connects_when_it_comes(tmp_path, caplog):
+def test_broker_down_at_start_warns_once_and_connects_when_it_comes(tmp_path, caplog, mosquitto_factory):
+    # (mosquitto_factory only for its check that mosquitto is installed: this broker starts late, by hand)
     broker = Mosquitto(tmp_path)  # its port is chosen, nothing listens on it yet
     caplog.set_level(logging.INFO, logger="rtsp_worker.sinks.mqtt")
     sink = mqtt_sink(broker.url)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import ssl
 import sys
 import threading
@@ -101,7 +102,9 @@ class MqttSink:
 
     def _make_client(self, retry_initial_s: float, retry_max_s: float) -> mqtt.Client:
         cfg = self.cfg
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"rtsp-worker-{self.run}",
+        # Unique per client: a broker disconnects the older of two clients with one id (session takeover).
+        client_id = f"rtsp-worker-{self.run}-{secrets.token_hex(2)}"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv311, clean_session=True)
         parts = urlsplit(cfg.url)
         username = cfg.username or (parts.username and unquote(parts.username))
