@@ -22,6 +22,7 @@ from mqtt_fixture import Mosquitto, Subscriber, mosquitto_factory
 from ops_support import PipelineThread, make_config, small_clip, tiny_model, wait_for
 
 from rtsp_worker.config import MqttConfig, MqttTlsConfig, WebhookConfig, parse_config
+from rtsp_worker.redact import scrub
 from rtsp_worker.sinks import SinkRunner
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.types import Event, FrameResult
@@ -318,6 +319,7 @@ def test_hanging_webhook_is_bounded_counted_and_blocks_nothing(endpoints, tmp_pa
     assert sink.delivered == 0 and sink.dropped + sink.failed == 20 and runner.drops("webhook:slow") == 20
     assert len((tmp_path / "a.events.jsonl").read_text().splitlines()) == 20
     assert "s3cr3t-path-token" not in caplog.text and "webhook slow" in caplog.text
+    assert "s3cr3t-path-token" not in scrub(f"POST {secret_url} failed")  # registered with the log filter
     assert re.search(r"timed out", caplog.text)
 
 
