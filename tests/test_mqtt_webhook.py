@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -206,6 +207,20 @@ def test_broker_restart_loses_nothing_within_the_buffer_and_counts_drops_beyond(
     runner.close()
     wait_for(lambda: sub.on("t/availability")[-1] == b"offline", 15, "offline at the stop")
     assert "connection lost" in caplog.text
+    sub.close()
+
+
+@MQTT
+def test_last_will_says_offline_when_the_connection_dies_and_online_after_the_reconnect(mosquitto_factory):
+    broker = mosquitto_factory()
+    sub = Subscriber(broker, "t/availability")
+    sink = mqtt_sink(broker.url)
+    wait_for(lambda: sub.on("t/availability")[-1:] == [b"online"], 15, "online")
+    n = len(sub.on("t/availability"))
+    sink._client.socket().shutdown(socket.SHUT_RDWR)  # the connection dies without a DISCONNECT: as in a crash
+    wait_for(lambda: sub.on("t/availability")[n:][:1] == [b"offline"], 15, "the broker's last will")
+    wait_for(lambda: sub.on("t/availability")[-1:] == [b"online"] and sink.connected, 15, "online again")
+    sink.close()
     sub.close()
 
 
