@@ -169,6 +169,9 @@ def test_worker_sends_every_jsonl_event_to_mqtt_and_matching_ones_to_the_webhook
     text = generate_latest(metrics.registry).decode()
     assert f'rtsp_worker_sink_delivered_total{{sink="mqtt"}} {float(len(jsonl))}' in text
     assert f'rtsp_worker_sink_delivered_total{{sink="webhook:alarm"}} {float(len(enters))}' in text
+    for sink in ("mqtt", "webhook:alarm"):
+        assert f'rtsp_worker_sink_dropped_total{{sink="{sink}",where="buffer"}} 0.0' in text
+        assert f'rtsp_worker_sink_buffered{{sink="{sink}"}} 0.0' in text
     for secret in (key, token, hook.url()):
         assert secret not in text
         assert secret not in caplog.text
