@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rtsp_worker.analytics.events import Analytics
+from rtsp_worker.analytics.events import Analytics, EventIds
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig
@@ -29,6 +29,7 @@ from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
 from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner
+from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sources.camera import CameraSource, CameraState, CameraStats, FrameSlot
 from rtsp_worker.tracking.tracker import IouTracker
 from rtsp_worker.types import Batch, Detections, Frame, FrameResult, Letterbox, TrackedObject, Tracks
@@ -85,6 +86,14 @@ def build_sinks(cfg: Config, class_names: Sequence[str]) -> list[Sink]:
         from rtsp_worker.sinks.redis import RedisSink
 
         sinks.append(RedisSink(out.redis))
+    if out.mqtt is not None:
+        from rtsp_worker.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(out.mqtt))
+    if out.webhooks:
+        from rtsp_worker.sinks.webhook import WebhookSink
+
+        sinks.extend(WebhookSink(w, i) for i, w in enumerate(out.webhooks))
     return sinks
 
 
@@ -109,7 +118,8 @@ class Pipeline:
                                        self.engine.input_dtype)
         self.tracker = IouTracker(cfg.tracker, len(cameras), self.work_device)
         # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
-        self.analytics = Analytics.from_config(cfg, info.class_names)
+        self.event_ids = EventIds(run_id())  # outlives every rebuild of the analytics stage
+        self.analytics = Analytics.from_config(cfg, info.class_names, event_ids=self.event_ids)
         self.nonfinite = NonFiniteCounter(self.work_device)  # NaN/Inf detections dropped before the tracker
 
         self.stop_event = threading.Event()
@@ -261,7 +271,7 @@ class Pipeline:
         self.batcher.slots, self.batcher.stats = self.slots, self.stats
         if self.analytics is not None or any(c.lines or c.zones for c in self.camset.view.cameras):
             rows = [c.cfg if c is not None else None for c in self.camset.by_row]
-            self.analytics = Analytics.for_rows(self.cfg, rows, self.class_names, self.analytics)
+            self.analytics = Analytics.for_rows(self.cfg, rows, self.class_names, self.analytics, self.event_ids)
 
     def _apply_changes(self) -> None:
         """Between two batches: finish the batch in flight, then change the camera set."""

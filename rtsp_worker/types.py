@@ -213,11 +213,18 @@ class Event:
     point: tuple[float, float]  # the anchor, source-frame pixels
     dwell_s: float | None = None  # zone exit: seconds between enter and exit
     lost: bool = False  # zone exit because the track was lost (not seen for longer than the tracker keeps it)
+    id: str = ""  # `<run>-<camera>-<n>`, unique within the run (analytics.events.EventIds); "" when made by hand
+
+    @property
+    def trigger(self) -> str:
+        """The name an `on:` list matches: line, zone_enter or zone_exit."""
+        return f"zone_{self.direction}" if self.kind == "zone" else self.kind
 
     def to_json_dict(self) -> dict:
-        d = {"camera": self.camera, "frame": self.frame, "ts": round(self.ts, 6), "track_id": self.track_id,
-             "class_id": self.class_id, "class": self.class_name, "kind": self.kind, self.kind: self.name,
-             "direction": self.direction, "point": [round(self.point[0], 2), round(self.point[1], 2)]}
+        d = {"id": self.id} if self.id else {}
+        d |= {"camera": self.camera, "frame": self.frame, "ts": round(self.ts, 6), "track_id": self.track_id,
+              "class_id": self.class_id, "class": self.class_name, "kind": self.kind, self.kind: self.name,
+              "direction": self.direction, "point": [round(self.point[0], 2), round(self.point[1], 2)]}
         if self.dwell_s is not None:
             d["dwell_s"] = round(self.dwell_s, 3)
         if self.lost:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on Debian/Ubuntu: system packages (GStreamer RTSP server for the local cameras, redis
-# for the Redis sink tests) and a virtual environment in .venv with the project and its test extras.
+# for the Redis sink tests, mosquitto for the MQTT sink tests, which start their own brokers) and a virtual
+# environment in .venv with the project and its test extras.
 #   bash scripts/setup.sh            # CPU machine
 #   EXTRAS=test,parity,gpu bash scripts/setup.sh   # + PyNvVideoCodec/cupy on an NVIDIA machine
 # The default extras include `parity` (ultralytics, AGPL, test-only: tests/detection/test_ultralytics_parity.py).
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
-  redis-server
+  redis-server mosquitto
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

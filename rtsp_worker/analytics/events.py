@@ -27,9 +27,27 @@ from rtsp_worker.analytics.lines import NO_CROSSING, LineSet
 from rtsp_worker.analytics.zones import ZoneSet, ZoneStep
 from rtsp_worker.config import CameraConfig, Config, ConfigError
 from rtsp_worker.devices import normalize_device
+from rtsp_worker.sinks.run import run_id
 from rtsp_worker.types import Event, Frame
 
 log = logging.getLogger(__name__)
+
+
+class EventIds:
+    """Event ids `<run>-<camera>-<n>`, n counting from 1 per camera for the whole run.
+
+    Owned by the pipeline, not by one `Analytics`: the stage is rebuilt whenever the camera set changes (or
+    dropped while no camera has a line or zone), and a camera removed and added again must not reuse ids.
+    Called from the one thread that runs the analytics.
+    """
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self._counts: dict[str, int] = {}
+
+    def next(self, camera: str) -> str:
+        n = self._counts[camera] = self._counts.get(camera, 0) + 1
+        return f"{self.run}-{camera}-{n}"
 
 
 def class_masks(cameras: Sequence[CameraConfig], kind: str, class_names: Sequence[str],
@@ -66,8 +84,10 @@ class Analytics:
     """
 
     def __init__(self, cameras: Sequence[CameraConfig], class_names: Sequence[str], *, expire: Sequence[int],
-                 capacity: int = 512, device: torch.device | str = "cpu", origin: str = "<config>") -> None:
+                 capacity: int = 512, device: torch.device | str = "cpu", origin: str = "<config>",
+                 event_ids: EventIds | None = None) -> None:
         device = normalize_device(device)
+        self.event_ids = event_ids if event_ids is not None else EventIds(run_id())
         self.cameras = list(cameras)
         self.names = [c.name for c in cameras]
         self.class_names = list(class_names)
@@ -98,8 +118,8 @@ class Analytics:
         self._occupancy = np.zeros((n_cams, n_zones, len(class_names)), dtype=np.int64)
 
     @classmethod
-    def from_config(cls, cfg: Config, class_names: Sequence[str], device: torch.device | str = "cpu"
-                    ) -> Analytics | None:
+    def from_config(cls, cfg: Config, class_names: Sequence[str], device: torch.device | str = "cpu",
+                    event_ids: EventIds | None = None) -> Analytics | None:
         """The stage for `cfg`'s enabled cameras, or None when none has a line or zone."""
         cams = cfg.enabled_cameras
         if not any(c.lines or c.zones for c in cams):
@@ -107,11 +127,11 @@ class Analytics:
         # Forget a track a little after the tracker would: max_age counts inferred frames only.
         expire = [(cfg.tracker.max_age + 2) * c.infer_interval for c in cams]
         return cls(cams, class_names, expire=expire, capacity=2 * cfg.tracker.max_tracks, device=device,
-                   origin=cfg.origin)
+                   origin=cfg.origin, event_ids=event_ids)
 
     @classmethod
     def for_rows(cls, cfg: Config, rows: Sequence[CameraConfig | None], class_names: Sequence[str],
-                 previous: Analytics | None = None) -> Analytics | None:
+                 previous: Analytics | None = None, event_ids: EventIds | None = None) -> Analytics | None:
         """The stage after the camera set changed at run time (rows = tracker rows, None where free).
 
         A camera whose row, name, lines and zones are unchanged keeps its state (track sides, zone presence,
@@ -125,7 +145,8 @@ class Analytics:
                 for r, c in enumerate(rows)]
         expire = [(cfg.tracker.max_age + 2) * c.infer_interval for c in cams]
         new = cls(cams, class_names, expire=expire, capacity=2 * cfg.tracker.max_tracks,
-                  device=previous.device if previous is not None else "cpu", origin=cfg.origin)
+                  device=previous.device if previous is not None else "cpu", origin=cfg.origin,
+                  event_ids=event_ids or (previous.event_ids if previous is not None else None))
         if previous is not None:
             new._keep_from(previous)
         return new
@@ -243,7 +264,8 @@ class Analytics:
                point: Sequence[float], dwell: float | None = None, lost: bool = False) -> Event:
         return Event(camera=self.names[frame.camera], frame=frame.seq, ts=frame.ts, track_id=track_id,
                      class_id=class_id, class_name=self.class_names[class_id], kind=kind, name=name,
-                     direction=direction, point=(float(point[0]), float(point[1])), dwell_s=dwell, lost=lost)
+                     direction=direction, point=(float(point[0]), float(point[1])), dwell_s=dwell, lost=lost,
+                     id=self.event_ids.next(self.names[frame.camera]))
 
     def _line_events(self, events: list[list[Event]], frames: Sequence[Frame], batch_index: Tensor,
                      track_ids: Tensor, class_ids: Tensor, crossing: Tensor, anchor: Tensor) -> None:

@@ -35,7 +35,14 @@ from rtsp_worker.config.model import (
     TorchModelConfig,
     backend_for,
 )
-from rtsp_worker.config.outputs import OutputConfig, RedisConfig
+from rtsp_worker.config.outputs import (
+    EventKind,
+    MqttConfig,
+    MqttTlsConfig,
+    OutputConfig,
+    RedisConfig,
+    WebhookConfig,
+)
 from rtsp_worker.config.reference import FieldDoc, dotted_keys, field_docs
 from rtsp_worker.config.schema import Config
 from rtsp_worker.config.service import DEVICE_FORMS, ControlConfig, MetricsConfig
@@ -45,7 +52,7 @@ from rtsp_worker.redact import mask_url  # callers import it from here
 __all__ = [
     "BACKENDS", "DEVICE_FORMS", "NAME_PATTERN", "NAME_RULE", "TENSORRT_SUFFIXES", "TORCH_SUFFIXES", "URL_SCHEMES",
     "Anchor", "AnyModelConfig", "BatcherConfig", "CameraConfig", "Config", "ConfigError", "ControlConfig",
-    "DecoderKind", "DetectionConfig", "FieldDoc", "LineConfig", "MetricsConfig", "ModelConfig", "ModelInputConfig",
+    "DecoderKind", "DetectionConfig", "EventKind", "MqttConfig", "MqttTlsConfig", "WebhookConfig", "FieldDoc", "LineConfig", "MetricsConfig", "ModelConfig", "ModelInputConfig",
     "OnnxRuntimeModelConfig", "OutputConfig", "Point", "RedisConfig", "SourceOptions", "StrictModel",
     "TensorRTModelConfig", "TorchModelConfig", "TrackerConfig", "Units", "ZoneConfig", "backend_for",
     "check_name", "dotted_keys", "expand_env", "field_docs", "load_config", "mask_url", "parse_config",

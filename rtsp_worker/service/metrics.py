@@ -128,6 +128,14 @@ class _StatsCollector(Collector):
             errors.add_metric([sink.name], runner.error_count(sink.name))
         yield dropped
         yield errors
+        # Entries the backend acknowledged (MQTT PUBACK, webhook 2xx), for sinks that count them; a webhook's
+        # sink name is `webhook:<name or index>`, never its URL (a secret).
+        delivered = CounterMetricFamily(f"{NS}_sink_delivered", "Entries the sink's backend acknowledged.",
+                                        labels=["sink"])
+        for sink in runner.sinks:
+            if hasattr(sink, "delivered"):
+                delivered.add_metric([sink.name], sink.delivered)  # type: ignore[attr-defined]
+        yield delivered
         yield CounterMetricFamily(f"{NS}_nonfinite_detections", "Detections with NaN/Inf boxes or scores, dropped "
                                   "before the tracker.", value=p.nonfinite.value())
         buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",

@@ -28,7 +28,8 @@ class Sink(Protocol):
 
     # Optional, read with getattr: `failed` (entries the backend refused or a write lost: disk full, Redis
     # error reply), `errors` (failed write operations the sink handled itself), `dropped` (entries its own
-    # buffer let go), `reopen()` (reopen files after external rotation, SIGUSR1).
+    # buffer let go), `delivered` (entries the backend acknowledged: MQTT, webhooks), `reopen()` (reopen files
+    # after external rotation, SIGUSR1).
 
     # Optional: `close_camera(name)` flushes and closes one camera's outputs (the camera was removed).
 

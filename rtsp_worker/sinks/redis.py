@@ -10,7 +10,7 @@ Entry fields: `camera` (name), `frame` (per-camera frame number), `ts` (decode t
 
 Events (line crossings, zone enter/exit) go to their own stream per camera, `stream_prefix + camera +
 ":events"`, through the same buffer: fields `camera`, `frame`, `ts`, `kind` (line | zone), `name`,
-`direction` and `data` (the event's JSONL record).
+`direction`, `id` (the event id, `<run>-<camera>-<n>`) and `data` (the event's JSONL record).
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class RedisSink:
             fields = {"camera": e.camera, "frame": str(e.frame), "ts": f"{e.ts:.6f}", "kind": e.kind,
                       "name": e.name, "direction": e.direction,
                       "run": self.run, "data": record_json({"run": self.run, **e.to_json_dict()})[0]}
+            if e.id:
+                fields["id"] = e.id
             self._buffer.append((self.events_key(e.camera), fields))
 
     def flush(self, force: bool = False) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtsp_worker.analytics.events import Analytics
+from rtsp_worker.analytics.events import Analytics, EventIds
 from rtsp_worker.config import CameraConfig, ConfigError, LineConfig, ZoneConfig, parse_config
 from rtsp_worker.types import Frame
 
@@ -177,6 +177,23 @@ def test_cameras_of_one_batch_keep_separate_state():
         ("a", "door", "in", 3), ("b", "gate", "down", 1)]
     assert r.a.crossing_totals() == {("a", "door", "in", "person"): 1, ("b", "gate", "down", "person"): 1}
     assert r.a.summary(1) == "lines=gate:down=1,up=0"
+
+
+def test_event_ids_count_per_camera_and_survive_rebuilds_of_the_stage():
+    cams = [camera("a", lines=[hline()]), camera("b", zones=[rect_zone()])]
+    cfg = parse_config({"cameras": [{"name": "x", "url": "rtsp://127.0.0.1/x"}], "model": {"path": "m.onnx"}})
+    r = Runner(cams)
+    r.a = Analytics(cams, CLASSES, expire=[10, 10], capacity=2 * cfg.tracker.max_tracks, event_ids=EventIds("RUN"))
+    for y in (80, 120, 160, 200, 240):  # a: one crossing; b: enter (first seen inside)
+        r.frame({0: [(1, 0, 320.0, y), (2, 0, 300.0, y)], 1: [(1, 0, 320.0, 250.0)]})
+    assert sorted((e.camera, e.id) for e in r.events) == [("a", "RUN-a-1"), ("a", "RUN-a-2"), ("b", "RUN-b-1")]
+    assert r.events[-1].to_json_dict()["id"] == r.events[-1].id
+    # Camera a removed (its row freed), then added again on another row: its ids go on, never repeat.
+    r.a = Analytics.for_rows(cfg, [None, cams[1]], CLASSES, r.a)
+    r.a = Analytics.for_rows(cfg, [cams[0], cams[1]], CLASSES, r.a)
+    for y in (80, 200):
+        r.frame({0: [(7, 0, 320.0, y)]})
+    assert r.events[-1].id == "RUN-a-3"
 
 
 def test_full_table_skips_new_tracks_and_counts_them():

@@ -21,10 +21,11 @@ from rtsp_worker.types import Event, FrameResult
 FIXTURES = (redis_server_factory,)
 
 
-def event(camera: str, frame: int, direction: str = "in", kind: str = "line", name: str = "door") -> Event:
+def event(camera: str, frame: int, direction: str = "in", kind: str = "line", name: str = "door",
+          id: str = "") -> Event:
     return Event(camera=camera, frame=frame, ts=1e9 + frame / 15, track_id=3, class_id=0, class_name="person",
                  kind=kind, name=name, direction=direction, point=(10.0, 20.0),
-                 dwell_s=1.5 if direction == "exit" else None)
+                 dwell_s=1.5 if direction == "exit" else None, id=id)
 
 
 def result(camera: str, frame: int, events=(), image=None, size=(320, 240)) -> FrameResult:
@@ -55,7 +56,7 @@ def test_redis_events_stream_per_camera(redis_server_factory) -> None:
     server = redis_server_factory()
     sink = RedisSink(RedisConfig(url=server.url, stream_prefix="t:"))
     runner = SinkRunner([sink])
-    runner.submit([result("a", i, [event("a", i, "in" if i % 2 else "out")] if i % 3 == 0 else [])
+    runner.submit([result("a", i, [event("a", i, "in" if i % 2 else "out", id=f"R-a-{i}")] if i % 3 == 0 else [])
                    for i in range(10)])
     runner.close()
     r = server.client()
@@ -66,7 +67,8 @@ def test_redis_events_stream_per_camera(redis_server_factory) -> None:
     assert (first["camera"], first["kind"], first["name"], first["direction"]) == ("a", "line", "door", "out")
     data = json.loads(first["data"])
     assert data.pop("run") == first["run"] == sink.run
-    assert data == event("a", 0, "out").to_json_dict()
+    assert data == event("a", 0, "out", id="R-a-0").to_json_dict()
+    assert data["id"] == first["id"] == "R-a-0"  # the event id, in the entry's fields and in its record
     assert r.xlen("t:a") == 10
 
 
