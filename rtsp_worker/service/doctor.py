@@ -26,8 +26,9 @@ from typing import Annotated, Any
 import torch
 import typer
 
+from rtsp_worker.exitcodes import ExitCode
+
 REPO = Path(__file__).resolve().parents[2]
-EXIT_FAILED = 4  # the runtime/device exit code of the CLI
 
 
 @dataclass(slots=True)
@@ -361,4 +362,4 @@ def doctor(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())
     if report.failed:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.RUNTIME)

@@ -82,7 +82,8 @@ def demo(
 ) -> None:
     """Run the worker on local synthetic cameras (GStreamer RTSP server + a file:// camera)."""
     from rtsp_worker.config import ConfigError, parse_config
-    from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_RUNTIME, fail, run_pipeline, setup_logging
+    from rtsp_worker.exitcodes import ExitCode
+    from rtsp_worker.service.runner import fail, run_pipeline, setup_logging
     from rtsp_worker.sim.devserver import RtspServerProcess, available
 
     setup_logging("INFO")
@@ -91,7 +92,7 @@ def demo(
     seqs = make_clips(clip_dir, cameras + 1, seconds=20.0)
     reason = available()
     if reason is not None:
-        raise fail(f"the demo's RTSP server cannot start: {reason}", EXIT_RUNTIME)
+        raise typer.Exit(fail(f"the demo's RTSP server cannot start: {reason}", ExitCode.RUNTIME))
     mounts = {f"cam{i}": f"file:{seqs[i] / 'video.mp4'}" for i in range(cameras)}
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.jsonl"):
@@ -103,7 +104,9 @@ def demo(
         try:
             cfg = parse_config(demo_config(urls, model, out, video, device), source="demo")
         except ConfigError as e:
-            raise fail(str(e), EXIT_CONFIG) from None
-        run_pipeline(cfg, duration or None)
+            raise typer.Exit(fail(str(e), ExitCode.CONFIG)) from None
+        code = run_pipeline(cfg, duration or None)
+    if code != ExitCode.OK:
+        raise typer.Exit(code)
     typer.echo(summarize(out, list(urls)))
     typer.echo(f"outputs in {out} (ground truth of each scene: {clip_dir}/sceneNN/gt/gt.txt)")
