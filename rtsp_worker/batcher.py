@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from rtsp_worker.sources.camera import CameraState, CameraStats, FrameSlot
+from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Batch
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from tiny_models import export_tiny
 
+from rtsp_worker.sinks import Sink
 from rtsp_worker.config import Config, parse_config
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import Pipeline, build_pipeline
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.types import FrameResult
 
@@ -133,7 +134,7 @@ def write_size_change_clip(path: Path, fps: int = 15, seconds_each: float = 2.0)
     return path
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """A sink that keeps (camera, frame, width, height) of every result: lets a test see frame sizes."""
 
     name = "recording"

@@ -633,7 +633,7 @@ def test_cameras_decode_on_the_engines_device_not_the_configured_one(tmp_path, m
     engine = load_engine(cfg.model, torch.device("cpu"), cfg.batcher.max_batch)
     # As if `device: cuda` resolved on a GPU machine; the ONNX Runtime engine stays on the CPU.
     monkeypatch.setattr(pipeline_mod, "resolve_device", lambda name: torch.device("cuda", 0))
-    p = pipeline_mod.Pipeline(cfg, engine=engine, sinks=[])
+    p = pipeline_mod.build_pipeline(cfg, engine=engine, sinks=[])
     assert p.device == torch.device("cuda", 0) and p.work_device.type == "cpu"
     assert [s.device for s in p.sources] == [torch.device("cpu")] * 2
     p.engine.close()

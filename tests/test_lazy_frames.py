@@ -24,7 +24,7 @@ from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
 from rtsp_worker.engines import load_engine
 from rtsp_worker.sim import synthetic
-from rtsp_worker.sources.camera import CameraStats, FrameSlot
+from rtsp_worker.sources.state import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
 from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way

@@ -208,14 +208,14 @@ class Reloader:
             raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
 
     def _check(self, new: Config) -> ReloadPlan:
-        plan = plan_reload(self.p.camset.configs(), self.baseline, new)
+        plan = plan_reload(self.p.configs(), self.baseline, new)
         if plan.restart:
             raise ReloadError(409, f"{self.path}: {', '.join(plan.restart)} changed: that needs a new engine, "
                                    "restart the worker to apply it; nothing changed")
-        count = len(self.p.camset.configs()) - len(plan.remove) + len(plan.add)
+        count = len(self.p.configs()) - len(plan.remove) + len(plan.add)
         if plan.add:
             try:
-                self.p.camset.check_capacity(count)
+                self.p.check_capacity(count)
             except CapacityError as e:
                 raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
         return plan
@@ -226,7 +226,7 @@ class Reloader:
         except ReloadError as e:
             log.error("reload (%s) refused: %s", why, e)
             raise
-        running = self.p.camset.configs()
+        running = self.p.configs()
         changes: list[str] = []
         failed: list[str] = []
         # Removals first: they make room for additions within the capacity.

@@ -85,14 +85,14 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     """
     from rtsp_worker.config import ConfigError
     from rtsp_worker.engines import ModelError
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
 
     served = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     if isinstance(served, ExitCode):
         return served
     http, health = served
     try:
-        pipeline = Pipeline(cfg)
+        pipeline = build_pipeline(cfg, build_on_start=_build_on_start)
     except ModelError as e:
         _close(http)
         return fail(str(e), ExitCode.MODEL)
@@ -133,7 +133,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
-                            on_usr1=pipeline.sinks.reopen)
+                            on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
@@ -151,6 +151,13 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         return fail(pipeline.failure, ExitCode.RUNTIME)
     log.info("stopped cleanly")
     return ExitCode.OK
+
+
+def _build_on_start(model, device, max_batch: int) -> Path:  # noqa: ANN001 - ModelConfig, torch.device
+    """`model.build_engine`: the builder is imported only when an engine has to be built or checked."""
+    from rtsp_worker.engine_build.on_start import ensure_engine
+
+    return ensure_engine(model, device, max_batch)
 
 
 def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None) | ExitCode
