@@ -141,13 +141,13 @@ def _register_build_engine() -> None:
 
 
 def _register_demo() -> None:
-    from rtsp_worker.sim.demo import demo
+    from rtsp_worker.tools.demo import demo
 
     app.command("demo")(demo)
 
 
 def _register_doctor() -> None:
-    from rtsp_worker.service.doctor import doctor
+    from rtsp_worker.tools.doctor import doctor
 
     app.command("doctor")(doctor)
 

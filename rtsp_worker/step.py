@@ -46,6 +46,7 @@ class StepOutput:
     results: list[FrameResult]
     tracks: Tracks  # on the work device; `batch_index` = position of the frame in the batch
     report: BatchReport
+    detections: int  # detections kept by postprocessing (finite ones), before the tracker
 
 
 class BatchStep:
@@ -66,6 +67,7 @@ class BatchStep:
         self.analytics = analytics  # replaced by the pipeline when cameras with lines or zones change
         self.include_tentative = include_tentative
         self.nonfinite = NonFiniteCounter(self.device)  # NaN/Inf detections dropped before the tracker
+        self.stage = ""  # the stage running now, or the one that raised (doctor names it)
 
     @classmethod
     def build(cls, cfg: Config, engine: Engine, rows: int) -> BatchStep:
@@ -102,8 +104,10 @@ class BatchStep:
         raw = letterbox = None
         t1 = t0
         if rows:
+            self.stage = "preprocess"
             images, letterbox = self.preprocess([frames[i] for i in rows])
             t1 = time.perf_counter()
+            self.stage = "engine"
             raw = self.engine.infer(images)
             if own_output and raw.is_cuda and not getattr(self.engine, "fresh_outputs", False):
                 raw = raw.clone()
@@ -118,6 +122,7 @@ class BatchStep:
         dev = self.device
         t2 = time.perf_counter()
         meta = _batch_meta(frames, inf.due, rows, dev)  # one host-to-device copy, no sync
+        self.stage = "postprocess"
         if inf.raw is not None:
             dets = self.postprocess(inf.raw, inf.letterbox)  # type: ignore[arg-type]
             if len(rows) != len(frames):  # positions in the inferred subset -> positions in the batch
@@ -128,14 +133,17 @@ class BatchStep:
         else:
             dets = Detections.empty(dev)
         t3 = time.perf_counter()
+        self.stage = "tracker"
         # Stream time where known: right across dropped frames and for file sources decoded faster than real time.
         tracks = self.tracker.update(meta[0].long(), dets.to(dev), meta[1].bool(),
                                      include_tentative=self.include_tentative, timestamps=meta[2])
+        self.stage = "host copy"
         results = self._results(frames, cameras, tracks, images)
+        self.stage = ""
         t4 = time.perf_counter()
         report = BatchReport(len(frames), len(rows), (inf.t1 - inf.t0) * 1e3, (inf.t2 - inf.t1) * 1e3,
                              (t3 - t2) * 1e3, (t4 - t3) * 1e3, tuple((r.camera, r.done_ts - r.ts) for r in results))
-        return StepOutput(results, tracks, report)
+        return StepOutput(results, tracks, report, len(dets))
 
     def _results(self, frames: Sequence[Frame], cameras: Sequence[str], tracks: Tracks, images: bool
                  ) -> list[FrameResult]:

@@ -7,22 +7,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
+from rtsp_worker.tools.models import SHIPPED_ONNX, find_model
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = Path("models/synth_det.onnx")
-
-
-def find_model(path: Path) -> Path:
-    """A relative model path is looked up in the current directory, then in the source checkout."""
-    if path.is_absolute() or path.exists():
-        return path
-    candidate = REPO_ROOT / path
-    return candidate if candidate.exists() else path
+DEFAULT_MODEL = SHIPPED_ONNX
 
 
 def make_clips(directory: Path, count: int, seconds: float, fps: float = 15.0) -> list[Path]:
@@ -78,7 +71,7 @@ def demo(
     model: Annotated[Path, typer.Option(help="Detector (ONNX, TorchScript or TensorRT plan).")] = DEFAULT_MODEL,
     video: Annotated[bool, typer.Option(help="Also write an annotated MP4 per camera.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
-    clips: Annotated[Optional[Path], typer.Option(help="Where synthetic clips are cached.")] = None,
+    clips: Annotated[Path | None, typer.Option(help="Where synthetic clips are cached.")] = None,
 ) -> None:
     """Run the worker on local synthetic cameras (GStreamer RTSP server + a file:// camera)."""
     from rtsp_worker.config import ConfigError, parse_config
