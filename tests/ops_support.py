@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from tiny_models import export_tiny
 
-from rtsp_worker.sinks import Sink
 from rtsp_worker.config import Config, parse_config
-from rtsp_worker.pipeline import Pipeline, build_pipeline
+from rtsp_worker.pipeline import Pipeline
 from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.sinks import Sink
 from rtsp_worker.types import FrameResult
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import skip_or_fail
 
-from rtsp_worker.sinks import Sink
 from rtsp_worker.config import parse_config
 from rtsp_worker.pipeline import Pipeline, build_pipeline
 from rtsp_worker.sim.synthetic import make_scene, render_frame
+from rtsp_worker.sinks import Sink
 from rtsp_worker.types import Batch, Frame
 
 REPO = Path(__file__).resolve().parent.parent
