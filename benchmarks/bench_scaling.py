@@ -24,8 +24,8 @@ from pathlib import Path
 import common
 
 from rtsp_worker.pipeline import Pipeline, build_pipeline
-from rtsp_worker.status import BatchReport
 from rtsp_worker.sources.state import CameraState
+from rtsp_worker.status import BatchReport
 
 SOURCE_FPS = 15.0
 

@@ -20,8 +20,8 @@ import common
 import torch
 
 from rtsp_worker.pipeline import build_pipeline
-from rtsp_worker.status import BatchReport
 from rtsp_worker.sinks.jsonl import JsonlSink
+from rtsp_worker.status import BatchReport
 from rtsp_worker.types import Batch
 
 STAGES = ("demux", "decode", "preprocess", "inference", "postprocess", "tracker", "sinks")

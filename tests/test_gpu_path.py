@@ -20,9 +20,9 @@ from torch import nn
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
-from rtsp_worker.engines.export import export_program
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
+from rtsp_worker.engines.export import export_program
 from rtsp_worker.engines.torchscript import (
     TorchScriptEngine,
     batch_buckets,

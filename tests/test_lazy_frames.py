@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.input_spec import InputSpec
@@ -24,10 +25,9 @@ from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
 from rtsp_worker.engines import load_engine
 from rtsp_worker.sim import synthetic
-from rtsp_worker.sources.state import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
+from rtsp_worker.sources.state import CameraStats, FrameSlot
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
-from test_gpu_path import decode_with as decode  # the GPU path's tests decode the same way
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "synth_det.onnx"
 CPU = torch.device("cpu")
