@@ -54,7 +54,7 @@ def build_pipeline(cfg: Config, *, engine: Engine | None = None, sinks: Sequence
     """A pipeline for `cfg`. `engine` / `sinks`: ready-made parts (else made by their factories);
     `build_on_start`: turns an ONNX into a TensorRT plan for `model.build_engine` (the runner passes
     engine_build's; without it such a config fails to load)."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # as configured; the stages work on the engine's device
     if device.type == "cpu":
         # Postprocess and tracker ops are small: with several intra-op threads they mostly wait on each
         # other and on ONNX Runtime's own pool (benchmarks/results/tracker.md measured 10-100x swings).
@@ -62,14 +62,17 @@ def build_pipeline(cfg: Config, *, engine: Engine | None = None, sinks: Sequence
     if engine is None:
         engine = engine_factory(cfg.model, device, cfg.batcher.max_batch, build=build_on_start)
     step = BatchStep.build(cfg, engine, len(cfg.enabled_cameras))
-    return Pipeline(cfg, step, SinkRunner(list(sinks) if sinks is not None else sink_factory(cfg)), source_factory)
+    return Pipeline(cfg, step, SinkRunner(list(sinks) if sinks is not None else sink_factory(cfg)), source_factory,
+                    device)
 
 
 class Pipeline:
     """The whole worker for one config. `run()` blocks until `stop()` (or the duration) and drains."""
 
-    def __init__(self, cfg: Config, step: BatchStep, sinks: SinkRunner, source_factory: SourceFactory) -> None:
+    def __init__(self, cfg: Config, step: BatchStep, sinks: SinkRunner, source_factory: SourceFactory,
+                 device: torch.device | None = None) -> None:
         self.cfg = cfg
+        self.device = device if device is not None else step.device  # the configured device
         self.batch_step = step
         self.engine = step.engine
         self.class_names = step.class_names
@@ -167,6 +170,10 @@ class Pipeline:
     @property
     def stats(self) -> tuple:  # tuple[CameraStats, ...]
         return self.camset.view.stats
+
+    @property
+    def sources(self) -> tuple:  # tuple[Source, ...]
+        return self.camset.view.sources
 
     def add_camera(self, cfg: CameraConfig) -> None:
         self.camset.add(cfg)
