@@ -46,7 +46,7 @@ def test_stalled_camera_does_not_hold_the_batch():
     stats[2].state = CameraState.BACKOFF
     slots[0].put(frame(0, 1))
     slots[1].put(frame(1, 1))
-    assert batcher._target() == 2
+    assert batcher.target() == 2
     assert sorted(batcher.next_batch(threading.Event(), timeout=2).rows) == [0, 1]
 
 

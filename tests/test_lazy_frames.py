@@ -115,7 +115,7 @@ def test_a_replaced_frame_is_never_converted():
     slot = FrameSlot(threading.Condition(), stats)
     for i in range(5):
         slot.put(Frame(0, i, 0.0, Watched(i), 16, 16, NATIVE))
-    with slot._cond:
+    with slot.cond:
         frame = slot.take()
     x, _ = Preprocessor((16, 16), 1, CPU)([frame])
     assert stats.dropped == 4 and converted == [4]
@@ -184,8 +184,8 @@ def test_camera_skips_nonref_frames_only_while_frames_are_dropped(rtsp_server_fa
 
         def consume():
             while not done.is_set():
-                with slot._cond:
-                    slot._cond.wait(0.05)
+                with slot.cond:
+                    slot.cond.wait(0.05)
                     f = slot.take()
                 if f is not None:
                     taken.append(f)

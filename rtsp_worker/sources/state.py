@@ -77,18 +77,18 @@ class FrameSlot:
     """Holds the newest frame of one camera. `put` replaces an untaken frame and counts it as dropped."""
 
     def __init__(self, cond: threading.Condition, stats: CameraStats) -> None:
-        self._cond = cond
+        self.cond = cond  # shared with the batcher; `take` needs it held
         self._stats = stats
         self._frame: Frame | None = None
 
     def put(self, frame: Frame) -> None:
-        with self._cond:
+        with self.cond:
             replaced = self._frame is not None
             self._frame = frame
             if replaced:  # the batcher already counted this camera as fresh: no need to wake it
                 self._stats.dropped += 1
             else:
-                self._cond.notify_all()
+                self.cond.notify_all()
 
     def peek(self) -> Frame | None:
         return self._frame
