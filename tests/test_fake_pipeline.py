@@ -151,8 +151,8 @@ def test_health_follows_fake_cameras_down_and_up(tmp_path: Path, tiny_model: Pat
     health.attach(p)
     runner = PipelineThread(p)
     try:
-        wait_for(lambda: health.readyz()[0], BOUND_S, "ready")
-        assert health.readyz()[1]["cameras"] == {"a": {"state": "streaming"}, "b": {"state": "streaming"}}
+        wait_for(lambda: health.readyz()[1]["streaming"] == 2, BOUND_S, "both cameras streaming")
+        assert health.readyz()[0] and health.readyz()[1]["cameras"] == {"a": {"state": "streaming"}, "b": {"state": "streaming"}}
         sources.fail("b", "connection refused")
         wait_for(lambda: health.readyz()[1]["streaming"] == 1, BOUND_S, "b down")
         assert health.readyz()[1]["cameras"]["b"] == {"state": "backoff", "last_error": "connection refused"}
