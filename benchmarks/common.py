@@ -371,11 +371,21 @@ def pick_model(choice: str, smoke: bool, input_size: tuple[int, int] = (384, 640
     return untrained_model(input_size, smoke=smoke)
 
 
+def model_keys(path: Path) -> dict[str, Any]:
+    """`model:` for `path`, with `--ort-threads` when ONNX Runtime runs it (a key of no other backend)."""
+    from rtsp_worker.config import backend_for
+
+    keys: dict[str, Any] = {"path": str(path)}
+    if backend_for(keys) == "onnxruntime":
+        keys["threads"] = ORT_THREADS
+    return keys
+
+
 def load_engine(path: Path, max_batch: int):
     from rtsp_worker.config import ModelConfig
     from rtsp_worker.engines import load_engine as _load
 
-    return _load(ModelConfig(path=path, threads=ORT_THREADS), torch.device("cpu"), max_batch)
+    return _load(ModelConfig(**model_keys(path)), torch.device("cpu"), max_batch)
 
 
 def pipeline_config(urls: Sequence[str], model: Path, out_dir: Path | None, max_batch: int | None = None,
@@ -385,7 +395,7 @@ def pipeline_config(urls: Sequence[str], model: Path, out_dir: Path | None, max_
 
     raw: dict[str, Any] = {
         "cameras": [{"name": f"cam{i}", "url": u, **camera_fields} for i, u in enumerate(urls)],
-        "model": {"path": str(model), "threads": ORT_THREADS},
+        "model": model_keys(model),
         "output": {"dir": str(out_dir or CACHE / "outputs"), "jsonl": out_dir is not None},
         "batcher": {"max_batch": max_batch or max(1, len(urls))},
         "device": "cpu",

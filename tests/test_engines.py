@@ -105,3 +105,12 @@ def test_backend_choice_by_suffix():
     assert choose_backend(ModelConfig(path="m.engine"), cpu) == "tensorrt"
     assert choose_backend(ModelConfig(path="m.onnx", build_engine=True), torch.device("cuda")) == "tensorrt"
     assert choose_backend(ModelConfig(path="m.onnx", build_engine=True), cpu) == "onnxruntime"
+
+
+def test_build_engine_without_a_gpu_runs_the_onnx_on_onnxruntime_with_its_defaults(tmp_path):
+    """`build_engine: true` picks the tensorrt section; on the CPU the ONNX runs on ONNX Runtime instead."""
+    cfg = ModelConfig(path=export_tiny(tmp_path / "m.onnx", nc=2), build_engine=True, fp16=False)
+    assert cfg.BACKEND == "tensorrt"
+    eng = load_engine(cfg, torch.device("cpu"), max_batch=4)
+    assert type(eng).__name__ == "OnnxRuntimeEngine" and eng.info.class_names == ("0", "1")
+    assert eng.infer(torch.rand(2, 3, 64, 96)).shape[0] == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from rtsp_worker.config import ModelConfig
+from rtsp_worker.config import TensorRTModelConfig
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engines.base import ModelError
 from rtsp_worker.engines.tensorrt import engine_path_for
@@ -19,7 +19,7 @@ from rtsp_worker.engines.trt_plan import file_sha256, import_tensorrt, read_plan
 log = logging.getLogger(__name__)
 
 
-def ensure_engine(cfg: ModelConfig, device: torch.device, max_batch: int) -> Path:
+def ensure_engine(cfg: TensorRTModelConfig, device: torch.device, max_batch: int) -> Path:
     """Build `<onnx>.engine` when it is missing or stale (other TensorRT/GPU, changed ONNX, too small)."""
     from rtsp_worker.engine_build.cli import BuildOptions, build_engine
 

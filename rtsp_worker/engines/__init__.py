@@ -8,34 +8,33 @@ from pathlib import Path
 
 import torch
 
-from rtsp_worker.config import ModelConfig
+from rtsp_worker.config import (
+    TENSORRT_SUFFIXES,  # noqa: F401 - re-exported: the suffixes each backend reads
+    TORCH_SUFFIXES,  # noqa: F401
+    ModelConfig,
+    OnnxRuntimeModelConfig,
+    TensorRTModelConfig,
+    TorchModelConfig,
+)
 from rtsp_worker.engines.base import Engine, ModelError, ModelInfo
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Engine", "ModelError", "ModelInfo", "choose_backend", "load_engine"]
 
-TORCH_SUFFIXES = (".pt2", ".torchscript", ".pt", ".ts")
-TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
-
 
 def choose_backend(cfg: ModelConfig, device: torch.device) -> str:
-    """`auto` picks by file suffix: TensorRT plans -> tensorrt, TorchScript -> torch, ONNX -> onnxruntime
-    (or tensorrt when `build_engine` asks for an engine built from it on a GPU)."""
-    if cfg.backend != "auto":
-        return cfg.backend
-    suffix = cfg.path.suffix.lower()
-    if suffix in TENSORRT_SUFFIXES:
-        return "tensorrt"
-    if suffix in TORCH_SUFFIXES:
-        return "torch"
-    if suffix == ".onnx" and cfg.build_engine and device.type == "cuda":
-        return "tensorrt"
-    return "onnxruntime"
+    """The backend of the config's section (picked at load from `backend`, or for `auto` from the file suffix),
+    except that `auto` on an ONNX file with `build_engine` runs it on ONNX Runtime where there is no CUDA GPU
+    to build a TensorRT engine on."""
+    if cfg.backend == "auto" and cfg.BACKEND == "tensorrt" and cfg.path.suffix.lower() == ".onnx" \
+            and device.type != "cuda":
+        return "onnxruntime"
+    return cfg.BACKEND
 
 
 def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
-                build: Callable[[ModelConfig, torch.device, int], Path] | None = None) -> Engine:
+                build: Callable[[TensorRTModelConfig, torch.device, int], Path] | None = None) -> Engine:
     """Load the configured model on `device`; raises ModelError naming the file on any problem.
 
     `build`: turns an ONNX into a TensorRT plan for `model.build_engine` (the builder lives above the
@@ -47,12 +46,14 @@ def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
     if backend == "onnxruntime":
         from rtsp_worker.engines.onnxruntime import OnnxRuntimeEngine
 
+        if not isinstance(cfg, OnnxRuntimeModelConfig):  # the CPU fallback of build_engine: ONNX Runtime's defaults
+            cfg = OnnxRuntimeModelConfig(**cfg.shared())
         return OnnxRuntimeEngine(cfg, device=device, max_batch=max_batch)
-    if backend == "torch":
+    if backend == "torch" and isinstance(cfg, TorchModelConfig):
         from rtsp_worker.engines.torchscript import TorchScriptEngine
 
         return TorchScriptEngine(cfg, device=device, max_batch=max_batch)
-    if backend == "tensorrt":
+    if backend == "tensorrt" and isinstance(cfg, TensorRTModelConfig):
         from rtsp_worker.engines.tensorrt import load_tensorrt_engine
 
         return load_tensorrt_engine(cfg, device=device, max_batch=max_batch, build=build)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rtsp_worker.config import ModelConfig
+from rtsp_worker.config import OnnxRuntimeModelConfig
 from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class OnnxRuntimeEngine:
     in chunks of that size, so any model works.
     """
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
+    def __init__(self, cfg: OnnxRuntimeModelConfig, device: torch.device, max_batch: int) -> None:
         import onnxruntime as ort
 
         self.path = cfg.path

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rtsp_worker.config import ModelConfig
+from rtsp_worker.config import ModelConfig, TensorRTModelConfig
 from rtsp_worker.engines.base import ModelError, ModelInfo, model_info
 from rtsp_worker.engines.trt_plan import EngineMetadata, check_compatible, import_tensorrt, read_plan
 
@@ -113,7 +113,7 @@ class _Slot:
 class TensorRTEngine:
     """A TensorRT plan behind the `Engine` protocol; see the module docstring for streams and buffers."""
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int, plan_path: Path | None = None) -> None:
+    def __init__(self, cfg: TensorRTModelConfig, device: torch.device, max_batch: int, plan_path: Path | None = None) -> None:
         trt = _import_trt()
         self.path = Path(plan_path or cfg.path)
         src = str(self.path)
@@ -254,10 +254,10 @@ def engine_path_for(onnx_path: Path) -> Path:
 
 # Builds (or reuses) `<onnx>.engine` for a config and returns its path. The runtime never imports the
 # builder: whoever loads the engine hands one in (`engine_build.on_start.ensure_engine`).
-BuildFn = Callable[[ModelConfig, torch.device, int], Path]
+BuildFn = Callable[[TensorRTModelConfig, torch.device, int], Path]
 
 
-def load_tensorrt_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
+def load_tensorrt_engine(cfg: TensorRTModelConfig, device: torch.device, max_batch: int,
                          build: BuildFn | None = None) -> TensorRTEngine:
     """The factory `engines.load_engine` calls: a plan, or an ONNX with `build_engine: true` (built by `build`)."""
     path = cfg.path

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rtsp_worker.config import ModelConfig
+from rtsp_worker.config import TorchModelConfig
 from rtsp_worker.engines.base import ModelError, model_info, parse_names
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class TorchScriptEngine:
 
     fresh_outputs = True  # every `infer` returns a new tensor (graph outputs are copied out): no clone needed
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, max_batch: int) -> None:
+    def __init__(self, cfg: TorchModelConfig, device: torch.device, max_batch: int) -> None:
         self.device = device
         self._source = str(cfg.path)
         module, extra = load_module(Path(cfg.path), device)

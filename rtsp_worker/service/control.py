@@ -8,23 +8,22 @@
 Security model: every write needs `Authorization: Bearer <control.token>`; with no token configured the API
 is read-only (writes answer 403). The server listens on loopback unless `metrics.host` says otherwise. A
 write is validated against the whole file before anything changes, written back to cameras.yaml atomically
-(temporary file, fsync, rename) so that a restart keeps it, then applied like a reload. Camera names are
-checked (no "/", no ".."); answers never echo the token, and camera URLs are shown with passwords masked.
+(temporary file, fsync, rename) so that a restart keeps it, then applied like a reload. Camera names follow
+the config's one rule (`config.check_name`: no "/", no "..", no leading dot); answers never echo the token,
+and camera URLs are shown with passwords masked.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import re
 from typing import Any
 
+from rtsp_worker.config import check_name
 from rtsp_worker.service.reload import Reloader, ReloadError
 from rtsp_worker.service.server import HttpServer, Request, Response
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")  # the same rule as CameraConfig.name
 
 
 class ControlApi:
@@ -55,10 +54,10 @@ class ControlApi:
 
     @staticmethod
     def _name(req: Request) -> str | Response:
-        name = req.params.get("name", "")
-        if not _NAME.fullmatch(name) or ".." in name:
-            return Response.json(400, {"error": "camera names are 1-64 of A-Z a-z 0-9 _ . - (no '..')"})
-        return name
+        try:
+            return check_name(req.params.get("name", ""))
+        except ValueError as e:
+            return Response.json(400, {"error": str(e)})
 
     @staticmethod
     def _error(e: ReloadError) -> Response:
