@@ -88,7 +88,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     """The same code path as `rtsp-worker run CAMERAS_YAML`: load_config -> Pipeline -> run."""
     from rtsp_worker.cli import setup_logging
     from rtsp_worker.config import load_config
-    from rtsp_worker.pipeline import BatchReport, Pipeline
+    from rtsp_worker.pipeline import build_pipeline
+    from rtsp_worker.status import BatchReport
 
     setup_logging("WARNING")
     if args.torch_threads:  # an experiment: the worker itself leaves torch at its default
@@ -96,17 +97,19 @@ def run_worker(args: argparse.Namespace) -> dict:
 
         torch.set_num_threads(args.torch_threads)
     cfg = load_config(args.source)
-    pipe = Pipeline(cfg)
+    pipe = build_pipeline(cfg)
     win = Window(len(pipe.cameras), args.warmup, args.seconds)
     win.decoded = lambda: sum(s.decoded for s in pipe.stats)
     lock = threading.Lock()
 
+    index: dict[str, int] = {}  # camera name -> the window's camera number
+
     def listener(report: BatchReport) -> None:
         with lock:
             for camera, latency in report.latencies:
-                win.add(camera, latency)
+                win.add(index.setdefault(camera, len(index)), latency)
 
-    pipe.batch_listeners.append(listener)
+    pipe.on_batch(lambda out: listener(out.report))
     runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
     runner.start()
     deadline = time.monotonic() + args.warmup + args.seconds + 60

@@ -69,7 +69,7 @@ class StandInDetector(nn.Module):
 
 def model_path(requested: Path | None, workdir: Path, input_hw: tuple[int, int] = (384, 640)) -> tuple[Path, str]:
     """The model to run and a label: the requested/project model, else a stand-in exported here (.pt2)."""
-    from rtsp_worker.engine_build.export import export_program
+    from rtsp_worker.engines.export import export_program
 
     for p in (requested, DEFAULT_MODEL):
         if p is not None and p.exists():

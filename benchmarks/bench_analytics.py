@@ -54,7 +54,7 @@ def run_ours(cams, boxes: np.ndarray) -> float:
     img = torch.zeros(1, dtype=torch.uint8)
     t0 = time.perf_counter()
     for b in range(n_b):
-        frames = [Frame(camera=c, seq=b, ts=b / 15, image=img, height=H, width=W) for c in range(n_c)]
+        frames = [Frame(row=c, seq=b, ts=b / 15, image=img, height=H, width=W) for c in range(n_c)]
         a.update(frames, bi, ids, cls, torch.from_numpy(boxes[b].reshape(-1, 4)))
     return (time.perf_counter() - t0) / n_b * 1e3
 

@@ -15,7 +15,7 @@ import time
 
 import common
 
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.types import Batch
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     top = max(counts)
     cfg = common.pipeline_config([f"file:///nonexistent/cam{i}.mp4" for i in range(top)], model.path, None,
                                  max_batch=top)
-    pipe = Pipeline(cfg, sinks=[])  # fed directly: sources are never started
+    pipe = build_pipeline(cfg, sinks=[])  # fed directly: sources are never started
     seq = 0
 
     def frames(n: int) -> list:

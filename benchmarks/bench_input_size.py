@@ -46,7 +46,7 @@ def trained_at(size: tuple[int, int]) -> Path | None:
     except Exception as e:  # noqa: BLE001
         print(f"trained weights do not fit SynthDet() ({str(e).splitlines()[0]}); using the untrained model")
         return None
-    from rtsp_worker.engine_build.export import export_onnx
+    from rtsp_worker.engines.export import export_onnx
     from rtsp_worker.sim.synthetic import CLASS_NAMES
 
     return export_onnx(model, out, size, {"names": str(dict(enumerate(CLASS_NAMES))), "imgsz": str(list(size))})

@@ -99,9 +99,9 @@ class _HostPreprocess:
 
 def child(spec: dict) -> None:
     """One worker process: build its shard's pipeline, report ready, measure on "go", print JSON."""
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
     from rtsp_worker.sources import camera as camera_mod
-    from rtsp_worker.sources.camera import CameraState
+    from rtsp_worker.sources.state import CameraState
 
     common.setup(common.parser(None).parse_args(["--log-level", "ERROR"]))
     cfg = parse_config(spec["config"])
@@ -111,11 +111,11 @@ def child(spec: dict) -> None:
         size = tuple(spec["size"])
         camera_mod.make_decoder = lambda _kind, stream, _dev, _cam: _NullDecoder(stream, size)
         engine = _NullEngine(cfg.batcher.max_batch)
-    pipe = Pipeline(cfg, engine=engine)
+    pipe = build_pipeline(cfg, engine=engine)
     if spec["mode"] == "ceiling":
-        pipe.preprocess = _HostPreprocess(pipe.preprocess)
+        pipe.batch_step.preprocess = _HostPreprocess(pipe.batch_step.preprocess)
     latencies: list[float] = []
-    pipe.batch_listeners.append(lambda r: latencies.extend(s for _, s in r.latencies))
+    pipe.on_batch(lambda out: latencies.extend(s for _, s in out.report.latencies))
     import threading
 
     runner = threading.Thread(target=pipe.run, name="inference", daemon=True)

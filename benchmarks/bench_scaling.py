@@ -23,8 +23,9 @@ from pathlib import Path
 
 import common
 
-from rtsp_worker.pipeline import BatchReport, Pipeline
-from rtsp_worker.sources.camera import CameraState
+from rtsp_worker.pipeline import Pipeline, build_pipeline
+from rtsp_worker.sources.state import CameraState
+from rtsp_worker.status import BatchReport
 
 SOURCE_FPS = 15.0
 
@@ -63,9 +64,9 @@ def measure_point(n: int, clips: list[Path], model: Path, warmup: float, seconds
     mounts = {f"cam{i}": clips[i % len(clips)] for i in range(n)}
     with common.rtsp_server(mounts) as server:
         cfg = common.pipeline_config([server.url(m) for m in mounts], model, out, max_batch=max(n, 1))
-        pipe = Pipeline(cfg)
+        pipe = build_pipeline(cfg)
         reports: list[BatchReport] = []
-        pipe.batch_listeners.append(reports.append)
+        pipe.on_batch(lambda out: reports.append(out.report))
         runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
         runner.start()
         try:

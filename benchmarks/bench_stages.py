@@ -19,8 +19,9 @@ from pathlib import Path
 import common
 import torch
 
-from rtsp_worker.pipeline import BatchReport, Pipeline
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.sinks.jsonl import JsonlSink
+from rtsp_worker.status import BatchReport
 from rtsp_worker.types import Batch
 
 STAGES = ("demux", "decode", "preprocess", "inference", "postprocess", "tracker", "sinks")
@@ -72,9 +73,9 @@ def pipeline_costs(cameras: int, images: list, model: Path, steps: int, out_dir:
     """Run `steps` batches of `cameras` frames through Pipeline.step and the JSONL sink; ms per frame."""
     cfg = common.pipeline_config([f"file:///nonexistent/cam{i}.mp4" for i in range(cameras)], model, None,
                                  max_batch=cameras)
-    pipe = Pipeline(cfg, sinks=[])  # sources are built but never started: we feed the batches
+    pipe = build_pipeline(cfg, sinks=[])  # sources are built but never started: we feed the batches
     reports: list[BatchReport] = []
-    pipe.batch_listeners.append(reports.append)
+    pipe.on_batch(lambda out: reports.append(out.report))
     sink = JsonlSink(out_dir)
     sink_ms: list[float] = []
     warmup = 2

@@ -309,7 +309,7 @@ def decode_clip(path: Path, max_frames: int | None = None) -> list[torch.Tensor]
 def make_frame(camera: int, seq: int, image: torch.Tensor):
     from rtsp_worker.types import Frame
 
-    return Frame(camera=camera, seq=seq, ts=time.time(), image=image, height=int(image.shape[0]),
+    return Frame(row=camera, seq=seq, ts=time.time(), image=image, height=int(image.shape[0]),
                  width=int(image.shape[1]))
 
 

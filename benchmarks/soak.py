@@ -37,7 +37,8 @@ from typing import Any
 import common  # puts the repo on sys.path: keep it first
 
 from rtsp_worker.config import parse_config
-from rtsp_worker.pipeline import BatchReport, Pipeline
+from rtsp_worker.pipeline import Pipeline, build_pipeline
+from rtsp_worker.status import BatchReport
 
 
 def proc_status() -> dict[str, float]:
@@ -110,7 +111,7 @@ class Sampler:
         self._prev = [(s.decoded, s.processed, s.dropped) for s in pipeline.stats]
         self._t = time.monotonic()
         self.t0 = self._t
-        pipeline.batch_listeners.append(self.on_batch)
+        pipeline.on_batch(lambda out: self.on_batch(out.report))
 
     def on_batch(self, r: BatchReport) -> None:
         with self._lock:  # cheap: one append per frame of the batch
@@ -146,8 +147,8 @@ class Sampler:
             "latency_max_ms": max(lat) * 1e3 if lat else float("nan"),
             "mean_batch": statistics.fmean(sizes) if sizes else 0.0,
             "reconnects": sum(c["reconnects"] for c in cams),
-            "sink_drops": self.p.sinks.total_drops(),
-            "sink_errors": self.p.sinks.total_errors(),
+            "sink_drops": self.p.status().sink_lost,
+            "sink_errors": self.p.status().sink_errors,
             "cameras": cams,
         }
 
@@ -202,7 +203,7 @@ def main() -> int:
                        "redis": {"url": redis_srv.url} if redis_srv else None},
             "log_interval": 3600,
         }, source="<soak>")
-        pipeline = Pipeline(cfg)
+        pipeline = build_pipeline(cfg)
         sampler = Sampler(pipeline)
         worker = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
         worker.start()
@@ -256,8 +257,8 @@ def main() -> int:
         "latency_p95_ms_max": max((s["latency_p95_ms"] for s in steady), default=None),
         "frames_processed": [st.processed for st in pipeline.stats],
         "reconnects": [st.reconnects for st in pipeline.stats],
-        "sink_drops": {s.name: pipeline.sinks.drops(s.name) for s in pipeline.sinks.sinks},
-        "sink_errors": {s.name: pipeline.sinks.error_count(s.name) for s in pipeline.sinks.sinks},
+        "sink_drops": {s.name: s.lost for s in pipeline.status().sinks},
+        "sink_errors": {s.name: s.errors for s in pipeline.status().sinks},
         "redis": _redis_summary(pipeline, redis_events),
     }
     common.print_table(f"soak: {args.cameras} cameras, {args.minutes:g} min, {model.description}",

@@ -120,7 +120,7 @@ class YoloLike(nn.Module):
 
 def export_yolo_like(path: Path, input_size: tuple[int, int], scale: str = "n", nc: int = 80, seed: int = 0) -> Path:
     """Export an untrained YoloLike to ONNX: dynamic batch, fixed input size, class names in metadata."""
-    from rtsp_worker.engine_build.export import export_onnx
+    from rtsp_worker.engines.export import export_onnx
 
     torch.manual_seed(seed)
     model = YoloLike(nc, scale).eval()

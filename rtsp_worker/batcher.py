@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from rtsp_worker.sources.camera import CameraState, CameraStats, FrameSlot
+from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Batch
 
 
@@ -31,7 +31,8 @@ class Batcher:
     def _fresh(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s.peek() is not None]
 
-    def _target(self) -> int:
+    def target(self) -> int:
+        """How many fresh cameras a batch waits for (at most `max_wait`): the streaming ones, up to max_batch."""
         live = sum(1 for s in self.stats if s.state == CameraState.STREAMING)
         return max(1, min(self.max_batch, live))
 
@@ -45,7 +46,7 @@ class Batcher:
                     return None
                 self.cond.wait(min(left, 0.1))
             fill_deadline = time.monotonic() + self.max_wait_s
-            while len(self._fresh()) < self._target() and not stop.is_set():
+            while len(self._fresh()) < self.target() and not stop.is_set():
                 left = fill_deadline - time.monotonic()
                 if left <= 0:
                     break

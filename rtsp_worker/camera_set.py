@@ -1,6 +1,6 @@
 """The live set of cameras: each camera's runtime (source thread, slot, stats, tracker row) and changes to it.
 
-Every camera owns one tracker row, which is `Frame.camera`. A removed camera's row is reset and reused by
+Every camera owns one batch row (its tracker row), which is `Frame.row`. A removed camera's row is reset and reused by
 the next camera added, so add/remove cycles never grow the tracker. The inference thread reads the set on
 every batch; every change to it runs on that thread between two batches (`call`), after the batch in flight
 has been finished, so no batch ever sees half a change and the tracker is never touched by two threads.
@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from rtsp_worker.config import CameraConfig, SourceOptions, mask_url
-from rtsp_worker.sinks import SinkRunner
-from rtsp_worker.sources.camera import CameraSource, CameraStats, FrameSlot
+from rtsp_worker.sources.state import CameraStats, FrameSlot, Source, SourceFactory
 from rtsp_worker.tracking.tracker import IouTracker
 
 log = logging.getLogger(__name__)
@@ -38,11 +37,11 @@ class LiveCamera:
     """One running camera."""
 
     cfg: CameraConfig
-    row: int  # tracker row and `Frame.camera`
+    row: int  # batch row and tracker row (`Frame.row`)
     stats: CameraStats
     slot: FrameSlot
     stop: threading.Event  # this camera's own stop (the pipeline's stop sets every camera's)
-    source: CameraSource
+    source: Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,8 @@ class CameraView:
     cameras: tuple[CameraConfig, ...] = ()
     stats: tuple[CameraStats, ...] = ()
     slots: tuple[FrameSlot, ...] = ()
-    sources: tuple[CameraSource, ...] = ()
+    sources: tuple[Source, ...] = ()
+    rows: tuple[int, ...] = ()
 
 
 @dataclass(eq=False)
@@ -77,7 +77,12 @@ def describe_change(old: CameraConfig, new: CameraConfig) -> list[str]:
 
 class CameraSet:
     """The cameras of one pipeline; `add`, `remove` and `update` may be called from any thread but the
-    inference thread, one change at a time."""
+    inference thread, one change at a time.
+
+    `source_factory` makes each camera's source thread (`CameraSource` in the worker, a fake in unit tests).
+    `on_detach(name)`, called on the inference thread when a camera is removed, returns an event set once
+    its outputs are closed (the pipeline closes the camera's sink outputs), or None.
+    """
 
     def __init__(
         self,
@@ -88,14 +93,18 @@ class CameraSet:
         tracker: IouTracker,
         capacity: int,
         stop_event: threading.Event,
+        source_factory: SourceFactory,
+        on_detach: Callable[[str], threading.Event | None] | None = None,
     ) -> None:
         self.options = options
+        self.source_factory = source_factory
+        self.on_detach = on_detach
         self.cond = cond
         self.device = device
         self.tracker = tracker
         self.capacity = capacity
         self.stop_event = stop_event
-        self.by_row: list[LiveCamera | None] = []  # indexed by Frame.camera: the hot path's lookup
+        self.by_row: list[LiveCamera | None] = []  # indexed by Frame.row: the hot path's lookup
         self._free: list[int] = []
         self._live: dict[str, LiveCamera] = {}
         self.view = CameraView()
@@ -202,14 +211,14 @@ class CameraSet:
                 "batch or raise batcher.max_batch and restart"
             )
 
-    def remove(self, name: str, sinks: SinkRunner | None, join_timeout: float | None = None) -> int:
+    def remove(self, name: str, join_timeout: float | None = None) -> int:
         """Stop a camera, finish its results, flush and close its outputs. Returns its final `processed`."""
         with self._lock:
             cam = self._live.get(name)
             if cam is None:
                 raise KeyError(name)
             cam.stop.set()  # the thread winds down while the inference thread detaches the camera
-            closed = self.call(lambda: self._detach(cam, sinks))
+            closed = self.call(lambda: self._detach(cam))
             if closed is not None and not closed.wait(CHANGE_TIMEOUT_S):
                 log.error("camera %s: outputs did not close within %.0f s", name, CHANGE_TIMEOUT_S)
         # Detached: nothing of it reaches the batches or the outputs any more. Its source may still be in a
@@ -269,10 +278,10 @@ class CameraSet:
         stop = threading.Event()
         if self.stop_event.is_set():
             stop.set()
-        source = CameraSource(row, cfg, self.options, slot, stats, stop, self.device, first_seq=first_seq)
+        source = self.source_factory(row, cfg, self.options, slot, stats, stop, self.device, first_seq=first_seq)
         return LiveCamera(cfg, row, stats, slot, stop, source)
 
-    def _detach(self, cam: LiveCamera, sinks: SinkRunner | None) -> threading.Event | None:
+    def _detach(self, cam: LiveCamera) -> threading.Event | None:
         del self._live[cam.cfg.name]
         self.by_row[cam.row] = None
         with self.cond:
@@ -282,7 +291,7 @@ class CameraSet:
         self._publish("removed", cam.cfg.name)
         # Every result of this camera was handed to the sinks before this (the batch in flight is finished
         # first): the close marker queues behind them.
-        return sinks.close_camera(cam.cfg.name) if sinks is not None else None
+        return self.on_detach(cam.cfg.name) if self.on_detach is not None else None
 
     def _replace(self, old: LiveCamera, cfg: CameraConfig, reset_tracks: bool) -> None:
         with self.cond:
@@ -306,7 +315,7 @@ class CameraSet:
     def _publish(self, event: str | None = None, name: str = "") -> None:
         cams = list(self._live.values())
         self.view = CameraView(tuple(c.cfg for c in cams), tuple(c.stats for c in cams), tuple(c.slot for c in cams),
-                               tuple(c.source for c in cams))
+                               tuple(c.source for c in cams), tuple(c.row for c in cams))
         if event is not None:
             for listener in list(self.listeners):
                 listener(event, name)

@@ -1,6 +1,7 @@
 """Command line: `rtsp-worker run | shards | demo | probe | inspect | build-engine | doctor`.
 
-Thin on purpose: parsing, logging and exit codes; the work is in the modules it calls.
+Exit codes (rtsp_worker/exitcodes.py): 0 clean stop, 2 config error, 3 model error, 4 runtime/device error,
+130 second signal. The commands below return an `ExitCode`; this module alone turns it into the exit.
 """
 
 from __future__ import annotations
@@ -11,14 +12,8 @@ from typing import Annotated
 
 import typer
 
-from rtsp_worker.service.runner import (
-    EXIT_CONFIG,
-    EXIT_MODEL,
-    fail,
-    raise_open_files_limit,
-    run_pipeline,
-    setup_logging,
-)
+from rtsp_worker.exitcodes import ExitCode
+from rtsp_worker.service.runner import fail, raise_open_files_limit, run_pipeline, setup_logging
 
 HELP = (
     "Multi-camera object detection and tracking: RTSP cameras in, one JSON line per frame (and annotated "
@@ -55,13 +50,13 @@ def run(
     try:
         the_shard = sharding.parse_shard(shard) if shard is not None else None
     except ValueError as e:
-        raise fail(str(e), EXIT_CONFIG) from None
+        raise typer.Exit(fail(str(e), ExitCode.CONFIG))
     setup_logging(log_level, worker=None if the_shard is None else the_shard.index)
     raise_open_files_limit()  # the supervisor too: it serves the box's endpoint and holds its workers' pipes
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        raise fail(str(e), EXIT_CONFIG) from None
+        raise typer.Exit(fail(str(e), ExitCode.CONFIG))
     updates = {}
     if device is not None:
         updates["device"] = device
@@ -80,8 +75,10 @@ def run(
         if the_shard is not None:
             cfg = sharding.shard_config(cfg, the_shard)
     except ValueError as e:
-        raise fail(f"{config}: {e}", EXIT_CONFIG) from None
-    run_pipeline(cfg, duration, config_path=config, shard=the_shard)
+        raise typer.Exit(fail(f"{config}: {e}", ExitCode.CONFIG))
+    code = run_pipeline(cfg, duration, config_path=config, shard=the_shard)
+    if code != ExitCode.OK:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -100,7 +97,7 @@ def shards(
     try:
         cfg = load_config(config)
     except ConfigError as e:
-        raise fail(str(e), EXIT_CONFIG) from None
+        raise typer.Exit(fail(str(e), ExitCode.CONFIG))
     typer.echo(describe(cfg, count))
     owner = config_assignment(cfg, count)
     empty = [k for k in range(count) if k not in owner.values()]
@@ -109,7 +106,7 @@ def shards(
                    f"shards): `run --shard {k}/{count}` and `run --workers {count}` refuse it; use fewer shards",
                    err=True)
     if empty:
-        raise typer.Exit(EXIT_CONFIG)
+        raise typer.Exit(ExitCode.CONFIG)
 
 
 @app.command()
@@ -124,7 +121,7 @@ def probe(
     setup_logging("WARNING")
     result = probe_stream(url, timeout)
     if result.error:
-        raise fail(f"{result.url}: {result.error}", 1)
+        raise typer.Exit(fail(f"{result.url}: {result.error}", ExitCode.FAILED))
     typer.echo(result.describe())
 
 
@@ -142,7 +139,7 @@ def inspect(
     try:
         typer.echo(inspect_model(model, layout, device))
     except (ModelError, ValueError) as e:
-        raise fail(str(e), EXIT_MODEL) from None
+        raise typer.Exit(fail(str(e), ExitCode.MODEL))
 
 
 def _register_build_engine() -> None:
@@ -152,13 +149,13 @@ def _register_build_engine() -> None:
 
 
 def _register_demo() -> None:
-    from rtsp_worker.sim.demo import demo
+    from rtsp_worker.tools.demo import demo
 
     app.command("demo")(demo)
 
 
 def _register_doctor() -> None:
-    from rtsp_worker.service.doctor import doctor
+    from rtsp_worker.tools.doctor import doctor
 
     app.command("doctor")(doctor)
 

@@ -3,6 +3,12 @@
 Every tensor field says its shape, dtype, device and box format. Batched results are flat
 (one row per box) with a ``batch_index`` column rather than lists of per-image tensors, so that
 every stage can work on the whole batch with vectorized ops and split per camera only at the end.
+
+A camera has two identities, each with one name everywhere:
+- `camera`: its name (cameras.yaml), what outputs, logs, metrics and the control API show.
+- `row`: its batch row, the tracker and analytics row it owns while it runs (`Frame.row`, `FrameResult.row`,
+  `CameraSource.row`, `LiveCamera.row`). Rows are not config positions: a removed camera's row is reset and
+  reused by the next camera added (rtsp_worker/camera_set.py).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ NATIVE = "native"
 class Frame:
     """One decoded frame of one camera."""
 
-    camera: int  # index of the camera in the config's enabled-camera list
+    row: int  # the camera's batch row (see the module docstring); not its position in the config
     seq: int  # per-camera decoded-frame number, from 0, never reset by reconnects
     ts: float  # wall-clock time (time.time()) when the frame was decoded
     image: Tensor | Any  # RGB: (H, W, 3) uint8; NV12: (H*3/2, W) uint8, CPU or CUDA; NATIVE: av.VideoFrame
@@ -45,8 +51,8 @@ class Batch:
     frames: tuple[Frame, ...]
 
     @property
-    def cameras(self) -> list[int]:
-        return [f.camera for f in self.frames]
+    def rows(self) -> list[int]:
+        return [f.row for f in self.frames]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -169,7 +175,7 @@ class FrameResult:
     """What the pipeline produced for one frame of one camera (host-side, ready for sinks)."""
 
     camera: str  # camera name
-    camera_index: int
+    row: int  # the camera's batch row when this frame was processed (Frame.row)
     frame: int  # Frame.seq
     ts: float  # Frame.ts (decode time)
     width: int

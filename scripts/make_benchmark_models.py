@@ -51,7 +51,7 @@ def export(variant: str, size: tuple[int, int], out: Path) -> Path:
     from ultralytics import YOLO
 
     sys.path.insert(0, str(ROOT))
-    from rtsp_worker.engine_build.export import export_onnx
+    from rtsp_worker.engines.export import export_onnx
 
     torch.manual_seed(0)
     yolo = YOLO(f"yolov8{variant}.yaml", task="detect")  # architecture only: random weights, no download

@@ -327,7 +327,7 @@ def sample_batch(
 
 def export(model: SynthDet, out: Path, description: str, onnx: bool = True) -> tuple[Path | None, Path]:
     """models/synth_det.onnx (ONNX Runtime, TensorRT) and models/synth_det.pt2 (the torch engine)."""
-    from rtsp_worker.engine_build.export import export_onnx, export_program
+    from rtsp_worker.engines.export import export_onnx, export_program
 
     model = model.eval().float().freeze_grid(INPUT_HW)  # the anchor grid as buffers: device-independent
     names = "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(synthetic.CLASS_NAMES)) + "}"

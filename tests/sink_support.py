@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rtsp_worker.sinks import Sink
 from rtsp_worker.types import FrameResult, TrackedObject
 
 
@@ -18,11 +19,11 @@ def result(camera: str, frame: int, n_objects: int = 2, image: torch.Tensor | No
                       confidence=0.5 + 0.1 * k, box=(10.0 + 30 * k + frame, 20.0, 40.0 + 30 * k + frame, 80.0))
         for k in range(n_objects)
     )
-    return FrameResult(camera=camera, camera_index=0, frame=frame, ts=ts if ts is not None else 1e9 + frame / 15,
+    return FrameResult(camera=camera, row=0, frame=frame, ts=ts if ts is not None else 1e9 + frame / 15,
                        width=320, height=240, objects=objects, image=image, done_ts=time.time())
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """A sink that keeps (camera, frame, width, height) of every result: lets a test see frame sizes."""
 
     name = "recording"
@@ -38,7 +39,7 @@ class RecordingSink:
         pass
 
 
-class ListSink:
+class ListSink(Sink):
     """Keeps the frame number of every result, and whether it was closed."""
 
     name = "list"

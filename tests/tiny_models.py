@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rtsp_worker.engine_build.export import export_onnx
+from rtsp_worker.engines.export import export_onnx
 
 
 class TinyYolo(nn.Module):

@@ -80,7 +80,7 @@ class Analytics:
     """Counting lines and zones of every camera; `update` once per batch, after the tracker.
 
     Host-side counters for metrics and logs: `crossings[(camera, line, direction, class)]` (totals) and
-    `occupancy(camera_index)` (tracks inside each zone now, per class). Both are read from other threads.
+    `occupancy(row)` (tracks inside each zone now, per class). Both are read from other threads.
     """
 
     def __init__(self, cameras: Sequence[CameraConfig], class_names: Sequence[str], *, expire: Sequence[int],
@@ -183,7 +183,7 @@ class Analytics:
         batch_index, track_ids = batch_index.to(dev), track_ids.to(dev)
         class_ids, boxes = class_ids.to(dev), boxes.to(dev, torch.float32)
         n_rows = len(frames)
-        frame_cam = torch.tensor([f.camera for f in frames], dtype=torch.int64, device=dev)
+        frame_cam = torch.tensor([f.row for f in frames], dtype=torch.int64, device=dev)
         frame_ts = torch.tensor([f.ts for f in frames], dtype=torch.float64, device=dev)
         frame_size = torch.tensor([(f.width, f.height) for f in frames], dtype=torch.float32, device=dev)
         self.steps[frame_cam] += 1
@@ -262,10 +262,10 @@ class Analytics:
     # -- host side: events are few, so a loop over them (never over tracks) is fine ----------------------
     def _event(self, frame: Frame, track_id: int, class_id: int, kind: str, name: str, direction: str,
                point: Sequence[float], dwell: float | None = None, lost: bool = False) -> Event:
-        return Event(camera=self.names[frame.camera], frame=frame.seq, ts=frame.ts, track_id=track_id,
+        return Event(camera=self.names[frame.row], frame=frame.seq, ts=frame.ts, track_id=track_id,
                      class_id=class_id, class_name=self.class_names[class_id], kind=kind, name=name,
                      direction=direction, point=(float(point[0]), float(point[1])), dwell_s=dwell, lost=lost,
-                     id=self.event_ids.next(self.names[frame.camera]))
+                     id=self.event_ids.next(self.names[frame.row]))
 
     def _line_events(self, events: list[list[Event]], frames: Sequence[Frame], batch_index: Tensor,
                      track_ids: Tensor, class_ids: Tensor, crossing: Tensor, anchor: Tensor) -> None:
@@ -279,7 +279,7 @@ class Analytics:
         bi, tid, cl = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids))
         for b, t, c, line_i, d, pt in zip(bi, tid, cl, cols.tolist(), dirs, pts):
             frame = frames[b]
-            line = self.lines.configs[frame.camera][line_i]
+            line = self.lines.configs[frame.row][line_i]
             ev = self._event(frame, t, c, "line", line.name, line.directions[d], pt)
             events[b].append(ev)
             key = (ev.camera, line.name, ev.direction, ev.class_name)
@@ -299,7 +299,7 @@ class Analytics:
         bi, tid, cl = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids))
         for b, t, c, zone_i, enter, pt, d in zip(bi, tid, cl, cols.tolist(), entered, pts, dw):
             frame = frames[b]
-            zone = self.zones.configs[frame.camera][zone_i]
+            zone = self.zones.configs[frame.row][zone_i]
             events[b].append(self._event(frame, t, c, "zone", zone.name, "enter" if enter else "exit", pt,
                                          dwell=None if enter else d))
 

@@ -10,12 +10,18 @@ more than 1000 candidates NMS runs per (image, class) group, see `nms_per_image_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
 from rtsp_worker.detection.layouts import Dense, Final, OutputLayout, decode
 from rtsp_worker.types import Detections, Letterbox
+
+if TYPE_CHECKING:
+    from rtsp_worker.config import DetectionConfig
+    from rtsp_worker.engines.base import ModelInfo
 
 CPU_GROUPED_NMS_ABOVE = 1000  # boxes; see nms_per_image_and_class
 
@@ -186,3 +192,30 @@ def postprocess(
     dets = decode_predictions(raw, conf, iou, max_det=max_det, max_candidates=max_candidates, classes=classes,
                               layout=layout, input_size=input_size)
     return to_source_pixels(dets, letterbox)
+
+
+class Postprocessor:
+    """`postprocess` with everything but the batch fixed once: the thresholds of the detection config, the
+    class filter and the model's output layout and input size. Built once per engine; called per batch."""
+
+    def __init__(self, conf: float, iou: float, *, max_det: int = 300, max_candidates: int = 3000,
+                 classes: Tensor | None = None, layout: OutputLayout | None = None,
+                 input_size: tuple[int, int] | None = None) -> None:
+        self.conf, self.iou = conf, iou
+        self.max_det, self.max_candidates = max_det, max_candidates
+        self.classes, self.layout, self.input_size = classes, layout, input_size
+
+    @classmethod
+    def for_model(cls, detection: DetectionConfig, info: ModelInfo, device: torch.device) -> Postprocessor:
+        """From `detection:` and the loaded model's class names, output layout and input size.
+
+        Unknown names or ids in `detection.classes` raise ValueError naming them."""
+        return cls(detection.confidence, detection.iou, max_det=detection.max_detections,
+                   max_candidates=detection.max_candidates,
+                   classes=class_mask(detection.classes, info.class_names, device), layout=info.output_layout,
+                   input_size=info.input_size)
+
+    def __call__(self, raw: Tensor, letterbox: Letterbox) -> Detections:
+        return postprocess(raw, letterbox, self.conf, self.iou, max_det=self.max_det,
+                           max_candidates=self.max_candidates, classes=self.classes, layout=self.layout,
+                           input_size=self.input_size)

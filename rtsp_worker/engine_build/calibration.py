@@ -109,7 +109,7 @@ def letterbox_frames(images: list[np.ndarray], input_size: tuple[int, int]) -> T
     """RGB uint8 images -> (N, 3, H, W) float32 in [0, 1], letterboxed like the worker's preprocessing."""
     if not images:
         raise BuildError("no frames to letterbox")
-    frames = [Frame(camera=0, seq=i, ts=0.0, image=torch.from_numpy(np.ascontiguousarray(img)),
+    frames = [Frame(row=0, seq=i, ts=0.0, image=torch.from_numpy(np.ascontiguousarray(img)),
                     height=img.shape[0], width=img.shape[1]) for i, img in enumerate(images)]
     pre = Preprocessor(input_size, max_batch=len(frames), device=torch.device("cpu"))
     batch, _ = pre(frames)

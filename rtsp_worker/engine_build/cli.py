@@ -36,6 +36,7 @@ from rtsp_worker.engine_build.profile import (
 from rtsp_worker.engine_build.validate import OutputDiff, compare_raw, run_chunked, run_onnxruntime
 from rtsp_worker.engines.base import ModelError, default_class_names, model_layout
 from rtsp_worker.engines.trt_plan import EngineMetadata, file_sha256, write_plan
+from rtsp_worker.exitcodes import ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def validate_engine(opts: BuildOptions, meta: EngineMetadata, echo: Callable[[st
 
 def _fail(msg: str) -> typer.Exit:
     typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(1)
+    return typer.Exit(ExitCode.FAILED)
 
 
 Opt = typer.Option

@@ -60,7 +60,3 @@ def load_engine(cfg: ModelConfig, device: torch.device, max_batch: int,
 
         return load_tensorrt_engine(cfg, device=device, max_batch=max_batch, build=build)
     raise ModelError(f"{cfg.path}: unknown backend {backend!r}")
-
-
-def model_path_exists(path: Path) -> bool:
-    return path.exists()

@@ -198,7 +198,7 @@ def load_module(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict
     if baked:
         raise ModelError(
             f"{path}: TorchScript graph was traced with tensors on {', '.join(baked)} and cannot run on "
-            f"{device}; export it with torch.export (.pt2, see rtsp_worker.engine_build.export) or trace it "
+            f"{device}; export it with torch.export (.pt2, see rtsp_worker.engines.export) or trace it "
             f"on {device}"
         )
     return module.eval(), extra

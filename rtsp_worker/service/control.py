@@ -23,52 +23,15 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from rtsp_worker.config import check_name, mask_url
+from rtsp_worker.config import check_name
 from rtsp_worker.service.reload import Reloader, ReloadError
 from rtsp_worker.service.server import HttpServer, Request, Response
 
-if TYPE_CHECKING:
-    from rtsp_worker.pipeline import Pipeline
-
 log = logging.getLogger(__name__)
-
-FPS_WINDOW_S = 1.0  # rates are measured over at least this long between two reads
-
-
-class _Rates:
-    """Decode and processed fps per camera, from the counters' growth between two reads of /cameras."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[str, tuple[object, float, int, int]] = {}  # name -> (stats, t, decoded, processed)
-        self._fps: dict[str, tuple[float, float]] = {}
-
-    def read(self, pipeline: Pipeline) -> dict[str, tuple[float, float] | None]:
-        now = time.monotonic()
-        view = pipeline.camset.view
-        out: dict[str, tuple[float, float] | None] = {}
-        with self._lock:
-            last, self._last = self._last, {}
-            for cam, st in zip(view.cameras, view.stats):
-                prev = last.get(cam.name)
-                if prev is None or prev[0] is not st:
-                    self._last[cam.name] = (st, now, st.decoded, st.processed)
-                    self._fps.pop(cam.name, None)
-                elif now - prev[1] >= FPS_WINDOW_S:
-                    dt = now - prev[1]
-                    self._fps[cam.name] = ((st.decoded - prev[2]) / dt, (st.processed - prev[3]) / dt)
-                    self._last[cam.name] = (st, now, st.decoded, st.processed)
-                else:
-                    self._last[cam.name] = prev
-                out[cam.name] = self._fps.get(cam.name)
-            self._fps = {k: v for k, v in self._fps.items() if k in self._last}
-        return out
 
 
 class ControlApi:
@@ -77,7 +40,6 @@ class ControlApi:
     def __init__(self, http: HttpServer, reloader: Reloader) -> None:
         self.reloader = reloader
         self.pipeline = reloader.p
-        self._rates = _Rates()
         http.route("GET", "/cameras", self.get_cameras)
         http.route("PUT", "/cameras/{name}", self.put_camera)
         http.route("DELETE", "/cameras/{name}", self.delete_camera)
@@ -129,21 +91,19 @@ class ControlApi:
 
     # -- routes -----------------------------------------------------------------------------------------
     def get_cameras(self, _req: Request) -> Response:
-        rates = self._rates.read(self.pipeline)
-        view = self.pipeline.camset.view
+        status = self.pipeline.status()
         cams = []
-        for cfg, st in zip(view.cameras, view.stats):
-            fps = rates.get(cfg.name)
+        for c in status.cameras:
             cams.append({
-                "name": cfg.name, "url": mask_url(cfg.url), "state": st.state.value,
-                "decode_fps": round(fps[0], 2) if fps else None, "processed_fps": round(fps[1], 2) if fps else None,
-                "decoded": st.decoded, "processed": st.processed, "dropped": st.dropped,
-                "reconnects": st.reconnects, "stalls": st.stalls, "decode_errors": st.decode_errors,
-                "failures": st.failures, "last_error": st.last_error or None, "codec": st.codec or None,
-                "decoder": st.decoder or None, "width": st.width, "height": st.height,
-                "infer_interval": cfg.infer_interval,
+                "name": c.name, "url": c.url, "state": c.state.value,
+                "decode_fps": _round(c.decode_fps), "processed_fps": _round(c.processed_fps),
+                "decoded": c.decoded, "processed": c.processed, "dropped": c.dropped,
+                "reconnects": c.reconnects, "stalls": c.stalls, "decode_errors": c.decode_errors,
+                "failures": c.failures, "last_error": c.last_error or None, "codec": c.codec or None,
+                "decoder": c.decoder or None, "width": c.width, "height": c.height,
+                "infer_interval": c.infer_interval,
             })
-        return Response.json(200, {"cameras": cams, "capacity": self.pipeline.camset.capacity})
+        return Response.json(200, {"cameras": cams, "capacity": status.capacity})
 
     def put_camera(self, req: Request) -> Response:
         if (refused := self._refuse(req)) is not None:
@@ -220,3 +180,5 @@ def _file_refusal(url: str, allowed: list[Path]) -> str | None:
         if path.is_relative_to(Path(os.path.realpath(folder))):
             return None
     return f"file:// path is not under a folder of control.allow_file_dirs ({', '.join(map(str, allowed))})"
+def _round(fps: float | None) -> float | None:
+    return round(fps, 2) if fps is not None else None

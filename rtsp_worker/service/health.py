@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rtsp_worker.service.server import HttpServer, Request, Response
-from rtsp_worker.sources.camera import CameraState
 
 if TYPE_CHECKING:
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.status import CameraStatus, PipelineStatus
+
+
+class HasStatus(Protocol):
+    """What health reads: a pipeline's status snapshot."""
+
+    def status(self) -> PipelineStatus: ...
 
 
 class Health:
@@ -30,9 +35,9 @@ class Health:
     def __init__(self, max_silence_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_silence_s = max_silence_s
         self.clock = clock  # the pipeline's loop stamps time.monotonic(); tests pass a fake clock
-        self.pipeline: Pipeline | None = None
+        self.pipeline: HasStatus | None = None
 
-    def attach(self, pipeline: Pipeline) -> None:
+    def attach(self, pipeline: HasStatus) -> None:
         self.pipeline = pipeline
 
     def register(self, http: HttpServer) -> HttpServer:
@@ -41,12 +46,12 @@ class Health:
         return http
 
     def healthz(self) -> tuple[bool, dict[str, Any]]:
-        p = self.pipeline
-        if p is None:
+        if self.pipeline is None:
             return True, {"status": "starting", "reason": "loading the engine"}
-        if p.stop_event.is_set():
+        p = self.pipeline.status()
+        if p.stopping:
             return True, {"status": "stopping", "reason": "draining and flushing the sinks"}
-        beat = getattr(p, "loop_ts", None)
+        beat = p.loop_ts
         if beat is None:
             return True, {"status": "starting", "reason": "engine loaded, inference loop not started yet"}
         silent = self.clock() - beat
@@ -56,13 +61,13 @@ class Health:
         return True, {"status": "ok", "last_progress_s": round(silent, 3), "batches": p.batches}
 
     def readyz(self) -> tuple[bool, dict[str, Any]]:
-        p = self.pipeline
-        if p is None:
+        if self.pipeline is None:
             return False, {"ready": False, "reason": "engine not loaded yet"}
-        cameras = {c.name: _camera(st) for c, st in zip(p.cameras, p.stats)}
-        streaming = sum(1 for st in p.stats if st.state == CameraState.STREAMING)
+        p = self.pipeline.status()
+        cameras = {c.name: _camera(c) for c in p.cameras}
+        streaming = p.streaming
         body: dict[str, Any] = {"ready": streaming > 0, "streaming": streaming, "cameras": cameras}
-        if p.stop_event.is_set():
+        if p.stopping:
             body.update(ready=False, reason="stopping")
         elif streaming == 0:
             body["reason"] = f"no camera is streaming (0 of {len(cameras)})"
@@ -77,8 +82,8 @@ class Health:
         return Response.json(200 if ok else 503, body)
 
 
-def _camera(st: Any) -> dict[str, Any]:  # st: CameraStats
-    out: dict[str, Any] = {"state": st.state.value}
-    if st.last_error:
-        out["last_error"] = st.last_error  # a reason (as in the log lines), never a URL with credentials
+def _camera(c: CameraStatus) -> dict[str, Any]:
+    out: dict[str, Any] = {"state": c.state.value}
+    if c.last_error:
+        out["last_error"] = c.last_error  # a reason (as in the log lines), never a URL with credentials
     return out

@@ -1,7 +1,8 @@
 """Prometheus endpoint for one pipeline, on its own CollectorRegistry (never the process-global one).
 
-Per-camera counters and the state are read from `CameraStats` at scrape time (nothing to update on the hot
-path); latency and batch histograms are fed by a `Pipeline.batch_listeners` callback, one call per batch.
+Per-camera counters and the state are read from the pipeline's status snapshot at scrape time (nothing to
+update on the hot path); latency and batch histograms are fed by a `Pipeline.on_batch` subscription, one
+call per batch.
 GPU utilization and memory come from NVML when `pynvml` (nvidia-ml-py) imports and initialises; otherwise
 those series are simply absent.
 """
@@ -18,11 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from rtsp_worker.service.server import HttpServer, Request, Response
-from rtsp_worker.sources.camera import CameraState
+from rtsp_worker.sources.state import CameraState
 
 if TYPE_CHECKING:
-    from rtsp_worker.analytics.events import Analytics
-    from rtsp_worker.pipeline import BatchReport, Pipeline
+    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.status import AnalyticsStatus, BatchOutput
 
 log = logging.getLogger(__name__)
 
@@ -85,68 +86,62 @@ class _StatsCollector(Collector):
         self.nvml = nvml
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        p = self.p
-        view = p.camset.view  # one snapshot: cameras come and go, a removed camera's series disappear
-        names, stats = [c.name for c in view.cameras], view.stats
+        status = self.p.status()  # one snapshot: cameras come and go, a removed camera's series disappear
+        cams = status.cameras
         for suffix, attr, doc in _CAMERA_COUNTERS:
             fam = CounterMetricFamily(f"{NS}_{suffix}", doc, labels=["camera"])
-            for name, st in zip(names, stats):
-                fam.add_metric([name], getattr(st, attr))
+            for c in cams:
+                fam.add_metric([c.name], getattr(c, attr))
             yield fam
         state = GaugeMetricFamily(f"{NS}_camera_state", "1 for the camera's current state, 0 for the others.",
                                   labels=["camera", "state"])
-        for name, st in zip(names, stats):
-            current = st.state
+        for c in cams:
             for s in CameraState:
-                state.add_metric([name, s.value], 1.0 if s == current else 0.0)
+                state.add_metric([c.name, s.value], 1.0 if s == c.state else 0.0)
         yield state
         failures = GaugeMetricFamily(f"{NS}_camera_consecutive_failures", "Failed connects in a row.",
                                      labels=["camera"])
         skipping = GaugeMetricFamily(f"{NS}_camera_skipping_nonref", "1 while the decoder skips non-reference "
                                      "frames (the pipeline takes under 1 in 4 of them; source.skip_nonref).",
                                      labels=["camera"])
-        for name, st in zip(names, stats):
-            failures.add_metric([name], st.failures)
-            skipping.add_metric([name], 1.0 if st.skipping_nonref else 0.0)
+        for c in cams:
+            failures.add_metric([c.name], c.failures)
+            skipping.add_metric([c.name], 1.0 if c.skipping_nonref else 0.0)
         yield failures
         yield skipping
-        yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=p.batches)
+        yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=status.batches)
         yield CounterMetricFamily(f"{NS}_removed_camera_threads_left", "Removed cameras whose source thread did not "
                                   "end within its timeouts (left behind, still connecting or reading).",
-                                  value=getattr(p.camset, "lingering_sources", 0))
+                                  value=status.lingering_sources)
         dropped = CounterMetricFamily(f"{NS}_sink_dropped", "Results a sink lost: its queue was full (queue) or "
                                       "its own buffer overflowed (buffer) or its writes failed (write).",
                                       labels=["sink", "where"])
         errors = CounterMetricFamily(f"{NS}_sink_errors", "Failed sink writes (batches).", labels=["sink"])
-        runner = p.sinks
-        for sink in runner.sinks:
-            dropped.add_metric([sink.name, "queue"], runner.dropped[sink.name])
-            if hasattr(sink, "buffered"):
-                dropped.add_metric([sink.name, "buffer"], getattr(sink, "dropped", 0))
+        buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",
+                                     labels=["sink"])
+        for sink in status.sinks:
+            dropped.add_metric([sink.name, "queue"], sink.queue_dropped)
+            if sink.buffered is not None:
+                dropped.add_metric([sink.name, "buffer"], sink.buffer_dropped)
+                buffered.add_metric([sink.name], sink.buffered)
             # Entries lost to failed writes (disk full, Redis error replies, a write that raised).
-            dropped.add_metric([sink.name, "write"], runner.failed[sink.name] + getattr(sink, "failed", 0))
-            errors.add_metric([sink.name], runner.error_count(sink.name))
+            dropped.add_metric([sink.name, "write"], sink.write_failed)
+            errors.add_metric([sink.name], sink.errors)
         yield dropped
         yield errors
         # Entries the backend acknowledged (MQTT PUBACK, webhook 2xx), for sinks that count them; a webhook's
         # sink name is `webhook:<name or index>`, never its URL (a secret).
         delivered = CounterMetricFamily(f"{NS}_sink_delivered", "Entries the sink's backend acknowledged.",
                                         labels=["sink"])
-        for sink in runner.sinks:
-            if hasattr(sink, "delivered"):
-                delivered.add_metric([sink.name], sink.delivered)  # type: ignore[attr-defined]
+        for sink in status.sinks:
+            if sink.delivered is not None:
+                delivered.add_metric([sink.name], sink.delivered)
         yield delivered
         yield CounterMetricFamily(f"{NS}_nonfinite_detections", "Detections with NaN/Inf boxes or scores, dropped "
-                                  "before the tracker.", value=p.nonfinite.value())
-        buffered = GaugeMetricFamily(f"{NS}_sink_buffered", "Entries a sink holds while its backend is down.",
-                                     labels=["sink"])
-        for sink in runner.sinks:
-            if hasattr(sink, "buffered"):
-                buffered.add_metric([sink.name], sink.buffered)  # type: ignore[attr-defined]
+                                  "before the tracker.", value=status.nonfinite)
         yield buffered
-        analytics = getattr(p, "analytics", None)
-        if analytics is not None:
-            yield from _analytics_metrics(analytics)
+        if status.analytics is not None:
+            yield from _analytics_metrics(status.analytics)
         if self.nvml is not None and self.nvml.available:
             sample = self.nvml.sample()
             if sample is not None:
@@ -156,20 +151,17 @@ class _StatsCollector(Collector):
                 yield GaugeMetricFamily(f"{NS}_gpu_memory_total_bytes", "GPU memory (NVML).", value=total)
 
 
-def _analytics_metrics(a: Analytics) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+def _analytics_metrics(a: AnalyticsStatus) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
     """Line crossings (totals) and zone occupancy (now), per camera and class (issue 15)."""
     crossings = CounterMetricFamily(f"{NS}_line_crossings", "Tracks that crossed a counting line.",
                                     labels=["camera", "line", "direction", "class"])
-    for (camera, line, direction, cls), n in sorted(a.crossing_totals().items()):
+    for (camera, line, direction, cls), n in a.crossings:
         crossings.add_metric([camera, line, direction, cls], n)
     yield crossings
     objects = GaugeMetricFamily(f"{NS}_zone_objects", "Tracks inside a zone now.",
                                 labels=["camera", "zone", "class"])
-    for c, camera in enumerate(a.names):
-        occ = a.occupancy(c)
-        for z, zone in enumerate(a.zones.configs[c]):
-            for k, cls in enumerate(a.class_names):
-                objects.add_metric([camera, zone.name, cls], int(occ[z, k]))
+    for z in a.zones:
+        objects.add_metric([z.camera, z.zone, z.class_name], z.objects)
     yield objects
 
 
@@ -188,14 +180,15 @@ class PipelineMetrics:
                                     buckets=BATCH_BUCKETS)
         self.stage = Histogram(f"{NS}_stage_seconds", "Time per batch in each stage.", ["stage"],
                                registry=self.registry, buckets=STAGE_BUCKETS)
-        # Label children resolved once: the listener runs on the inference thread for every batch.
-        self._cam_latency: dict[int, object] = {}  # by tracker row (Frame.camera); emptied when cameras change
-        for c in pipeline.cameras:
+        # Label children resolved once: the listener runs on the finish thread for every batch.
+        self._cam_latency: dict[str, object] = {}  # by camera name; emptied when cameras change
+        for c in pipeline.status().cameras:
             self.latency.labels(c.name)  # every camera's series exists from the start (count 0)
-        pipeline.camset.listeners.append(self.on_camera)
+        self._unsubscribe = [pipeline.on_camera(self.on_camera)]
         self._stages = {s: self.stage.labels(s) for s in ("preprocess", "inference", "postprocess", "tracker")}
 
-    def on_batch(self, r: BatchReport) -> None:
+    def on_batch(self, out: BatchOutput) -> None:
+        r = out.report
         self.batch_size.observe(r.size)
         if r.inferred:
             self._stages["preprocess"].observe(r.preprocess_ms / 1e3)
@@ -205,9 +198,17 @@ class PipelineMetrics:
         for cam, seconds in r.latencies:
             child = self._cam_latency.get(cam)
             if child is None:
-                live = self.pipeline.camset.by_row[cam]
-                child = self._cam_latency[cam] = self.latency.labels(live.cfg.name if live else str(cam))
+                child = self._cam_latency[cam] = self.latency.labels(cam)
             child.observe(seconds)  # type: ignore[attr-defined]
+
+    def listen_batches(self) -> None:
+        self._unsubscribe.append(self.pipeline.on_batch(self.on_batch))
+
+    def close(self) -> None:
+        """Stop listening to the pipeline."""
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
 
     def on_camera(self, event: str, name: str) -> None:
         """Called on the inference thread between batches when the camera set changes."""
@@ -236,7 +237,7 @@ class MetricsServer:
             self.http.start()
         self.host = host
         self.port = self.http.port
-        metrics.pipeline.batch_listeners.append(metrics.on_batch)
+        metrics.listen_batches()
         self._closed = threading.Event()
         log.info("metrics on http://%s:%d/metrics", host, self.port)
 
@@ -251,11 +252,7 @@ class MetricsServer:
         if self._closed.is_set():
             return
         self._closed.set()
-        listeners = self.metrics.pipeline.batch_listeners
-        if self.metrics.on_batch in listeners:
-            listeners.remove(self.metrics.on_batch)
-        if self.metrics.on_camera in self.metrics.pipeline.camset.listeners:
-            self.metrics.pipeline.camset.listeners.remove(self.metrics.on_camera)
+        self.metrics.close()
         self.http.close()
 
 

@@ -28,6 +28,7 @@ from rtsp_worker.camera_set import CapacityError, describe_change
 from rtsp_worker.config import CameraConfig, Config, ConfigError, load_config, parse_config, read_yaml
 
 if TYPE_CHECKING:
+    from rtsp_worker.engines.base import ModelInfo
     from rtsp_worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,9 @@ def plan_reload(running: Mapping[str, CameraConfig], old: Config, new: Config) -
     )
 
 
-def capacity_advice(pipeline: Pipeline, count: int) -> str:
-    """Why `count` cameras do not fit the running engine, and what would help for this kind of engine."""
-    capacity = pipeline.camset.capacity
-    info = pipeline.engine.info
+def capacity_advice(capacity: int, info: ModelInfo, max_batch: int, count: int) -> str:
+    """Why `count` cameras do not fit an engine that takes `capacity` (its `info`, `batcher.max_batch`), and
+    what would help for this kind of engine."""
     head = f"{count} cameras exceed the engine's batch capacity of {capacity}: not added"
     if not info.dynamic_batch:
         # ultralytics' default export: batch fixed at 1. Raising batcher.max_batch cannot help such a model.
@@ -97,7 +97,7 @@ def capacity_advice(pipeline: Pipeline, count: int) -> str:
                 "cameras cannot be added to it at run time: put the camera in the file and restart the worker "
                 "(at start, batches run in chunks of the fixed size), or export the model with a dynamic batch "
                 "(ultralytics: `dynamic=True`)")
-    if info.max_batch is not None and info.max_batch < pipeline.cfg.batcher.max_batch:
+    if info.max_batch is not None and info.max_batch < max_batch:
         return (f"{head}; the TensorRT engine takes batches of at most {info.max_batch}: rebuild it with a larger "
                 f"maximum batch (`rtsp-worker build-engine --max-batch {count}` or more) and restart the worker")
     return f"{head}; raise batcher.max_batch to {count} or more in the file and restart the worker"
@@ -271,16 +271,18 @@ class Reloader:
             raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
 
     def _check(self, new: Config) -> ReloadPlan:
-        plan = plan_reload(self.p.camset.configs(), self.baseline, new)
+        plan = plan_reload(self.p.configs(), self.baseline, new)
         if plan.restart:
             raise ReloadError(409, f"{self.path}: {', '.join(plan.restart)} changed: that needs a new engine, "
                                    "restart the worker to apply it; nothing changed")
-        count = len(self.p.camset.configs()) - len(plan.remove) + len(plan.add)
+        count = len(self.p.configs()) - len(plan.remove) + len(plan.add)
         if plan.add:
             try:
-                self.p.camset.check_capacity(count)
+                self.p.check_capacity(count)
             except CapacityError:
-                raise ReloadError(409, f"{self.path}: {capacity_advice(self.p, count)}; nothing changed") from None
+                advice = capacity_advice(self.p.status().capacity, self.p.engine.info, self.p.cfg.batcher.max_batch,
+                                         count)
+                raise ReloadError(409, f"{self.path}: {advice}; nothing changed") from None
         return plan
 
     def _apply(self, new: Config, why: str) -> list[str]:
@@ -289,7 +291,7 @@ class Reloader:
         except ReloadError as e:
             log.error("reload (%s) refused: %s", why, e)
             raise
-        running = self.p.camset.configs()
+        running = self.p.configs()
         changes: list[str] = []
         failed: list[str] = []
         # Removals first: they make room for additions within the capacity.

@@ -1,7 +1,7 @@
-"""Running a pipeline from the command line: logging set-up, exit codes, signals, failures -> exit codes.
+"""Running a pipeline as a service: logging set-up, signals, the HTTP endpoints, failures -> exit codes.
 
-Below both `cli` and `sim.demo`, which use it (neither imports the other).
-Exit codes: 0 clean stop, 2 config error, 3 model error, 4 runtime/device error, 130 second signal.
+Below both `cli` and `tools.demo`, which use it (neither imports the other). `run_pipeline` returns an
+`ExitCode` (rtsp_worker/exitcodes.py); only the CLI turns it into the process's exit.
 """
 
 from __future__ import annotations
@@ -14,13 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from rtsp_worker.exitcodes import ExitCode
 from rtsp_worker.redact import ScrubFilter, scrub
-
-EXIT_CONFIG = 2
-EXIT_MODEL = 3
-EXIT_RUNTIME = 4
 
 log = logging.getLogger("rtsp_worker")
 
@@ -38,9 +33,10 @@ def setup_logging(level: str = "INFO", worker: str | int | None = None) -> None:
     logging.getLogger("libav").setLevel(logging.CRITICAL)  # FFmpeg's own chatter; our lines say what failed
 
 
-def fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {scrub(message)}", err=True)
-    return typer.Exit(code)
+def fail(message: str, code: ExitCode) -> ExitCode:
+    """Print the one-line reason (secrets scrubbed) on stderr and return the code to exit with."""
+    print(f"error: {scrub(message)}", file=sys.stderr, flush=True)
+    return code
 
 
 def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None] | None = None,
@@ -57,7 +53,7 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
     def handler(signum: int, _frame: object) -> None:
         state["count"] += 1
         if state["count"] > 1:
-            os._exit(130)
+            os._exit(ExitCode.INTERRUPTED)
         log.info("received %s: stopping (send again to exit at once)", signal.Signals(signum).name)
         stop()
 
@@ -80,7 +76,7 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
 
 
 def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  # noqa: ANN001 - Config
-                 shard: Any = None) -> None:
+                 shard: Any = None) -> ExitCode:
     """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped.
 
     With `config_path`, SIGHUP (and `watch_config`) reload its cameras, and the control API is served
@@ -89,21 +85,24 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     """
     from rtsp_worker.config import ConfigError
     from rtsp_worker.engines import ModelError
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
 
     raise_open_files_limit()
-    http, health = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
+    served = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
+    if isinstance(served, ExitCode):
+        return served
+    http, health = served
     try:
-        pipeline = Pipeline(cfg)
+        pipeline = build_pipeline(cfg, build_on_start=_build_on_start)
     except ModelError as e:
         _close(http)
-        raise fail(str(e), EXIT_MODEL) from None
+        return fail(str(e), ExitCode.MODEL)
     except ConfigError as e:  # found once the model's classes are known (lines/zones classes)
         _close(http)
-        raise fail(str(e), EXIT_CONFIG) from None
+        return fail(str(e), ExitCode.CONFIG)
     except (RuntimeError, ValueError) as e:
         _close(http)
-        raise fail(str(e), EXIT_RUNTIME) from None
+        return fail(str(e), ExitCode.RUNTIME)
     if health is not None:
         health.attach(pipeline)
     metrics = None
@@ -114,8 +113,8 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
             metrics = serve_metrics(pipeline, cfg.metrics.host, cfg.metrics.port, http=http)
         except OSError as e:
             pipeline.shutdown()
-            raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
-                       EXIT_RUNTIME) from None
+            return fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
+                       ExitCode.RUNTIME)
     reloader = None
     if config_path is not None:
         from rtsp_worker.service.reload import Reloader
@@ -135,7 +134,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
-                            on_usr1=pipeline.sinks.reopen)
+                            on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
              len(pipeline.cameras), pipeline.work_device, cfg.model.path, *pipeline.engine.info.input_size,
              len(pipeline.class_names), cfg.output.dir)
@@ -143,15 +142,16 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         pipeline.run(duration=duration or None)  # drains and closes the sinks even when it raises
     except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
         log.exception("pipeline failed")
-        raise fail(f"pipeline failed: {type(e).__name__}: {e}", EXIT_RUNTIME) from None
+        return fail(f"pipeline failed: {type(e).__name__}: {e}", ExitCode.RUNTIME)
     finally:
         if reloader is not None:
             reloader.close()
         if metrics is not None:
             metrics.close()
     if pipeline.failure:
-        raise fail(pipeline.failure, EXIT_RUNTIME)
+        return fail(pipeline.failure, ExitCode.RUNTIME)
     log.info("stopped cleanly")
+    return ExitCode.OK
 
 
 def raise_open_files_limit() -> None:
@@ -168,7 +168,14 @@ def raise_open_files_limit() -> None:
         log.debug("open-files limit not raised: %s", e)
 
 
-def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
+def _build_on_start(model, device, max_batch: int) -> Path:  # noqa: ANN001 - ModelConfig, torch.device
+    """`model.build_engine`: the builder is imported only when an engine has to be built or checked."""
+    from rtsp_worker.engine_build.on_start import ensure_engine
+
+    return ensure_engine(model, device, max_batch)
+
+
+def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None) | ExitCode
     """The worker's one HTTP server with /healthz and /readyz, started early; /metrics joins it later."""
     if cfg.metrics.port is None:
         return None, None
@@ -180,8 +187,8 @@ def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None)
         http = health.register(HttpServer(cfg.metrics.host, cfg.metrics.port,
                                           max_connections=cfg.metrics.max_connections)).start()
     except OSError as e:
-        raise fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
-                   EXIT_RUNTIME) from None
+        return fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
+                   ExitCode.RUNTIME)
     return http, health
 
 

@@ -44,6 +44,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from rtsp_worker.exitcodes import ExitCode
 from rtsp_worker.service.server import HttpServer, Request, Response
 from rtsp_worker.service.sharding import Shard
 
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FATAL_CODES = (2, 3)  # config error, model error (service/runner.py): restarting cannot help
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a worker that ran this long before dying starts its backoff over
@@ -172,11 +172,11 @@ class Supervisor:
         w.proc = None
         if self.stop_event.is_set():
             return None
-        if code == 0:
+        if code == ExitCode.OK:
             w.done = True
             log.info("worker %d (pid %d) finished", w.index, pid)
             return None
-        if code in FATAL_CODES:
+        if code in (ExitCode.CONFIG, ExitCode.MODEL):  # restarting cannot help
             log.error("worker %d (pid %d, shard %s) exited with %s (configuration or model error): stopping "
                       "every worker", w.index, pid, w.shard, describe_exit(code))
             return code
@@ -190,12 +190,12 @@ class Supervisor:
         w.backoff_s = min(w.backoff_s * 2, BACKOFF_MAX_S)
         return None
 
-    def run(self, duration: float | None = None) -> int:
+    def run(self, duration: float | None = None) -> ExitCode:
         """Run until a signal (or every worker finished, or `duration`); returns the box's exit code."""
         self._install_signals()
         self._serve()
         end = None if duration is None else time.monotonic() + duration
-        code = 0
+        code = ExitCode.OK
         try:
             while not self.stop_event.is_set():
                 now = self.loop_ts = time.monotonic()
@@ -205,7 +205,7 @@ class Supervisor:
                     if w.proc is not None:
                         rc = w.proc.poll()
                         if rc is not None and (fatal := self._reap(w, rc)) is not None:
-                            code = fatal
+                            code = ExitCode(fatal)
                             self.stop_event.set()
                             break
                     elif not w.done and now >= w.next_start:
@@ -360,7 +360,7 @@ def wants_supervisor(cfg: Config, workers: int | None) -> bool:
 
 
 def supervise(config_path: Path, cfg: Config, workers: int | None, device: str | None,
-              worker_args: Sequence[str], duration: float | None) -> int:
+              worker_args: Sequence[str], duration: float | None) -> ExitCode:
     """`rtsp-worker run --workers N`: validate the sharding up front, then run the supervisor."""
     from rtsp_worker.service.sharding import shard_config
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rtsp_worker.engine_build.export import export_onnx, export_program
+from rtsp_worker.engines.export import export_onnx, export_program
 
 END2END_K = 50  # rows of the end2end output
 STRIDES = (8, 16, 32)

@@ -1,4 +1,4 @@
-"""Output sinks behind one protocol, each fed by its own thread so a slow or failing sink never blocks
+"""Output sinks behind one base class, each fed by its own thread so a slow or failing sink never blocks
 inference. `SinkRunner` owns the threads; `build_sinks` makes the configured ones."""
 
 from __future__ import annotations
@@ -8,30 +8,74 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.types import Event, FrameResult
 
+if TYPE_CHECKING:
+    from rtsp_worker.config import Config
+
 log = logging.getLogger(__name__)
 
 
-class Sink(Protocol):
-    """Receives the results of one batch at a time, on its own thread."""
+@dataclass(frozen=True, slots=True)
+class SinkCounters:
+    """What a sink counts itself (its own buffer, its own handled errors); `Sink.counters()` returns it."""
+
+    dropped: int = 0  # entries its own buffer let go (a backend down for long)
+    failed: int = 0  # entries the backend refused or a failed write lost (disk full, Redis error reply)
+    errors: int = 0  # failed write operations the sink handled itself
+    buffered: int | None = None  # entries held while its backend is down; None: the sink has no buffer
+    delivered: int | None = None  # entries its backend acknowledged (MQTT PUBACK, webhook 2xx); None: not counted
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    """One sink's counters: the runner's (queue, writes that raised) and the sink's own, in one place."""
 
     name: str
-    wants_images: bool  # True: FrameResult.image must carry the frame's pixels
+    written: int  # results handed to `write` that returned
+    queue_dropped: int  # results dropped because its queue was full (the sink is too slow)
+    write_failed: int  # results of batches whose `write` raised, plus what the sink counts as failed
+    buffer_dropped: int  # results its own buffer let go
+    errors: int  # failed writes: raised out of `write`, or handled (and counted) inside it
+    buffered: int | None  # held while its backend is down; None: no buffer
+    delivered: int | None = None  # acknowledged by its backend; None: the sink does not count it
 
-    def write(self, results: Sequence[FrameResult]) -> None: ...
+    @property
+    def lost(self) -> int:
+        """Every result this sink lost, wherever."""
+        return self.queue_dropped + self.write_failed + self.buffer_dropped
 
-    def close(self) -> None: ...
 
-    # Optional, read with getattr: `failed` (entries the backend refused or a write lost: disk full, Redis
-    # error reply), `errors` (failed write operations the sink handled itself), `dropped` (entries its own
-    # buffer let go), `delivered` (entries the backend acknowledged: MQTT, webhooks), `reopen()` (reopen files
-    # after external rotation, SIGUSR1).
+class Sink:
+    """Receives the results of one batch at a time, on its own thread (`SinkRunner`).
 
-    # Optional: `close_camera(name)` flushes and closes one camera's outputs (the camera was removed).
+    Subclasses set `name` and `wants_images` and implement `write`; the other methods are no-ops here.
+    """
+
+    name: str = "sink"
+    wants_images: bool = False  # True: FrameResult.image must carry the frame's pixels
+
+    def write(self, results: Sequence[FrameResult]) -> None:
+        raise NotImplementedError
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """The line crossings and zone enter/exit of one batch, in order, just before `write` gets its frames."""
+
+    def close_camera(self, camera: str) -> None:
+        """Flush and close one camera's outputs (the camera was removed)."""
+
+    def reopen(self) -> None:
+        """Reopen output files after external rotation (SIGUSR1); called from a signal handler."""
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters()
+
+    def close(self) -> None:
+        """Flush and close everything (after the last write)."""
 
 
 class _CloseCamera:
@@ -50,67 +94,57 @@ class _CloseCamera:
                 self.done.set()
 
 
-class EventSink(Sink, Protocol):
-    """A sink that also records events (line crossings, zone enter/exit): `write_events` gets those of one
-    batch, in order, just before `write` gets its frames. A sink without the method ignores events."""
-
-    def write_events(self, events: Sequence[Event]) -> None: ...
-
-
 class SinkRunner:
     """One thread and one bounded queue per sink; a full queue drops the batch for that sink and counts it."""
 
     def __init__(self, sinks: Sequence[Sink], queue_size: int = 256, image_queue_size: int = 8) -> None:
         self.sinks = list(sinks)
-        self.dropped = {s.name: 0 for s in self.sinks}
-        self.errors = {s.name: 0 for s in self.sinks}
-        self.failed = {s.name: 0 for s in self.sinks}  # results of batches whose write raised
+        # Per sink, by position: results written, dropped at a full queue, lost to a write that raised, and
+        # the writes that raised. Each list is written by one thread (submit, or that sink's own thread).
+        self._written = [0] * len(self.sinks)
+        self._dropped = [0] * len(self.sinks)
+        self._failed = [0] * len(self.sinks)
+        self._errors = [0] * len(self.sinks)
         # Batches that carry full frames are big (16 x 1080p = 100 MB): a slow image sink may hold few.
         self.bounds = [image_queue_size if s.wants_images else queue_size for s in self.sinks]
         # Unbounded queues with the bound enforced in `submit` (the only producer): the end marker that
         # `close` puts can then never block behind a stuck sink.
         self._queues: list[queue.Queue] = [queue.Queue() for _ in self.sinks]
         self._threads = [
-            threading.Thread(target=self._loop, args=(s, q), name=f"sink-{s.name}", daemon=True)
-            for s, q in zip(self.sinks, self._queues)
+            threading.Thread(target=self._loop, args=(i, s, q), name=f"sink-{s.name}", daemon=True)
+            for i, (s, q) in enumerate(zip(self.sinks, self._queues))
         ]
         self._throttle = ErrorThrottle(log)
         for t in self._threads:
             t.start()
 
-    def drops(self, name: str) -> int:
-        """Entries sink `name` lost: its queue was full, its buffer overflowed, or its writes failed."""
-        sink = next(s for s in self.sinks if s.name == name)
-        return self.dropped[name] + self.failed[name] + getattr(sink, "dropped", 0) + getattr(sink, "failed", 0)
+    def status(self) -> tuple[SinkStatus, ...]:
+        out = []
+        for i, sink in enumerate(self.sinks):
+            c = sink.counters()
+            out.append(SinkStatus(sink.name, self._written[i], self._dropped[i], self._failed[i] + c.failed,
+                                  c.dropped, self._errors[i] + c.errors, c.buffered, c.delivered))
+        return tuple(out)
 
-    def total_drops(self) -> int:
-        return sum(self.drops(s.name) for s in self.sinks)
-
-    def error_count(self, name: str) -> int:
-        """Failed writes of sink `name`: raised out of `write`, or handled (and counted) inside it."""
-        sink = next(s for s in self.sinks if s.name == name)
-        return self.errors[name] + getattr(sink, "errors", 0)
-
-    def total_errors(self) -> int:
-        return sum(self.error_count(s.name) for s in self.sinks)
+    def sink_status(self, name: str) -> SinkStatus:
+        return next(s for s in self.status() if s.name == name)
 
     def reopen(self) -> None:
         """Ask every sink that writes files to reopen them (SIGUSR1; safe from a signal handler)."""
         for s in self.sinks:
-            if hasattr(s, "reopen"):
-                s.reopen()
+            s.reopen()
 
     @property
     def wants_images(self) -> bool:
         return any(s.wants_images for s in self.sinks)
 
     def submit(self, results: Sequence[FrameResult]) -> None:
-        for sink, q, bound in zip(self.sinks, self._queues, self.bounds):
+        for i, (sink, q, bound) in enumerate(zip(self.sinks, self._queues, self.bounds)):
             if q.qsize() < bound:
                 q.put_nowait(results)
             else:
-                self.dropped[sink.name] += len(results)
-                if self.dropped[sink.name] == len(results):
+                self._dropped[i] += len(results)
+                if self._dropped[i] == len(results):
                     log.warning("sink %s is too slow: dropping results (counted)", sink.name)
 
     def close_camera(self, camera: str) -> threading.Event:
@@ -123,31 +157,28 @@ class SinkRunner:
             q.put_nowait(marker)  # never dropped: unbounded underneath, like the end marker
         return marker.done
 
-    def _loop(self, sink: Sink, q: queue.Queue) -> None:
+    def _loop(self, i: int, sink: Sink, q: queue.Queue) -> None:
         while True:
             item = q.get()
             if item is None:
                 break
             if isinstance(item, _CloseCamera):
                 try:
-                    close = getattr(sink, "close_camera", None)
-                    if close is not None:
-                        close(item.camera)
+                    sink.close_camera(item.camera)
                 except Exception as e:  # noqa: BLE001 - one camera's file must not stop the sink
                     log.error("sink %s: closing camera %s failed: %s", sink.name, item.camera, e)
                 finally:
                     item.finished()
                 continue
             try:
-                write_events = getattr(sink, "write_events", None)
-                if write_events is not None:
-                    events = [e for r in item for e in r.events]
-                    if events:
-                        write_events(events)
+                events = [e for r in item for e in r.events]
+                if events:
+                    sink.write_events(events)
                 sink.write(item)
+                self._written[i] += len(item)
             except Exception as e:  # noqa: BLE001 - a failing sink must not take the worker down
-                self.errors[sink.name] += 1
-                self.failed[sink.name] += len(item)  # a batch that raised is counted as lost
+                self._errors[i] += 1
+                self._failed[i] += len(item)  # a batch that raised is counted as lost
                 self._throttle.error(f"sink {sink.name}: write failed, batch dropped: {e}")
 
     def close(self, timeout: float = 10.0) -> None:
@@ -169,3 +200,30 @@ class SinkRunner:
                 s.close()
             except Exception as e:  # noqa: BLE001 - one sink failing to close must not keep the others open
                 log.error("sink %s: close failed: %s", s.name, e)
+
+
+def build_sinks(cfg: Config) -> list[Sink]:
+    """The sinks `cfg.output` asks for; each backend is imported only when configured."""
+    out = cfg.output
+    sinks: list[Sink] = []
+    if out.jsonl:
+        from rtsp_worker.sinks.jsonl import JsonlSink
+
+        sinks.append(JsonlSink(out.dir, max_bytes=out.jsonl_max_bytes, backups=out.jsonl_backups))
+    if out.video:
+        from rtsp_worker.sinks.video import VideoSink
+
+        sinks.append(VideoSink(out.dir, fps=out.video_fps, cameras=cfg.enabled_cameras))
+    if out.redis is not None:
+        from rtsp_worker.sinks.redis import RedisSink
+
+        sinks.append(RedisSink(out.redis))
+    if out.mqtt is not None:
+        from rtsp_worker.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(out.mqtt))
+    if out.webhooks:
+        from rtsp_worker.sinks.webhook import WebhookSink
+
+        sinks.extend(WebhookSink(w, i) for i, w in enumerate(out.webhooks))
+    return sinks

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.sinks.lines import LineFile, camera_dir, ensure_output_dir, record_json
 from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sinks.throttle import ErrorThrottle
@@ -24,7 +25,7 @@ from rtsp_worker.types import Event, FrameResult
 log = logging.getLogger(__name__)
 
 
-class JsonlSink:
+class JsonlSink(Sink):
     """`<directory>/<camera>/frames.jsonl`, optionally rotated by size into `.1` ... `.<backups>`."""
 
     name = "jsonl"
@@ -119,6 +120,9 @@ class JsonlSink:
             f = files.pop(camera, None)
             if f is not None:
                 f.close()
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters(failed=self.failed, errors=self.errors)
 
     def close(self) -> None:
         self._throttle.flush()

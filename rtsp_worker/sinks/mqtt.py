@@ -35,6 +35,7 @@ import paho.mqtt.client as mqtt
 
 from rtsp_worker.config import ConfigError, MqttConfig
 from rtsp_worker.redact import mask_url, register_secret, register_url, url_host_port
+from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.sinks.lines import record_json
 from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sinks.throttle import ErrorThrottle
@@ -62,7 +63,7 @@ class _CameraState:
                            "zones": self.zones}, separators=(",", ":"))
 
 
-class MqttSink:
+class MqttSink(Sink):
     """Publishes events and per-camera state to an MQTT broker; never blocks on it."""
 
     name = "mqtt"
@@ -279,6 +280,10 @@ class MqttSink:
         """The camera was removed: its retained state is cleared (an empty retained message deletes it)."""
         self._states.pop(camera, None)
         self._publish(self.topic(camera, "state"), "", retain=True)
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters(dropped=self.dropped, failed=self.failed, errors=self.errors, buffered=self.buffered,
+                            delivered=self.delivered)
 
     def close(self) -> None:
         """`offline`, then wait (bounded) for the broker to acknowledge what is queued, then disconnect."""

@@ -24,6 +24,7 @@ import redis
 
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.redact import mask_url, register_url
+from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.sinks.lines import record_json
 from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sinks.throttle import ErrorThrottle
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 500  # entries per pipelined round trip
 
 
-class RedisSink:
+class RedisSink(Sink):
     """Writes every FrameResult to `<prefix><camera>` with XADD, buffering while Redis is unreachable."""
 
     name = "redis"
@@ -152,6 +153,9 @@ class RedisSink:
             self._down_since = None
         self._retry_delay = self._retry_initial
         return True
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters(dropped=self.dropped, failed=self.failed, errors=self.errors, buffered=self.buffered)
 
     def close(self) -> None:
         self._throttle.flush()

@@ -25,6 +25,7 @@ import numpy as np
 import supervision as sv
 
 from rtsp_worker.config import CameraConfig
+from rtsp_worker.sinks import Sink
 from rtsp_worker.sinks.lines import camera_dir, ensure_output_dir
 from rtsp_worker.types import Event, FrameResult
 
@@ -51,7 +52,7 @@ class _Writer:
     last_ts: float = 0.0
 
 
-class VideoSink:
+class VideoSink(Sink):
     """One H.264 MP4 per camera in `<directory>/<camera>/`, annotated with the tracks of each frame."""
 
     name = "video"

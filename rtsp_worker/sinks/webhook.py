@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from rtsp_worker.config import WebhookConfig
+from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.redact import register_secret, register_url, scrub
 from rtsp_worker.sinks.lines import record_json
 from rtsp_worker.sinks.run import run_id
@@ -62,7 +63,7 @@ def register_webhook_secrets(cfg: WebhookConfig) -> None:
         register_secret(text.split()[-1] if text.split() else text)  # the token of "Bearer <token>"
 
 
-class WebhookSink:
+class WebhookSink(Sink):
     """POSTs matching events to one URL from its own thread; never blocks the sink runner."""
 
     wants_images = False
@@ -171,6 +172,10 @@ class WebhookSink:
             return None, scrub(str(e.reason))
         except (OSError, http.client.HTTPException) as e:  # timeouts, resets, a malformed answer
             return None, scrub(f"{type(e).__name__}: {e}") if str(e) else type(e).__name__
+
+    def counters(self) -> SinkCounters:
+        return SinkCounters(dropped=self.dropped, failed=self.failed, errors=self.errors, buffered=self.buffered,
+                            delivered=self.delivered)
 
     def close(self) -> None:
         """Deliver what is queued within `close_timeout_s`; what is left is dropped, counted and logged."""

@@ -6,13 +6,11 @@ and jitter, and hands frames over through a slot of size one that drops (and cou
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -23,91 +21,10 @@ from rtsp_worker.config import CameraConfig, SourceOptions
 from rtsp_worker.redact import mask_url, register_url, scrub, url_host
 from rtsp_worker.sources.base import DecodeError
 from rtsp_worker.sources.decoders import DecodedImage, UnsupportedCodec, VideoDecoder, make_decoder
+from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Frame
 
 log = logging.getLogger(__name__)
-
-
-class CameraState(str, enum.Enum):
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    STALLED = "stalled"
-    BACKOFF = "backoff"
-    DISABLED = "disabled"
-    STOPPED = "stopped"
-
-
-STATE_CODES = {s: i for i, s in enumerate(CameraState)}  # numeric values for metrics
-
-
-@dataclass
-class CameraStats:
-    """Counters a camera thread updates and the pipeline reads (ints: atomic enough under the GIL)."""
-
-    decoded: int = 0  # frames decoded
-    dropped: int = 0  # frames replaced in the slot before inference took them
-    reconnects: int = 0  # connections (re)opened after the first
-    failures: int = 0  # consecutive failed connects
-    processed: int = 0  # frames that came out of the pipeline (updated by the pipeline)
-    stalls: int = 0  # times the stall watchdog saw no frame for `stall_timeout_s` while streaming
-    decode_errors: int = 0  # packets the decoder rejected (the stream goes on)
-    state: CameraState = CameraState.CONNECTING
-    last_error: str = ""
-    last_frame_wall: float = 0.0
-    last_frame_mono: float = 0.0  # time.monotonic() of the newest frame, for the stall watchdog
-    width: int = 0
-    height: int = 0
-    codec: str = ""
-    decoder: str = ""
-    skipping_nonref: bool = False  # the decoder skips non-reference frames (most frames were dropped anyway)
-
-
-    def __post_init__(self) -> None:
-        # STREAMING -> STALLED is decided by the watchdog on another thread than the camera's own
-        # transitions: both go through this lock so that neither overwrites the other's newer state.
-        self._lock = threading.Lock()
-
-    def set_state(self, state: CameraState) -> CameraState:
-        """Set the state; returns the previous one."""
-        with self._lock:
-            old, self.state = self.state, state
-        return old
-
-    def mark_stalled(self, now: float, stall_s: float) -> float | None:
-        """STREAMING with no frame for `stall_s` -> STALLED (counted). Returns the silence, or None."""
-        with self._lock:
-            silent = now - self.last_frame_mono
-            if self.state != CameraState.STREAMING or silent <= stall_s:
-                return None
-            self.state = CameraState.STALLED
-            self.stalls += 1
-            return silent
-
-
-class FrameSlot:
-    """Holds the newest frame of one camera. `put` replaces an untaken frame and counts it as dropped."""
-
-    def __init__(self, cond: threading.Condition, stats: CameraStats) -> None:
-        self._cond = cond
-        self._stats = stats
-        self._frame: Frame | None = None
-
-    def put(self, frame: Frame) -> None:
-        with self._cond:
-            replaced = self._frame is not None
-            self._frame = frame
-            if replaced:  # the batcher already counted this camera as fresh: no need to wake it
-                self._stats.dropped += 1
-            else:
-                self._cond.notify_all()
-
-    def peek(self) -> Frame | None:
-        return self._frame
-
-    def take(self) -> Frame | None:
-        """Caller holds the condition's lock."""
-        frame, self._frame = self._frame, None
-        return frame
 
 
 class SkipPolicy:
@@ -245,7 +162,7 @@ class CameraSource(threading.Thread):
 
     def __init__(
         self,
-        index: int,
+        row: int,
         cfg: CameraConfig,
         options: SourceOptions,
         slot: FrameSlot,
@@ -255,7 +172,7 @@ class CameraSource(threading.Thread):
         first_seq: int = 0,
     ) -> None:
         super().__init__(name=f"camera-{cfg.name}", daemon=True)
-        self.index = index
+        self.row = row  # the camera's batch row (Frame.row)
         self.cfg = cfg
         self.options = options
         self.slot = slot
@@ -430,11 +347,10 @@ class CameraSource(threading.Thread):
                 log.warning("camera %s: resolution changed %dx%d -> %dx%d", self.cfg.name, st.width, st.height,
                             img.width, img.height)
             st.width, st.height = img.width, img.height
-        frame = Frame(camera=self.index, seq=self._seq, ts=time.time(), image=img.image, height=img.height,
+        frame = Frame(row=self.row, seq=self._seq, ts=time.time(), image=img.image, height=img.height,
                       width=img.width, pixel_format=img.pixel_format, pts=img.pts, colorimetry=img.colorimetry)
         self._seq += 1
         st.decoded += 1
-        st.last_frame_wall = frame.ts
         self.slot.put(frame)
         if self._skip is not None:
             self._adapt_skip()

@@ -42,7 +42,7 @@ class Runner:
         for b, (c, tracks) in enumerate(sorted(tracks_per_cam.items())):
             s = self.seq[c]
             self.seq[c] += 1
-            frames.append(Frame(camera=c, seq=s, ts=s / FPS, image=torch.zeros(1, dtype=torch.uint8),
+            frames.append(Frame(row=c, seq=s, ts=s / FPS, image=torch.zeros(1, dtype=torch.uint8),
                                 height=size[1], width=size[0]))
             # A 20 x 40 box whose bottom centre is (x, y).
             rows += [(b, tid, cls, x - 10, y - 40, x + 10, y) for tid, cls, x, y in tracks]

@@ -138,7 +138,7 @@ class _Fixed(torch.nn.Module):
 
 def test_run_refuses_a_model_of_unknown_layout_with_exit_3(tmp_path):
     """Issue 16 item 2: this model used to be read as 3545 classes, detect nothing, and exit 0."""
-    from rtsp_worker.engine_build.export import export_onnx
+    from rtsp_worker.engines.export import export_onnx
 
     model = export_onnx(_Fixed(), tmp_path / "odd.onnx", (64, 96), {"imgsz": "[64, 96]"})
     cfg = tmp_path / "cameras.yaml"

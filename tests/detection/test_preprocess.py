@@ -12,7 +12,7 @@ def frame_with_box(h, w, box, camera=0):
     img = torch.zeros((h, w, 3), dtype=torch.uint8)
     x1, y1, x2, y2 = box
     img[y1:y2, x1:x2] = 255
-    return Frame(camera=camera, seq=0, ts=0.0, image=img, height=h, width=w)
+    return Frame(row=camera, seq=0, ts=0.0, image=img, height=h, width=w)
 
 
 def bright_box(channel_plane, thr=0.5):

@@ -37,7 +37,8 @@ from sink_support import ListSink, result
 from rtsp_worker.config import RedisConfig
 from rtsp_worker.detection.finite import drop_nonfinite
 from rtsp_worker.engines.base import ModelInfo
-from rtsp_worker.pipeline import Pipeline, _PeriodicLog
+from rtsp_worker.loop import PeriodicLog
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.service.metrics import PipelineMetrics
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sinks import SinkRunner
@@ -86,7 +87,7 @@ def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Pat
     assert 0 < len(on_disk) < n
     assert jsonl.failed == n - len(on_disk) and jsonl.errors >= 1
     # What the operator sees: drops and errors that add up, one throttled error line.
-    assert runner.drops("jsonl") == n - len(on_disk) and runner.error_count("jsonl") >= 1
+    assert runner.sink_status("jsonl").lost == n - len(on_disk) and runner.sink_status("jsonl").errors >= 1
     assert other.written == list(range(n)), "another sink lost results because the disk was full"
     assert len(re.findall(r"jsonl .*cam/frames\.jsonl: write failed", caplog.text)) <= 3
     assert "No space left on device" in caplog.text
@@ -120,7 +121,7 @@ def test_redis_rejections_are_counted_as_errors_and_drops_and_logged_throttled(r
         runner.submit([result("bad", i), result("good", i)])
     runner.close()
     assert sink.failed == 50 and sink.sent == 50 and sink.errors >= 1
-    assert runner.drops("redis") == 50 and runner.error_count("redis") >= 1
+    assert runner.sink_status("redis").lost == 50 and runner.sink_status("redis").errors >= 1
     assert server.client().xlen("t:good") == 50, "one bad key cost the other camera's entries"
     lines = [r for r in caplog.records if "rejected" in r.getMessage() and "t:bad" in r.getMessage()]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]  # first one, then one summary at close
@@ -224,15 +225,15 @@ class NanEngine:
 
 
 def _grey_frame(seq: int) -> Frame:
-    return Frame(camera=0, seq=seq, ts=1e9 + seq, image=torch.zeros((240, 320, 3), dtype=torch.uint8), height=240,
+    return Frame(row=0, seq=seq, ts=1e9 + seq, image=torch.zeros((240, 320, 3), dtype=torch.uint8), height=240,
                  width=320)
 
 
 def test_nan_detections_never_reach_a_sink(tmp_path: Path, tiny_model: Path, caplog) -> None:
     caplog.set_level(logging.INFO)
     cfg = make_config([{"name": "cam", "url": "rtsp://127.0.0.1:1/x"}], tiny_model, tmp_path)
-    pipeline = Pipeline(cfg, engine=NanEngine())
-    reporter = _PeriodicLog(pipeline, 3600)
+    pipeline = build_pipeline(cfg, engine=NanEngine())
+    reporter = PeriodicLog(pipeline, 3600)
     for i in range(5):
         pipeline.step(Batch((_grey_frame(i),)))
     metrics = {s.name: s.value for fam in text_string_to_metric_families(
@@ -240,7 +241,7 @@ def test_nan_detections_never_reach_a_sink(tmp_path: Path, tiny_model: Path, cap
     pipeline.shutdown(reporter, join_timeout=0)
     lines = (tmp_path / "cam" / "frames.jsonl").read_text().splitlines()
     assert len(lines) == 5 and all(strict_json(line)["objects"] == [] for line in lines)
-    assert pipeline.nonfinite.value() == 5 * 8  # max_detections per frame, every one NaN
+    assert pipeline.status().nonfinite == 5 * 8  # max_detections per frame, every one NaN
     # What the operator sees: the Prometheus counter and the pipeline line carry the same count.
     assert metrics["rtsp_worker_nonfinite_detections_total"] == 5 * 8
     final = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline final:")]
@@ -258,9 +259,9 @@ class _Clock:
 def test_final_line_rates_are_over_the_whole_run(tmp_path: Path, tiny_model: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="rtsp_worker.pipeline")
     cfg = make_config([{"name": "cam", "url": "rtsp://127.0.0.1:1/x"}], tiny_model, tmp_path)
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     clock = _Clock()
-    reporter = _PeriodicLog(pipeline, 10.0, clock=clock)
+    reporter = PeriodicLog(pipeline, 10.0, clock=clock)
     for i in range(30):
         pipeline.step(Batch((_grey_frame(i),)))
     clock.t += 10.0
@@ -291,7 +292,7 @@ def test_last_error_leaves_the_periodic_line_once_the_camera_recovers(tmp_path, 
     srv = rtsp_server_factory({"a": f"file:{small_clip}"})
     srv.kill()  # down when the worker starts
     cfg = make_config([{"name": "a", "url": srv.url("a")}], tiny_model, tmp_path / "out", log_interval=0.5)
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     st = pipeline.stats[0]
     runner = PipelineThread(pipeline)
     try:
@@ -315,7 +316,7 @@ def test_a_looping_file_camera_does_not_count_reconnects(tmp_path, tiny_model, c
     caplog.set_level(logging.INFO)
     clip = write_test_clip(tmp_path / "second.mp4", seconds=1, fps=15, size=(160, 128))  # 15 frames
     cfg = make_config([{"name": "f", "url": clip.as_uri()}], tiny_model, tmp_path / "out", log_interval=0.5)
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     st = pipeline.stats[0]
     metrics = PipelineMetrics(pipeline)
     runner = PipelineThread(pipeline)

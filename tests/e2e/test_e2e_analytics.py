@@ -92,7 +92,7 @@ def test_line_and_zone_counts_match_ground_truth_in_every_sink(tmp_path, rtsp_se
     pytest.importorskip("motmetrics")
     import motmetrics as mm
 
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
     from rtsp_worker.service.metrics import serve_metrics
     from rtsp_worker.tracking.evaluation import accumulate, score
 
@@ -113,7 +113,7 @@ def test_line_and_zone_counts_match_ground_truth_in_every_sink(tmp_path, rtsp_se
         "output": {"dir": str(tmp_path / "out"), "redis": {"url": redis.url}},
     }, source="e2e.yaml")
     caplog.set_level(logging.INFO, logger="rtsp_worker.pipeline")
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     metrics = serve_metrics(pipeline, "127.0.0.1", 0)
     try:
         # Enough frames per camera, however slow the machine: the truth is taken over the frames processed.

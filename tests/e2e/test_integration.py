@@ -15,7 +15,7 @@ import yaml
 from conftest import skip_or_fail
 
 from rtsp_worker.config import parse_config
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import build_pipeline
 
 pytestmark = pytest.mark.rtsp
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_server_killed_and_restarted(tmp_path, rtsp_server_factory, scene_clip, 
         "source": {"open_timeout_s": 2, "read_timeout_s": 2, "backoff_initial_s": 0.2, "backoff_max_s": 1.0},
         "log_interval": 1.0,
     })
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     worker = threading.Thread(target=pipeline.run, daemon=True)
     worker.start()
     try:

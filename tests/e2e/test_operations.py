@@ -33,10 +33,10 @@ from ops_support import (
 from redis_fixture import free_port, redis_server_factory
 from sink_support import RecordingSink
 
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.sim.clips import write_test_clip
 from rtsp_worker.sinks.jsonl import JsonlSink
-from rtsp_worker.sources.camera import CameraState
+from rtsp_worker.sources.state import CameraState
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 
@@ -56,7 +56,7 @@ def test_server_killed_frozen_restarted_recovers_and_others_keep_their_rate(
     cfg = make_config([{"name": "v", "url": victim.url("v")}, {"name": "a", "url": healthy.url("a")},
                        {"name": "b", "url": healthy.url("b")}], tiny_model, out)
     recorder = RecordingSink()
-    pipeline = Pipeline(cfg, sinks=[JsonlSink(out), recorder])
+    pipeline = build_pipeline(cfg, sinks=[JsonlSink(out), recorder])
     st = {c.name: s for c, s in zip(pipeline.cameras, pipeline.stats)}
     runner = PipelineThread(pipeline)
     marks: dict[str, float] = {}
@@ -142,7 +142,7 @@ def test_broken_cameras_are_reported_and_do_not_disturb_the_good_ones(
         "noauth": "401 unauthorized",
     }
     out = tmp_path / "out"
-    pipeline = Pipeline(make_config([{"name": n, "url": u} for n, u in cams.items()], tiny_model, out))
+    pipeline = build_pipeline(make_config([{"name": n, "url": u} for n, u in cams.items()], tiny_model, out))
     st = {c.name: s for c, s in zip(pipeline.cameras, pipeline.stats)}
     runner = PipelineThread(pipeline)
     try:
@@ -172,7 +172,7 @@ def test_resolution_change_within_a_stream(tmp_path, tiny_model, caplog):
     clip = write_size_change_clip(tmp_path / "switch.ts")
     recorder = RecordingSink()
     cfg = make_config([{"name": "cam", "url": clip.as_uri(), "loop": False}], tiny_model, tmp_path / "out")
-    pipeline = Pipeline(cfg, sinks=[recorder])
+    pipeline = build_pipeline(cfg, sinks=[recorder])
     runner = PipelineThread(pipeline)
     try:
         wait_for(lambda: pipeline.stats[0].state == CameraState.STOPPED, 30, "the end of the clip")
@@ -196,7 +196,7 @@ def test_redis_outage_loses_nothing_within_the_buffer(
     out = tmp_path / "out"
     cfg = make_config([{"name": n, "url": srv.url(n)} for n in ("a", "b")], tiny_model, out,
                       output={"redis": {"url": redis_srv.url, "stream_prefix": "cams:", "buffer": 5000}})
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     redis_sink = next(s for s in pipeline.sinks.sinks if s.name == "redis")
     runner = PipelineThread(pipeline)
     try:

@@ -27,12 +27,12 @@ from rtsp_worker.detection.layouts import LAYOUTS, OutputLayout
 from rtsp_worker.detection.preprocess import PAD_VALUE
 from rtsp_worker.engine_build import BuildError
 from rtsp_worker.engine_build.calibration import letterbox_frames, load_frames, sample_folder, sample_video
-from rtsp_worker.engine_build.export import export_onnx
 from rtsp_worker.engine_build.fp16 import convert_file_to_fp16, convert_to_fp16
 from rtsp_worker.engine_build.profile import derive_profile, input_size_for, inspect_onnx, probe_resolution
 from rtsp_worker.engine_build.trt_builder import TRT_MISSING, plan_precision
 from rtsp_worker.engine_build.validate import compare_raw, match_detections, run_onnxruntime
 from rtsp_worker.engines import ModelError, load_engine
+from rtsp_worker.engines.export import export_onnx
 from rtsp_worker.engines.tensorrt import load_tensorrt_engine, torch_dtype
 from rtsp_worker.engines.trt_plan import (
     MAGIC,

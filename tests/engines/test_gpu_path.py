@@ -20,9 +20,9 @@ from torch import nn
 
 from rtsp_worker.config import ModelConfig
 from rtsp_worker.detection.preprocess import Preprocessor, nv12_to_rgb
-from rtsp_worker.engine_build.export import export_program
 from rtsp_worker.engines import load_engine
 from rtsp_worker.engines.base import ModelError
+from rtsp_worker.engines.export import export_program
 from rtsp_worker.engines.torchscript import (
     TorchScriptEngine,
     batch_buckets,
@@ -633,7 +633,7 @@ def test_cameras_decode_on_the_engines_device_not_the_configured_one(tmp_path, m
     engine = load_engine(cfg.model, torch.device("cpu"), cfg.batcher.max_batch)
     # As if `device: cuda` resolved on a GPU machine; the ONNX Runtime engine stays on the CPU.
     monkeypatch.setattr(pipeline_mod, "resolve_device", lambda name: torch.device("cuda", 0))
-    p = pipeline_mod.Pipeline(cfg, engine=engine, sinks=[])
+    p = pipeline_mod.build_pipeline(cfg, engine=engine, sinks=[])
     assert p.device == torch.device("cuda", 0) and p.work_device.type == "cpu"
     assert [s.device for s in p.sources] == [torch.device("cpu")] * 2
     p.engine.close()

@@ -6,7 +6,7 @@ import time
 import torch
 
 from rtsp_worker.batcher import Batcher
-from rtsp_worker.sources.camera import CameraState, CameraStats, FrameSlot
+from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Frame
 
 
@@ -18,7 +18,7 @@ def make(n, max_batch=8, max_wait_s=0.05):
 
 
 def frame(cam, seq):
-    return Frame(camera=cam, seq=seq, ts=time.time(), image=torch.zeros((4, 4, 3), dtype=torch.uint8), height=4,
+    return Frame(row=cam, seq=seq, ts=time.time(), image=torch.zeros((4, 4, 3), dtype=torch.uint8), height=4,
                  width=4)
 
 
@@ -28,7 +28,7 @@ def test_newest_frame_wins_and_stale_ones_are_counted():
         slots[0].put(frame(0, seq))
     slots[1].put(frame(1, 0))
     batch = batcher.next_batch(threading.Event(), timeout=1)
-    assert sorted((f.camera, f.seq) for f in batch.frames) == [(0, 4), (1, 0)]
+    assert sorted((f.row, f.seq) for f in batch.frames) == [(0, 4), (1, 0)]
     assert stats[0].dropped == 4 and stats[1].dropped == 0
 
 
@@ -40,16 +40,15 @@ def test_stalled_camera_does_not_hold_the_batch():
     t0 = time.monotonic()
     batch = batcher.next_batch(threading.Event(), timeout=2)
     waited = time.monotonic() - t0
-    assert sorted(batch.cameras) == [0, 1]
+    assert sorted(batch.rows) == [0, 1]
     assert waited < 1.5  # bounded by max_wait (0.2 s) plus scheduling, far below the 2 s timeout
     # once it is known not to be streaming, it is not waited for at all: a wait for it would last a minute
     stats[2].state = CameraState.BACKOFF
     batcher.max_wait_s = 60.0
     slots[0].put(frame(0, 1))
     slots[1].put(frame(1, 1))
-    t0 = time.monotonic()
-    assert sorted(batcher.next_batch(threading.Event(), timeout=2).cameras) == [0, 1]
-    assert time.monotonic() - t0 < 30  # returned with both live cameras, not after max_wait
+    assert batcher.target() == 2
+    assert sorted(batcher.next_batch(threading.Event(), timeout=2).rows) == [0, 1]
 
 
 def test_waits_for_late_frame_within_max_wait():
@@ -57,7 +56,7 @@ def test_waits_for_late_frame_within_max_wait():
     slots[0].put(frame(0, 0))
     threading.Timer(0.05, lambda: slots[1].put(frame(1, 0))).start()
     batch = batcher.next_batch(threading.Event(), timeout=2)
-    assert sorted(batch.cameras) == [0, 1]
+    assert sorted(batch.rows) == [0, 1]
 
 
 def test_max_batch_serves_longest_waiting_first():
@@ -67,7 +66,7 @@ def test_max_batch_serves_longest_waiting_first():
         time.sleep(0.002)
     first = batcher.next_batch(threading.Event(), timeout=1)
     second = batcher.next_batch(threading.Event(), timeout=1)
-    assert first.cameras == [3, 1] and second.cameras == [2, 0]
+    assert first.rows == [3, 1] and second.rows == [2, 0]
 
 
 def test_nothing_fresh_returns_none_after_timeout():

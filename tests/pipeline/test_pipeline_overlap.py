@@ -14,15 +14,16 @@ import torch
 from conftest import skip_or_fail
 
 from rtsp_worker.config import parse_config
-from rtsp_worker.pipeline import Pipeline, _Finisher
+from rtsp_worker.pipeline import Pipeline, build_pipeline
 from rtsp_worker.sim.synthetic import make_scene, render_frame
+from rtsp_worker.sinks import Sink
 from rtsp_worker.types import Batch, Frame
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "synth_det.onnx"
 
 
-class Collect:
+class Collect(Sink):
     """A sink that keeps everything it is given, in order."""
 
     name = "collect"
@@ -48,19 +49,20 @@ def batches(count: int) -> list[Batch]:
             if cam == 1 and i % 5 == 4:  # camera 1 misses a frame now and then: batches of 1 and 2
                 continue
             img = torch.from_numpy(render_frame(scene, i)[0])
-            frames.append(Frame(camera=cam, seq=i, ts=1000.0 + i / 15, image=img, height=192, width=320))
+            frames.append(Frame(row=cam, seq=i, ts=1000.0 + i / 15, image=img, height=192, width=320))
         out.append(Batch(tuple(frames)))
     return out
 
 
-def pipeline(tmp_path: Path, sink: Collect) -> Pipeline:
+def pipeline(tmp_path: Path, sink: Collect, overlap: bool) -> Pipeline:
     if not MODEL.exists():
         skip_or_fail(f"{MODEL} is missing")
     cfg = parse_config({
         "cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}, {"name": "b", "url": "rtsp://127.0.0.1:1/b"}],
         "model": {"path": str(MODEL)}, "device": "cpu", "output": {"dir": str(tmp_path)},
+        "batcher": {"overlap": overlap},
     })
-    return Pipeline(cfg, sinks=[sink])
+    return build_pipeline(cfg, sinks=[sink])
 
 
 def rows(results) -> list[tuple]:
@@ -72,15 +74,16 @@ def rows(results) -> list[tuple]:
 def test_overlapped_steps_give_the_serial_results_in_order(tmp_path: Path) -> None:
     work = batches(40)
     serial_sink, overlap_sink = Collect(), Collect()
-    serial = pipeline(tmp_path / "s", serial_sink)
+    serial = pipeline(tmp_path / "s", serial_sink, overlap=False)
     for b in work:
-        serial.step(b)
+        serial.dispatch(b)
+    assert serial.finisher is None
     serial.shutdown()
 
-    overlapped = pipeline(tmp_path / "o", overlap_sink)
-    overlapped._finisher = _Finisher(overlapped)
+    overlapped = pipeline(tmp_path / "o", overlap_sink, overlap=True)
     for b in work:
-        overlapped._dispatch(b)
+        overlapped.dispatch(b)
+    assert overlapped.finisher is not None  # two batches in flight
     overlapped.shutdown()  # drains the finisher, then closes the sinks
 
     assert overlap_sink.closed.is_set()
@@ -93,19 +96,18 @@ def test_overlapped_steps_give_the_serial_results_in_order(tmp_path: Path) -> No
 
 def test_a_failure_after_inference_stops_the_pipeline_and_is_raised(tmp_path: Path) -> None:
     sink = Collect()
-    p = pipeline(tmp_path, sink)
-    p._finisher = _Finisher(p)
+    p = pipeline(tmp_path, sink, overlap=True)
 
     def broken(*args, **kwargs):
         raise ValueError("tracker exploded")
 
-    p.tracker.update = broken
+    p.batch_step.tracker.update = broken
     with pytest.raises(RuntimeError, match="tracker exploded"):
         for b in batches(6):
-            p._dispatch(b)
+            p.dispatch(b)
         p.shutdown()
     assert p.stop_event.is_set()
-    if p._finisher is not None:  # raised from _dispatch: shutdown still closes everything
+    if p.finisher is not None:  # raised from dispatch: shutdown still closes everything
         with pytest.raises(RuntimeError, match="tracker exploded"):
             p.shutdown()
     assert sink.closed.is_set()

@@ -10,11 +10,12 @@ import urllib.request
 import pytest
 from ops_support import PipelineThread, make_config, small_clip, tiny_model, wait_for
 
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.service.health import Health
 from rtsp_worker.service.metrics import serve_metrics
 from rtsp_worker.service.server import HttpServer
-from rtsp_worker.sources.camera import CameraState
+from rtsp_worker.sources.state import CameraState
+from rtsp_worker.status import PipelineStatus
 
 FIXTURES = (small_clip, tiny_model)
 
@@ -44,7 +45,7 @@ def test_health_before_load_while_streaming_and_with_every_camera_down(tmp_path,
         code, body = _get(f"{http.url}/readyz")
         assert code == 503 and body == {"ready": False, "reason": "engine not loaded yet"}
 
-        pipeline = Pipeline(cfg)
+        pipeline = build_pipeline(cfg)
         health.attach(pipeline)
         metrics = serve_metrics(pipeline, http=http)  # /metrics on the same server: one port
         runner = PipelineThread(pipeline)
@@ -88,7 +89,10 @@ class _Loop:
         self.stop_event = threading.Event()
         self.loop_ts: float | None = None
         self.batches = 7
-        self.cameras, self.stats = [], []
+
+    def status(self) -> PipelineStatus:
+        return PipelineStatus(cameras=(), sinks=(), analytics=None, batches=self.batches, frames=0, nonfinite=0,
+                              loop_ts=self.loop_ts, stopping=self.stop_event.is_set(), capacity=16)
 
 
 def test_healthz_fails_when_the_loop_makes_no_progress():

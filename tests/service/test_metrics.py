@@ -9,7 +9,7 @@ from ops_support import PipelineThread, make_config, small_clip, tiny_model, wai
 from prometheus_client.parser import text_string_to_metric_families
 from redis_fixture import free_port
 
-from rtsp_worker.pipeline import Pipeline
+from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.service.metrics import PipelineMetrics, serve_metrics
 
 FIXTURES = (small_clip, tiny_model)  # pytest finds fixtures by their module-level name
@@ -29,7 +29,7 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_endpoint_reports_cameras_stages_and_latency(tmp_path, small_clip, tiny_model) -> None:
     cfg = make_config([{"name": "lobby", "url": small_clip.as_uri()},
                        {"name": "gate", "url": f"rtsp://127.0.0.1:{free_port()}/x"}], tiny_model, tmp_path / "out")
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     server = serve_metrics(pipeline, "127.0.0.1", 0)
     try:
         assert server.port > 0
@@ -77,7 +77,7 @@ def test_metrics_endpoint_reports_cameras_stages_and_latency(tmp_path, small_cli
 
 def test_metrics_use_their_own_registry(tmp_path, small_clip, tiny_model) -> None:
     cfg = make_config([{"name": "lobby", "url": small_clip.as_uri()}], tiny_model, tmp_path / "out")
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     try:
         # Two sets side by side (e.g. two pipelines in one process) do not collide, and the global
         # registry stays clean.

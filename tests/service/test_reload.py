@@ -78,14 +78,14 @@ def test_write_atomic_replaces_keeps_mode_and_leaves_no_temporary(tmp_path):
 
 
 def test_duplicate_keys_are_refused_by_reload_and_api_writes_with_their_lines(tmp_path, tiny_model):
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
     from rtsp_worker.service.reload import Reloader, ReloadError
 
     path = tmp_path / "cameras.yaml"
     path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
                                     "model": {"path": str(tiny_model)}, "device": "cpu",
                                     "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
-    pipeline = Pipeline(load_config(path))
+    pipeline = build_pipeline(load_config(path))
     try:
         reloader = Reloader(pipeline, path)
         # A second `cameras:` block: PyYAML alone keeps the last one and drops camera a without a word.
@@ -100,7 +100,7 @@ def test_duplicate_keys_are_refused_by_reload_and_api_writes_with_their_lines(tm
                 call()
             assert err.value.status == status and str(err.value).startswith(dup), (what, str(err.value))
         assert path.read_text() == text, "a refused write changed the file"
-        assert list(pipeline.camset.configs()) == ["a"]
+        assert list(pipeline.configs()) == ["a"]
     finally:
         pipeline.shutdown()
 

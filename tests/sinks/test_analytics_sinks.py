@@ -29,7 +29,7 @@ def event(camera: str, frame: int, direction: str = "in", kind: str = "line", na
 
 
 def result(camera: str, frame: int, events=(), image=None, size=(320, 240)) -> FrameResult:
-    return FrameResult(camera=camera, camera_index=0, frame=frame, ts=1e9 + frame / 15, width=size[0],
+    return FrameResult(camera=camera, row=0, frame=frame, ts=1e9 + frame / 15, width=size[0],
                        height=size[1], image=image, events=tuple(events))
 
 

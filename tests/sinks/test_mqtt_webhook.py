@@ -40,7 +40,7 @@ def event(i: int, camera: str = "a", kind: str = "line", direction: str = "in") 
 
 
 def result(camera: str, frame: int, events=()) -> FrameResult:
-    return FrameResult(camera=camera, camera_index=0, frame=frame, ts=1e9 + frame / 15, width=320, height=240,
+    return FrameResult(camera=camera, row=0, frame=frame, ts=1e9 + frame / 15, width=320, height=240,
                        events=tuple(events))
 
 

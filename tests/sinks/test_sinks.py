@@ -18,12 +18,12 @@ from redis_fixture import redis_server_factory
 from sink_support import ListSink, result
 
 from rtsp_worker.config import RedisConfig
-from rtsp_worker.pipeline import Pipeline
-from rtsp_worker.sinks import SinkRunner
+from rtsp_worker.pipeline import build_pipeline
+from rtsp_worker.sinks import Sink, SinkRunner
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sinks.throttle import ErrorThrottle
 from rtsp_worker.sinks.video import VideoSink
-from rtsp_worker.sources.camera import CameraState
+from rtsp_worker.sources.state import CameraState
 from rtsp_worker.types import FrameResult
 
 FIXTURES = (redis_server_factory, small_clip, tiny_model)  # pytest finds fixtures by their module-level name
@@ -68,7 +68,7 @@ def test_jsonl_with_zero_backups_starts_over(tmp_path: Path) -> None:
 
 
 # -- SinkRunner -------------------------------------------------------------------------------------------
-class SlowSink:
+class SlowSink(Sink):
     """Blocks in write() until released: the worst case of a slow sink."""
 
     name = "slow"
@@ -89,7 +89,7 @@ class SlowSink:
         self.closed = True
 
 
-class FailingSink:
+class FailingSink(Sink):
     name = "failing"
     wants_images = False
 
@@ -129,13 +129,13 @@ def test_slow_and_failing_sinks_do_not_block_or_starve_the_others(caplog: pytest
     producer.start()
     # submit() never waits for a sink: all 50 batches are handed over while `slow` is stuck in its first write.
     assert done.wait(10), "submit() blocked behind a slow sink"
-    assert runner.dropped["slow"] == 50 - 1 - 4  # one in write(), four queued, the rest dropped and counted
-    assert runner.dropped["list"] == 0 and runner.dropped["failing"] == 0
+    assert runner.sink_status("slow").queue_dropped == 50 - 1 - 4  # one in write(), four queued, the rest dropped and counted
+    assert runner.sink_status("list").queue_dropped == 0 and runner.sink_status("failing").queue_dropped == 0
     slow.release.set()
     runner.close(timeout=10)
     assert good.written == list(range(50)) and good.closed
     assert slow.written == [0, 1, 2, 3, 4] and slow.closed
-    assert failing.calls == 50 and runner.errors["failing"] == 50
+    assert failing.calls == 50 and runner.sink_status("failing").errors == 50
     assert "sink failing: write failed" in caplog.text and "disk full" in caplog.text
     assert "sink failing: close failed" in caplog.text
     assert "sink slow is too slow" in caplog.text
@@ -199,7 +199,7 @@ def test_error_throttle_logs_the_first_then_one_summary_per_interval() -> None:
     ]
 
 
-class _GatedFailingSink:
+class _GatedFailingSink(Sink):
     """Fails every write; the first write waits for `gate`, so the others fail while `close` drains."""
 
     name = "failing"
@@ -229,7 +229,7 @@ def test_close_logs_the_summary_of_errors_raised_while_draining(caplog: pytest.L
     # Every write fails after close() has begun: only a summary logged after the drain can count them.
     threading.Timer(0.3, sink.gate.set).start()
     runner.close(timeout=10)
-    assert sink.calls == n and runner.errors["failing"] == n
+    assert sink.calls == n and runner.sink_status("failing").errors == n
     lines = [r.getMessage() for r in caplog.records if "sink failing: write failed" in r.getMessage()]
     assert lines == ["sink failing: write failed, batch dropped: disk full",
                      f"sink failing: write failed, batch dropped: disk full (repeated {n - 1} more times, {n} in all)"]
@@ -329,7 +329,7 @@ def test_redis_sink_buffers_while_down_then_delivers_and_counts_drops(redis_serv
 def test_pipeline_feeds_the_video_sink_every_processed_frame(tmp_path: Path, small_clip, tiny_model) -> None:
     cfg = make_config([{"name": "lobby", "url": small_clip.as_uri(), "loop": False}], tiny_model, tmp_path,
                       output={"video": True})
-    pipeline = Pipeline(cfg)
+    pipeline = build_pipeline(cfg)
     assert [s.name for s in pipeline.sinks.sinks] == ["jsonl", "video"] and pipeline.sinks.wants_images
     runner = PipelineThread(pipeline)
     wait_for(lambda: pipeline.stats[0].state == CameraState.STOPPED, 30, "the end of the clip")

@@ -25,8 +25,8 @@ from rtsp_worker.detection.postprocess import postprocess
 from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
 from rtsp_worker.engines import load_engine
 from rtsp_worker.sim import synthetic
-from rtsp_worker.sources.camera import CameraStats, FrameSlot
 from rtsp_worker.sources.decoders import CpuDecoder
+from rtsp_worker.sources.state import CameraStats, FrameSlot
 from rtsp_worker.types import NATIVE, NV12, RGB, Frame
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "synth_det.onnx"
@@ -116,7 +116,7 @@ def test_a_replaced_frame_is_never_converted():
     slot = FrameSlot(cond, stats)
     for i in range(5):
         slot.put(Frame(0, i, 0.0, Watched(i), 16, 16, NATIVE))
-    with cond:
+    with slot.cond:
         frame = slot.take()
     x, _ = Preprocessor((16, 16), 1, CPU)([frame])
     assert stats.dropped == 4 and converted == [4]
@@ -185,8 +185,8 @@ def test_camera_skips_nonref_frames_only_while_frames_are_dropped(rtsp_server_fa
 
         def consume():
             while not done.is_set():
-                with cond:
-                    cond.wait(0.05)
+                with slot.cond:
+                    slot.cond.wait(0.05)
                     f = slot.take()
                 if f is not None:
                     taken.append(f)

@@ -26,8 +26,8 @@ from typing import Annotated, Any
 import torch
 import typer
 
-REPO = Path(__file__).resolve().parents[2]
-EXIT_FAILED = 4  # the runtime/device exit code of the CLI
+from rtsp_worker.exitcodes import ExitCode
+from rtsp_worker.tools.models import SHIPPED_ONNX, SHIPPED_PT2, find_model
 
 
 @dataclass(slots=True)
@@ -182,19 +182,19 @@ def library_checks() -> list[Check]:
 
 
 def _default_model(device: torch.device) -> Path:
-    return REPO / "models" / ("synth_det.pt2" if device.type == "cuda" else "synth_det.onnx")
+    return find_model(SHIPPED_PT2 if device.type == "cuda" else SHIPPED_ONNX)
 
 
 def selftest(device: torch.device, decoder: str, model: Path, seconds: float, cameras: int,
              size: tuple[int, int] = (1920, 1080)) -> tuple[list[Check], dict[str, Any]]:
-    """Decode -> preprocess -> engine -> postprocess -> tracker on generated clips; one Check per stage."""
-    from rtsp_worker.config import ModelConfig, TrackerConfig
-    from rtsp_worker.detection.postprocess import postprocess
-    from rtsp_worker.detection.preprocess import Preprocessor
+    """Decode -> the worker's batch step (rtsp_worker/step.py: preprocess -> engine -> postprocess -> tracker
+    -> results) on generated clips; one Check per stage. The step is the pipeline's own, so the model's
+    input conventions and output layout are honoured exactly as `run` honours them."""
+    from rtsp_worker.config import ModelConfig, parse_config
     from rtsp_worker.engines import load_engine
     from rtsp_worker.sim.clips import write_test_clip
     from rtsp_worker.sources.decoders import make_decoder
-    from rtsp_worker.tracking.tracker import IouTracker
+    from rtsp_worker.step import BatchStep
     from rtsp_worker.types import Frame
 
     checks: list[Check] = []
@@ -205,11 +205,17 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
     except Exception as e:  # noqa: BLE001 - every stage failure becomes a row
         return [Check("engine", False, f"{model}: {_err(e)}")], summary
     dev = engine.device
+    names = [f"selftest{cam}" for cam in range(cameras)]
     with tempfile.TemporaryDirectory(prefix="rtsp-worker-doctor-") as tmp:
         fps = 15
         t0 = time.perf_counter()
         clip = write_test_clip(Path(tmp) / "clip.mp4", seconds=max(1.0, min(seconds, 4.0)), fps=fps, size=size)
         summary["clip_encode_s"] = round(time.perf_counter() - t0, 2)
+        # The worker's defaults (detection thresholds, tracker), one camera row per simulated camera.
+        cfg = parse_config({"cameras": [{"name": n, "url": clip.resolve().as_uri()} for n in names],
+                            "model": {"path": str(model)}, "device": str(dev), "output": {"dir": tmp},
+                            "batcher": {"max_batch": cameras}}, source="doctor")
+        step = BatchStep.build(cfg, engine, cameras)
         import av
 
         streams = []
@@ -217,17 +223,15 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
             for cam in range(cameras):
                 c = av.open(str(clip))
                 s = c.streams.video[0]
-                streams.append((c, s, make_decoder(decoder, s, dev, f"selftest{cam}")))
+                streams.append((c, s, make_decoder(decoder, s, dev, names[cam])))
         except Exception as e:  # noqa: BLE001
             for c, _, _ in streams:
                 c.close()
             engine.close()
             return [Check("decode", False, _err(e))], summary
-        names = sorted({d.name for _, _, d in streams})
-        decode_ok = not (decoder == "nvdec" and names != ["nvdec"]) and not (
-            dev.type == "cuda" and decoder == "auto" and names != ["nvdec"])
-        pre = Preprocessor(engine.info.input_size, cameras, dev, engine.input_dtype)
-        tracker = IouTracker(TrackerConfig(), cameras, dev)
+        used = sorted({d.name for _, _, d in streams})
+        decode_ok = not (decoder == "nvdec" and used != ["nvdec"]) and not (
+            dev.type == "cuda" and decoder == "auto" and used != ["nvdec"])
         counts = {"decoded": 0, "batches": 0, "detections": 0, "tracks": 0}
         stage = "decode"
         t_start = time.perf_counter()
@@ -252,21 +256,13 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
                 frames = [Frame(i, seq, time.time(), d.image, d.height, d.width, d.pixel_format, d.pts,
                                 d.colorimetry) for i, d in enumerate(images)]
                 seq += 1
-                stage = "preprocess"
-                x, letterbox = pre(frames)
-                stage = "engine"
-                raw = engine.infer(x)
-                stage = "postprocess"
-                dets = postprocess(raw, letterbox, 0.25, 0.45)
-                stage = "tracker"
-                cams = torch.arange(len(frames), device=dev)
-                tracks = tracker.update(cams, dets, torch.ones(len(frames), dtype=torch.bool, device=dev))
-                stage = "host copy"
-                counts["tracks"] += int(tracks.track_ids.cpu().numel())  # the one copy per batch
-                counts["detections"] += len(dets)
+                stage = "step"
+                out = step(frames, names)
+                counts["tracks"] += len(out.tracks)
+                counts["detections"] += out.detections
                 counts["batches"] += 1
         except Exception as e:  # noqa: BLE001 - the failing stage gets the reason
-            failed, reason = stage, _err(e)
+            failed, reason = (step.stage or "preprocess") if stage == "step" else stage, _err(e)
         else:
             failed, reason = None, ""
         finally:
@@ -274,13 +270,14 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
                 d.close()
                 c.close()
         wall = time.perf_counter() - t_start
+    fused = bool(step.preprocess._fused)
     summary.update(counts, seconds=round(wall, 2), fps=round(counts["decoded"] / max(wall, 1e-9), 1),
-                   decoders=names, fused_preprocess=bool(pre._fused))
+                   decoders=used, fused_preprocess=fused)
     engine.close()
     details = {
-        "decode": f"{', '.join(names)} decoder, {counts['decoded']} frames of {size[0]}x{size[1]} H.264"
+        "decode": f"{', '.join(used)} decoder, {counts['decoded']} frames of {size[0]}x{size[1]} H.264"
                   + ("" if decode_ok else f" (asked for {decoder} on {dev}: NVDEC not used)"),
-        "preprocess": "fused cupy kernel" if pre._fused else "torch",
+        "preprocess": "fused cupy kernel" if fused else "torch",
         "engine": f"{type(engine).__name__} on {dev}, input {list(engine.info.input_size)}",
         "postprocess": f"{counts['detections']} detections",
         "tracker": f"{counts['tracks']} track rows",
@@ -361,4 +358,4 @@ def doctor(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(report.to_json())
     if report.failed:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.RUNTIME)

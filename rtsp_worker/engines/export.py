@@ -2,7 +2,8 @@
 
 One image input `images` (B, 3, H, W) with a dynamic batch axis, one output `output0` in the ultralytics
 layout (B, 4 + nc, N), opset 17, and string metadata (`names`, `imgsz`, ...) in the model's properties.
-Used by the training script, the benchmark model makers and the tests; written atomically.
+Used by the training script, the benchmark model makers, sim/layout_models.py and the tests; written
+atomically. It sits with the engines (it writes what they read), below engine_build and sim.
 """
 
 from __future__ import annotations

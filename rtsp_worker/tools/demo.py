@@ -7,22 +7,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
+from rtsp_worker.tools.models import SHIPPED_ONNX, find_model
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = Path("models/synth_det.onnx")
-
-
-def find_model(path: Path) -> Path:
-    """A relative model path is looked up in the current directory, then in the source checkout."""
-    if path.is_absolute() or path.exists():
-        return path
-    candidate = REPO_ROOT / path
-    return candidate if candidate.exists() else path
+DEFAULT_MODEL = SHIPPED_ONNX
 
 
 def make_clips(directory: Path, count: int, seconds: float, fps: float = 15.0) -> list[Path]:
@@ -78,11 +71,12 @@ def demo(
     model: Annotated[Path, typer.Option(help="Detector (ONNX, TorchScript or TensorRT plan).")] = DEFAULT_MODEL,
     video: Annotated[bool, typer.Option(help="Also write an annotated MP4 per camera.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
-    clips: Annotated[Optional[Path], typer.Option(help="Where synthetic clips are cached.")] = None,
+    clips: Annotated[Path | None, typer.Option(help="Where synthetic clips are cached.")] = None,
 ) -> None:
     """Run the worker on local synthetic cameras (GStreamer RTSP server + a file:// camera)."""
     from rtsp_worker.config import ConfigError, parse_config
-    from rtsp_worker.service.runner import EXIT_CONFIG, EXIT_RUNTIME, fail, run_pipeline, setup_logging
+    from rtsp_worker.exitcodes import ExitCode
+    from rtsp_worker.service.runner import fail, run_pipeline, setup_logging
     from rtsp_worker.sim.devserver import RtspServerProcess, available
 
     setup_logging("INFO")
@@ -91,7 +85,7 @@ def demo(
     seqs = make_clips(clip_dir, cameras + 1, seconds=20.0)
     reason = available()
     if reason is not None:
-        raise fail(f"the demo's RTSP server cannot start: {reason}", EXIT_RUNTIME)
+        raise typer.Exit(fail(f"the demo's RTSP server cannot start: {reason}", ExitCode.RUNTIME))
     mounts = {f"cam{i}": f"file:{seqs[i] / 'video.mp4'}" for i in range(cameras)}
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("*/frames.jsonl*"), *out.glob("*/events.jsonl")]:
@@ -103,7 +97,9 @@ def demo(
         try:
             cfg = parse_config(demo_config(urls, model, out, video, device), source="demo")
         except ConfigError as e:
-            raise fail(str(e), EXIT_CONFIG) from None
-        run_pipeline(cfg, duration or None)
+            raise typer.Exit(fail(str(e), ExitCode.CONFIG)) from None
+        code = run_pipeline(cfg, duration or None)
+    if code != ExitCode.OK:
+        raise typer.Exit(code)
     typer.echo(summarize(out, list(urls)))
     typer.echo(f"outputs in {out}/<camera>/ (ground truth of each scene: {clip_dir}/sceneNN/gt/gt.txt)")
