@@ -220,6 +220,11 @@ class Event:
     dwell_s: float | None = None  # zone exit: seconds between enter and exit
     lost: bool = False  # zone exit because the track was lost (not seen for longer than the tracker keeps it)
     id: str = ""  # `<run>-<camera>-<n>`, unique within the run (analytics.events.EventIds); "" when made by hand
+    # Evidence (rtsp_worker/evidence): filled in before the sinks get the event. `clip`: {path, start_ts} of a
+    # clip being written (a `clip` record follows when it is finalized); `snapshot`: a JPEG path. Paths are
+    # relative to output.dir.
+    clip: dict | None = None
+    snapshot: str | None = None
 
     @property
     def trigger(self) -> str:
@@ -235,4 +240,8 @@ class Event:
             d["dwell_s"] = round(self.dwell_s, 3)
         if self.lost:
             d["lost"] = True
+        if self.clip is not None:
+            d["clip"] = self.clip
+        if self.snapshot is not None:
+            d["snapshot"] = self.snapshot
         return d

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+# What `on:` lists name (types.Event.trigger): the output webhooks' and the cameras' clips/snapshots rules.
+EventKind = Literal["line", "zone_enter", "zone_exit"]
 
 
 class ConfigError(ValueError):
@@ -37,3 +41,11 @@ def check_name(name: str, what: str = "camera") -> str:
     if ".." in name:
         raise ValueError(f"{what} name {shown} must not contain '..'")
     return name
+
+
+def yaml_on_key(data: Any) -> Any:
+    """A model's raw mapping with the key `on` restored: YAML 1.1 (PyYAML) reads a bare `on:` key as True.
+    Used by every model with an `on:` field, as a `model_validator(mode="before")`."""
+    if isinstance(data, dict) and any(k is True for k in data) and "on" not in data:
+        data = {("on" if k is True else k): v for k, v in data.items()}
+    return data

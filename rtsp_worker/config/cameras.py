@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from rtsp_worker.config.analytics import LineConfig, ZoneConfig
 from rtsp_worker.config.base import StrictModel, check_name
+from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 from rtsp_worker.redact import url_host_port
 
 URL_SCHEMES = ("rtsp", "rtsps", "file")
@@ -90,6 +91,10 @@ class CameraConfig(StrictModel):
     )
     frame_rate: float | None = Field(None, gt=0, le=1000, description="Frame rate the camera sends (weighs the "
                                      "camera when cameras are sharded).")
+    clips: ClipsConfig | None = Field(None, description="Event clips (docs/evidence.md); `{}`: on with the "
+                                      "defaults; absent: off.")
+    snapshots: SnapshotsConfig | None = Field(None, description="Best snapshot per track (docs/evidence.md); "
+                                              "`{}`: on with the defaults; absent: off.")
 
     @field_validator("name")
     @classmethod

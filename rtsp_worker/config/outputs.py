@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from rtsp_worker.config.base import StrictModel, check_name
+from rtsp_worker.config.base import EventKind, StrictModel, check_name, yaml_on_key
 from rtsp_worker.config.cameras import check_port
 
 
@@ -37,7 +37,6 @@ class RedisConfig(StrictModel):
         return v
 
 
-EventKind = Literal["line", "zone_enter", "zone_exit"]  # what `on:` lists name (types.Event.trigger)
 
 
 class MqttTlsConfig(StrictModel):
@@ -102,10 +101,7 @@ class WebhookConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _yaml_on_key(cls, data: Any) -> Any:
-        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean True.
-        if isinstance(data, dict) and any(k is True for k in data) and "on" not in data:
-            data = {("on" if k is True else k): v for k, v in data.items()}
-        return data
+        return yaml_on_key(data)
 
     @field_validator("name")
     @classmethod
