@@ -135,6 +135,10 @@ def shutdown(p: Pipeline, reporter: PeriodicLog | None = None, join_timeout: flo
         _close_finisher(p)  # every batch handed over is finished before the sinks close
     except BaseException as e:  # noqa: BLE001
         error = error or e
+    try:
+        p.sinks.submit_events(p.evidence.close())  # open clips finalized, their records sent before the close
+    except Exception as e:  # noqa: BLE001 - evidence never keeps the sinks from closing
+        log.error("evidence: closing failed: %s", e)
     p.sinks.close()
     if reporter is not None:
         reporter.log_now(final=True)

@@ -21,6 +21,7 @@ from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig, mask_url
 from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
+from rtsp_worker.evidence import Evidence
 from rtsp_worker.sinks import Sink, SinkRunner, build_sinks
 from rtsp_worker.sources.state import SourceFactory
 from rtsp_worker.status import (
@@ -88,6 +89,10 @@ class Pipeline:
         view = self.camset.view
         self.batcher = Batcher(view.slots, view.stats, self.cond, max_batch, cfg.batcher.max_wait_ms / 1000)
         self.camset.listeners.append(self._cameras_changed)
+        # Clips and snapshots: events get their paths before the sinks see them (see `finish`).
+        self.evidence = Evidence(cfg.output.dir, step.event_ids.next)
+        for cam in cfg.enabled_cameras:
+            self.evidence.configure(cam)
         self.batch_listeners: list[BatchListener] = []
         self.batches = 0
         self.frames_out = 0
@@ -122,7 +127,13 @@ class Pipeline:
         live = [self.camset.by_row[f.row] for f in inf.frames]
         names = tuple(c.cfg.name for c in live)  # type: ignore[union-attr]
         out = self.batch_step.finish(inf, names, images=self.sinks.wants_images)
-        self.sinks.submit(out.results)
+        results = out.results
+        if self.evidence.active:
+            # The one hook before the sinks: evidence adds `clip` / `snapshot` to matching events and hands
+            # back the records of clips finalized since the last batch.
+            results, finished = self.evidence.annotate(inf.frames, results)
+            self.sinks.submit_events(finished)
+        self.sinks.submit(results)
         for cam in live:
             cam.stats.processed += 1  # type: ignore[union-attr]
         self.batches += 1
@@ -130,11 +141,11 @@ class Pipeline:
         r = out.report
         self.last_report = (r.size, r.infer_ms, r.postprocess_ms, r.track_ms)
         if self.batch_listeners:
-            event = BatchOutput(tuple(inf.frames), names, out.tracks, tuple(out.results),
-                                tuple(e for res in out.results for e in res.events), r)
+            event = BatchOutput(tuple(inf.frames), names, out.tracks, tuple(results),
+                                tuple(e for res in results for e in res.events), r)
             for listener in list(self.batch_listeners):
                 listener(event)
-        return out.results
+        return list(results)
 
     # -- the service face -------------------------------------------------------------------------------
     def on_batch(self, listener: BatchListener) -> Callable[[], None]:
@@ -161,7 +172,8 @@ class Pipeline:
                 analytics.summary(row) if analytics is not None else ""))
         return PipelineStatus(tuple(cams), self.sinks.status(), _analytics_status(analytics), self.batches,
                               self.frames_out, self.batch_step.nonfinite.value(), self.loop_ts,
-                              self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources)
+                              self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources,
+                              self.evidence.status())
 
     @property
     def cameras(self) -> tuple[CameraConfig, ...]:
@@ -194,7 +206,15 @@ class Pipeline:
     def reopen_outputs(self) -> None:
         self.sinks.reopen()
 
-    def _cameras_changed(self, _event: str, _name: str) -> None:
+    def _cameras_changed(self, event: str, name: str) -> None:
+        # On the inference thread between batches (no batch in flight): the clip records go to the sinks
+        # before a removed camera's close marker.
+        if event == "removed":
+            self.sinks.submit_events(self.evidence.remove(name))
+        elif event in ("added", "updated", "reconnected"):
+            cfg = self.camset.configs().get(name)
+            if cfg is not None:
+                self.sinks.submit_events(self.evidence.configure(cfg))
         view = self.camset.view
         self.batcher.slots, self.batcher.stats = view.slots, view.stats
         if self.batch_step.analytics is not None or any(c.lines or c.zones for c in view.cameras):

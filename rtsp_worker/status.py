@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rtsp_worker.evidence.disk import EvidenceStatus
 from rtsp_worker.sinks import SinkStatus
 from rtsp_worker.sources.state import CameraState
 from rtsp_worker.types import Event, Frame, FrameResult, Tracks
@@ -109,6 +110,7 @@ class PipelineStatus:
     stopping: bool
     capacity: int  # most cameras the engine's batch takes
     lingering_sources: int = 0  # removed cameras whose source thread outlived its timeouts (left behind)
+    evidence: EvidenceStatus | None = None  # clips and snapshots written, dropped (rtsp_worker/evidence)
 
     def camera(self, name: str) -> CameraStatus | None:
         return next((c for c in self.cameras if c.name == name), None)

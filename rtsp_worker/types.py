@@ -213,7 +213,7 @@ class Event:
     track_id: int
     class_id: int
     class_name: str
-    kind: str  # "line" or "zone"
+    kind: str  # "line" or "zone" ("clip": a finalized clip, see `clip`)
     name: str  # the line's or zone's name
     direction: str  # line: one of its direction names; zone: "enter" or "exit"
     point: tuple[float, float]  # the anchor, source-frame pixels
@@ -232,6 +232,8 @@ class Event:
         return f"zone_{self.direction}" if self.kind == "zone" else self.kind
 
     def to_json_dict(self) -> dict:
+        if self.kind == "clip":  # a finalized clip (evidence): which events it covers, no track of its own
+            return {"id": self.id, "camera": self.camera, "ts": round(self.ts, 6), "kind": "clip", "clip": self.clip}
         d = {"id": self.id} if self.id else {}
         d |= {"camera": self.camera, "frame": self.frame, "ts": round(self.ts, 6), "track_id": self.track_id,
               "class_id": self.class_id, "class": self.class_name, "kind": self.kind, self.kind: self.name,

@@ -94,6 +94,13 @@ class _CloseCamera:
                 self.done.set()
 
 
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """Queued events without a frame: the sink's `write_events` gets them alone."""
+
+    events: tuple[Event, ...]
+
+
 class SinkRunner:
     """One thread and one bounded queue per sink; a full queue drops the batch for that sink and counts it."""
 
@@ -147,6 +154,13 @@ class SinkRunner:
                 if self._dropped[i] == len(results):
                     log.warning("sink %s is too slow: dropping results (counted)", sink.name)
 
+    def submit_events(self, events: Sequence[Event]) -> None:
+        """Events that belong to no frame (a finalized clip's record), in order with the results; like
+        `submit`, called only by the one producer. Never dropped (they are few)."""
+        if events:
+            for q in self._queues:
+                q.put_nowait(_Events(tuple(events)))
+
     def close_camera(self, camera: str) -> threading.Event:
         """After every result already submitted, each sink closes `camera`'s outputs; the event is set when
         all have. Called by the only producer (the inference thread), so nothing of that camera follows."""
@@ -169,6 +183,13 @@ class SinkRunner:
                     log.error("sink %s: closing camera %s failed: %s", sink.name, item.camera, e)
                 finally:
                     item.finished()
+                continue
+            if isinstance(item, _Events):
+                try:
+                    sink.write_events(item.events)
+                except Exception as e:  # noqa: BLE001 - a failing sink must not take the worker down
+                    self._errors[i] += 1
+                    self._throttle.error(f"sink {sink.name}: write failed, events dropped: {e}")
                 continue
             try:
                 events = [e for r in item for e in r.events]

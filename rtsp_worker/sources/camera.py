@@ -21,6 +21,7 @@ from rtsp_worker.config import CameraConfig, SourceOptions
 from rtsp_worker.redact import mask_url, register_url, scrub, url_host
 from rtsp_worker.sources.base import DecodeError
 from rtsp_worker.sources.decoders import DecodedImage, UnsupportedCodec, VideoDecoder, make_decoder
+from rtsp_worker.sources.packets import TAPS, PacketTap, StreamInfo, packet_of
 from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Frame
 
@@ -270,6 +271,7 @@ class CameraSource(threading.Thread):
     def _stream_once(self, looped: bool = False) -> None:
         container = self._open()
         decoder: VideoDecoder | None = None
+        tap: PacketTap | None = None
         try:
             if not container.streams.video:
                 raise UnsupportedCodec("no video stream")
@@ -286,14 +288,19 @@ class CameraSource(threading.Thread):
                 what = "opened" if self.stats.reconnects == 0 and self.stats.decoded == 0 else "reconnected"
                 log.info("camera %s (%s): %s, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url, what,
                          ctx.name, ctx.width, ctx.height, decoder.name)
-            self._pump(container, stream, decoder)
+            tap = TAPS.get(self.cfg.name)  # event clips record this camera's packets (rtsp_worker/evidence)
+            if tap is not None:
+                tap.open(StreamInfo(ctx.name, ctx.width, ctx.height, stream.time_base, ctx.extradata, stream))
+            self._pump(container, stream, decoder, tap)
         finally:
+            if tap is not None:
+                tap.close()
             if decoder is not None:
                 decoder.close()
             container.close()
 
     def _pump(self, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-              decoder: VideoDecoder) -> None:
+              decoder: VideoDecoder, tap: PacketTap | None = None) -> None:
         pace = self._is_file and self.cfg.realtime
         wall0: float | None = None
         pts0 = 0.0
@@ -304,7 +311,10 @@ class CameraSource(threading.Thread):
         for packet in container.demux():
             if self.stop_event.is_set():
                 return
-            images = self._decode(decoder, packet) if packet.stream.index == stream.index and packet.size else []
+            video = packet.stream.index == stream.index and packet.size
+            if video and tap is not None:
+                tap.packet(packet_of(packet))  # before decoding: the compressed bytes, as demuxed
+            images = self._decode(decoder, packet) if video else []
             now = time.monotonic()
             if not images:
                 if now - last_frame > stall:
