@@ -108,7 +108,7 @@ class ClipRecorder:
 
     def close(self) -> None:
         with self.lock:
-            self._finalize("reconnected")
+            self._finalize("disconnected")  # the connection ended (a stop, a stall, the file's end)
             self.info = None
             self.ring.clear()
 
