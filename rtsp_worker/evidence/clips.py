@@ -107,8 +107,10 @@ class ClipRecorder:
                     self._finalize("post_s")
 
     def close(self) -> None:
+        # The connection ended (a stop, a stall, the file's end). An open clip stays open: the next
+        # connection (`open`: reconnected), its post_s (`expire`), a removal or the stop finalizes it, with
+        # the reason that is true then (a removal stops the source before the pipeline detaches the camera).
         with self.lock:
-            self._finalize("disconnected")  # the connection ended (a stop, a stall, the file's end)
             self.info = None
             self.ring.clear()
 
@@ -203,6 +205,8 @@ class ClipRecorder:
             self.guard.failed(e)
             reason = "write_error"
         size = clip.file.stat().st_size if clip.file.exists() else 0
-        self.counters.clip_written(size)
+        if reason != "write_error":
+            self.counters.clip_written(size)
+            self.guard.succeeded()
         self.done(ClipRecord(self.camera, clip.rel, clip.start_ts, clip.end_ts or clip.start_ts, clip.events,
                              max(0.0, clip.first_event_ts - clip.start_ts), reason, size))
