@@ -22,6 +22,7 @@ from rtsp_worker.service.server import HttpServer, Request, Response
 from rtsp_worker.sources.state import CameraState
 
 if TYPE_CHECKING:
+    from rtsp_worker.evidence import EvidenceStatus
     from rtsp_worker.pipeline import Pipeline
     from rtsp_worker.status import AnalyticsStatus, BatchOutput
 
@@ -142,6 +143,8 @@ class _StatsCollector(Collector):
         yield buffered
         if status.analytics is not None:
             yield from _analytics_metrics(status.analytics)
+        if status.evidence is not None:
+            yield from _evidence_metrics(status.evidence)
         if self.nvml is not None and self.nvml.available:
             sample = self.nvml.sample()
             if sample is not None:
@@ -149,6 +152,23 @@ class _StatsCollector(Collector):
                 yield GaugeMetricFamily(f"{NS}_gpu_utilization_percent", "GPU busy time (NVML).", value=util)
                 yield GaugeMetricFamily(f"{NS}_gpu_memory_used_bytes", "GPU memory in use (NVML).", value=used)
                 yield GaugeMetricFamily(f"{NS}_gpu_memory_total_bytes", "GPU memory (NVML).", value=total)
+
+
+def _evidence_metrics(e: EvidenceStatus) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    yield CounterMetricFamily(f"{NS}_clips_written", "Event clips finalized.", value=e.clips)
+    yield CounterMetricFamily(f"{NS}_clip_bytes", "Bytes of the event clips finalized.", value=e.clip_bytes)
+    yield CounterMetricFamily(f"{NS}_snapshots_written", "Snapshots (JPEG) written.", value=e.snapshots)
+    dropped = CounterMetricFamily(f"{NS}_evidence_dropped", "Clips or snapshots not made, by reason (disk_full, "
+                                  "write_error, codec, no_stream, no_keyframe, no_detection).", labels=["reason"])
+    for reason, n in e.dropped:
+        dropped.add_metric([reason], n)
+    yield dropped
+    yield CounterMetricFamily(f"{NS}_evidence_deleted", "Clips and snapshots deleted by retention.", value=e.deleted)
+    yield GaugeMetricFamily(f"{NS}_evidence_disk_full", "1 while evidence is stopped by a full disk.",
+                            value=int(e.disk_full))
+    yield GaugeMetricFamily(f"{NS}_snapshots_queued", "Snapshots waiting for their JPEG encode.", value=e.queued)
+    yield CounterMetricFamily(f"{NS}_snapshot_encode_seconds", "Time spent encoding snapshots.",
+                              value=e.encode_ms / 1e3)
 
 
 def _analytics_metrics(a: AnalyticsStatus) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from itertools import pairwise
 from pathlib import Path
 
@@ -144,8 +145,11 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, monkeypatch):
+    from prometheus_client.parser import text_string_to_metric_families
+
     from rtsp_worker.evidence import disk
     from rtsp_worker.pipeline import build_pipeline
+    from rtsp_worker.service.metrics import serve_metrics
 
     monkeypatch.setattr(disk, "RETRY_S", 0.5)
     out = tmp_path / "out"
@@ -159,6 +163,7 @@ def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, mon
         }, source="full.yaml")
         caplog.set_level(logging.INFO, logger="rtsp_worker.evidence")
         pipeline = build_pipeline(cfg)
+        metrics = serve_metrics(pipeline, "127.0.0.1", 0)
         runner = PipelineThread(pipeline)
         try:
             def full() -> int:
@@ -166,6 +171,10 @@ def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, mon
                 return dict(ev.dropped).get("disk_full", 0) if ev is not None else 0
             wait_for(lambda: full() >= 1, 120, "evidence stopped on the full disk")
             assert pipeline.status().evidence.disk_full
+            with urllib.request.urlopen(metrics.url, timeout=10) as resp:
+                scraped = {(m.name, tuple(sorted(m.labels.items()))): m.value
+                           for fam in text_string_to_metric_families(resp.read().decode()) for m in fam.samples}
+            assert scraped[("rtsp_worker_evidence_dropped_total", (("reason", "disk_full"),))] >= 1
             written = pipeline.status().evidence.clips
             for f in clips.iterdir():  # space returns
                 f.unlink()
@@ -173,6 +182,7 @@ def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, mon
                      "a clip after space returned")
         finally:
             runner.stop()
+            metrics.close()
         processed = pipeline.stats[0].processed if pipeline.stats else None
         full_lines = [r for r in caplog.records if "disk full" in r.getMessage()]
         assert len(full_lines) >= 1 and sum("space is back" in r.getMessage() for r in caplog.records) >= 1
