@@ -29,9 +29,10 @@ from rtsp_worker.config import (
     load_config,
     mask_url,
 )
+from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig]
+                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig]
 
 MINIMAL = """
 cameras:
