@@ -83,6 +83,12 @@ class ClipRecorder:
     def folder(self) -> Path:
         return self.root / self.camera / "clips"
 
+    def reconfigure(self, cfg: ClipsConfig) -> None:
+        """A reload: the next clip follows `cfg` (an open one keeps its post_s); the ring resizes now."""
+        with self.lock:
+            self.cfg = cfg
+            self.ring.seconds, self.ring.max_bytes = cfg.pre_s + RING_SLACK_S, cfg.buffer_bytes
+
     # -- PacketTap (camera thread) ----------------------------------------------------------------------
     def open(self, info: StreamInfo) -> None:
         with self.lock:

@@ -86,14 +86,16 @@ class Evidence:
         """A camera added or edited: its recorder and snapshot rules follow its config (new clips only)."""
         name = cfg.name
         rec = self.recorders.get(name)
-        if cfg.clips is None and rec is not None:
-            self._drop_recorder(name, "config")
+        if cfg.clips is None:
+            if rec is not None:
+                self._drop_recorder(name, "config")
+            self.taps.detach(name)  # and any left by an earlier pipeline of this process that never stopped
         elif cfg.clips is not None and rec is None:
             rec = self.recorders[name] = ClipRecorder(name, self.root, cfg.clips, self.guard, self.counters,
                                                       self._clip_done)
             self.taps.attach(name, rec)
         elif rec is not None and cfg.clips is not None:
-            rec.cfg = cfg.clips
+            rec.reconfigure(cfg.clips)
         if cfg.snapshots is None:
             self.snapshots.pop(name, None)
             self.bests.pop(name, None)
