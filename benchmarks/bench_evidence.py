@@ -79,7 +79,8 @@ def ring_memory(tmp: Path, seconds: float, smoke: bool) -> dict:
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height, s.pix_fmt = 1920, 1080, "yuv420p"
         s.bit_rate = 4_000_000
-        s.options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"}
+        s.options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:"
+                     "vbv-maxrate=4000:vbv-bufsize=4000"}
         rng = np.random.default_rng(0)
         base = rng.integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
         for i in range(total):

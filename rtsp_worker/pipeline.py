@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -127,25 +128,28 @@ class Pipeline:
         live = [self.camset.by_row[f.row] for f in inf.frames]
         names = tuple(c.cfg.name for c in live)  # type: ignore[union-attr]
         out = self.batch_step.finish(inf, names, images=self.sinks.wants_images)
-        results = out.results
-        if self.evidence.active:
+        r = out.report
+        batch = None
+        if self.evidence.active or self.batch_listeners:
+            batch = BatchOutput(tuple(inf.frames), names, out.tracks, tuple(out.results),
+                                tuple(e for res in out.results for e in res.events), r)
+        if batch is not None and self.evidence.active:
             # The one hook before the sinks: evidence adds `clip` / `snapshot` to matching events and hands
-            # back the records of clips finalized since the last batch.
-            results, finished = self.evidence.annotate(inf.frames, results)
+            # back the records of clips finalized since the last batch (events are never held back).
+            annotated, finished = self.evidence.annotate(batch)
+            batch = replace(batch, results=tuple(annotated), events=tuple(e for res in annotated for e in res.events))
             self.sinks.submit_events(finished)
+        results = list(batch.results) if batch is not None else out.results
         self.sinks.submit(results)
         for cam in live:
             cam.stats.processed += 1  # type: ignore[union-attr]
         self.batches += 1
         self.frames_out += len(out.results)
-        r = out.report
         self.last_report = (r.size, r.infer_ms, r.postprocess_ms, r.track_ms)
-        if self.batch_listeners:
-            event = BatchOutput(tuple(inf.frames), names, out.tracks, tuple(results),
-                                tuple(e for res in results for e in res.events), r)
+        if batch is not None and self.batch_listeners:
             for listener in list(self.batch_listeners):
-                listener(event)
-        return list(results)
+                listener(batch)
+        return results
 
     # -- the service face -------------------------------------------------------------------------------
     def on_batch(self, listener: BatchListener) -> Callable[[], None]:

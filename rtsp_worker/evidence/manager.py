@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ from rtsp_worker.evidence.disk import DiskGuard, EvidenceCounters, EvidenceStatu
 from rtsp_worker.evidence.snapshots import TrackBests
 from rtsp_worker.sources.packets import TAPS, PacketTaps
 from rtsp_worker.types import Event, Frame, FrameResult
+
+if TYPE_CHECKING:
+    from rtsp_worker.status import BatchOutput
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +136,11 @@ class Evidence:
             self._finished.append(record)
 
     # -- batches (finish thread) --------------------------------------------------------------------------
-    def annotate(self, frames: Sequence[Frame], results: Sequence[FrameResult]
-                 ) -> tuple[Sequence[FrameResult], list[Event]]:
+    def annotate(self, batch: BatchOutput) -> tuple[Sequence[FrameResult], list[Event]]:
         """The batch's results with `clip` / `snapshot` on matching events, and the `clip` records of clips
-        finalized since the last call."""
+        finalized since the last call. `batch` is what `Pipeline.on_batch` subscribers get, before the sinks
+        got it: the frames still on their device, the host results made from the one copy of the batch."""
+        frames, results = batch.frames, batch.results
         mono = time.monotonic()
         if self.bests:
             for f, res in zip(frames, results):
