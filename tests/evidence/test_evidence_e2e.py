@@ -65,7 +65,9 @@ def test_zone_enter_clip_snapshot_and_a_camera_removed_mid_clip(tmp_path, rtsp_s
     cfg = parse_config({
         "cameras": [camera("live", server.url("yard"), clips={"pre_s": PRE_S, "post_s": POST_S, "on": ["zone_enter"]},
                            snapshots={"on": ["zone_enter"]}),
-                    camera("doomed", f"file://{scene / 'video.mp4'}", clips={"post_s": 120})],
+                    # Played once: the clip stays open after the file ends (a loop would finalize it, a new
+                    # connection), until the removal.
+                    camera("doomed", f"file://{scene / 'video.mp4'}", loop=False, clips={"post_s": 120})],
         "model": {"path": str(MODEL)},
         "output": {"dir": str(out)},
     }, source="evidence.yaml")
@@ -117,7 +119,7 @@ build_pipeline(cfg).run()
 
 def test_sigkill_during_a_clip_leaves_a_playable_file(tmp_path, scene):
     out = tmp_path / "out"
-    cam = camera("cam", f"file://{scene / 'video.mp4'}", clips={"pre_s": PRE_S, "post_s": 120})
+    cam = camera("cam", f"file://{scene / 'video.mp4'}", loop=False, clips={"pre_s": PRE_S, "post_s": 120})
     script = KILL_SCRIPT.format(camera=cam, model=str(MODEL), out=str(out))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
@@ -130,7 +132,7 @@ def test_sigkill_during_a_clip_leaves_a_playable_file(tmp_path, scene):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    (path,) = list((out / "cam" / "clips").glob("*.mp4"))
+    (path,) = list((out / "cam" / "clips").glob("*.mp4"))  # one clip: the file plays once, post_s is long
     times = check_playable(path)
     assert times[-1] - times[0] >= PRE_S
 
