@@ -90,9 +90,9 @@ class ClipRecorder:
             self.ring.seconds, self.ring.max_bytes = cfg.pre_s + RING_SLACK_S, cfg.buffer_bytes
 
     # -- PacketTap (camera thread) ----------------------------------------------------------------------
-    def open(self, info: StreamInfo) -> None:
+    def open(self, info: StreamInfo, reason: str = "reconnected") -> None:
         with self.lock:
-            self._finalize("reconnected")
+            self._finalize(reason)
             self.ring.clear()
             self.info = info
             self.ring.seconds, self.ring.max_bytes = self.cfg.pre_s + RING_SLACK_S, self.cfg.buffer_bytes

@@ -110,17 +110,21 @@ def enforce(folder: Path, rule: Retention, keep: Path | None = None, now: float 
     if rule.max_bytes is None and rule.max_age is None:
         return 0
     now = time.time() if now is None else now
+    kept = 0  # the open clip's bytes count towards max_bytes; it is never deleted
     try:
         entries = []
         for p in folder.iterdir():
-            if p == keep or not p.is_file() or p.is_symlink():
+            if not p.is_file() or p.is_symlink():
                 continue
             st = p.stat()
-            entries.append((st.st_mtime, st.st_size, p))
+            if p == keep:
+                kept = st.st_size
+            else:
+                entries.append((st.st_mtime, st.st_size, p))
     except FileNotFoundError:
         return 0
     entries.sort()
-    total = sum(e[1] for e in entries)
+    total = kept + sum(e[1] for e in entries)
     deleted = 0
     for mtime, size, p in entries:
         old = rule.max_age is not None and now - mtime > rule.max_age

@@ -186,6 +186,8 @@ class CameraSource(threading.Thread):
         self._is_file = urlsplit(cfg.url).scheme == "file"
         self._skip = SkipPolicy() if options.skip_nonref else None
         self._decoder: VideoDecoder | None = None
+        self._tap: PacketTap | None = None  # this connection's packet recorder, if any
+        self._tap_info: StreamInfo | None = None
         register_url(cfg.url)  # FFmpeg's error texts quote the URL: its secret is scrubbed from them
         self.safe_url = mask_url(cfg.url)
 
@@ -288,11 +290,13 @@ class CameraSource(threading.Thread):
                 what = "opened" if self.stats.reconnects == 0 and self.stats.decoded == 0 else "reconnected"
                 log.info("camera %s (%s): %s, codec %s, %dx%d, decoder %s", self.cfg.name, self.safe_url, what,
                          ctx.name, ctx.width, ctx.height, decoder.name)
-            tap = TAPS.get(self.cfg.name)  # event clips record this camera's packets (rtsp_worker/evidence)
+            tap = self._tap = TAPS.get(self.cfg.name)  # event clips record this camera's packets (evidence)
             if tap is not None:
-                tap.open(StreamInfo(ctx.name, ctx.width, ctx.height, stream.time_base, ctx.extradata, stream))
+                self._tap_info = StreamInfo(ctx.name, ctx.width, ctx.height, stream.time_base, ctx.extradata, stream)
+                tap.open(self._tap_info)
             self._pump(container, stream, decoder, tap)
         finally:
+            self._tap = None
             if tap is not None:
                 tap.close()
             if decoder is not None:
@@ -356,6 +360,8 @@ class CameraSource(threading.Thread):
             if st.width:
                 log.warning("camera %s: resolution changed %dx%d -> %dx%d", self.cfg.name, st.width, st.height,
                             img.width, img.height)
+                if self._tap is not None and self._tap_info is not None:  # an open clip ends; the ring starts over
+                    self._tap.open(self._tap_info, reason="resolution")
             st.width, st.height = img.width, img.height
         frame = Frame(row=self.row, seq=self._seq, ts=time.time(), image=img.image, height=img.height,
                       width=img.width, pixel_format=img.pixel_format, pts=img.pts, colorimetry=img.colorimetry)

@@ -40,8 +40,9 @@ class Packet:
 
 
 class PacketTap(Protocol):
-    def open(self, info: StreamInfo) -> None:
-        """A new connection (or the clip played again): packets before it belong to another stream."""
+    def open(self, info: StreamInfo, reason: str = "reconnected") -> None:
+        """A new connection, the clip played again, or the resolution changed (`reason`): packets before it
+        belong to another stream."""
 
     def packet(self, pkt: Packet) -> None:
         """One video packet, on the camera thread; must be quick."""

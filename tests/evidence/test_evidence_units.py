@@ -4,6 +4,7 @@ H.264 file's packets) and the snapshot crop (compared with the decoded frame).""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from fractions import Fraction
 from itertools import pairwise
@@ -126,3 +127,22 @@ def test_snapshot_crop_matches_the_box_in_the_decoded_frame(test_clip, fmt):
     bests.update(frame, (TrackedObject(5, 0, "person", 0.5, box),), now=2.0)
     assert bests.tracks[5].score == pytest.approx(0.9 * (box[2] - box[0]) * (box[3] - box[1]))
     assert torch.equal(bests.tracks[5].crop, best.crop)
+
+
+def test_retention_deletes_oldest_first_within_bytes_and_age_and_keeps_the_open_clip(tmp_path):
+    from rtsp_worker.config.evidence import Retention
+    from rtsp_worker.evidence.disk import enforce
+
+    now = 1_000_000.0
+    files = []
+    for i in range(5):  # 1000 bytes each, a minute apart, oldest first
+        p = tmp_path / f"c{i}.mp4"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (now - 600 + 60 * i, now - 600 + 60 * i))
+        files.append(p)
+    assert enforce(tmp_path, Retention(max_bytes=2500), keep=files[0], now=now) == 3
+    # The open clip stays (its bytes count): the three next oldest go.
+    assert [p.exists() for p in files] == [True, False, False, False, True]
+    assert enforce(tmp_path, Retention(max_age=450), now=now) == 1  # files[0]: 600 s old
+    assert [p.exists() for p in files] == [False, False, False, False, True]
+    assert enforce(tmp_path, Retention(), now=now) == 0  # no limits: nothing deleted
