@@ -3,6 +3,7 @@ the real detector, real files checked with PyAV; a camera removed mid-clip, SIGK
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -137,13 +138,44 @@ def test_sigkill_during_a_clip_leaves_a_playable_file(tmp_path, scene):
     assert times[-1] - times[0] >= PRE_S
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    """A small tmpfs at `path` (True), or False where this machine cannot mount one (not root, no rights)."""
     path.mkdir(parents=True)
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (the disk-full test)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                       check=False)
+    return r.returncode == 0
+
+
+class _FullDisk:
+    """Where no tmpfs can be mounted: clip writes fail with ENOSPC until `full` is cleared (an injected write
+    error; everything else, the camera's own reads included, is real)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from rtsp_worker.evidence import clips
+
+        self.full = True
+        real = av.open
+        guard = self
+
+        class Failing:
+            def __init__(self, container) -> None:
+                self.container = container
+
+            def __getattr__(self, name: str):
+                return getattr(self.container, name)
+
+            def mux(self, packet) -> None:
+                if guard.full:
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+                self.container.mux(packet)
+
+        def fake_open(file, mode="r", **kwargs):
+            c = real(file, mode, **kwargs)
+            return Failing(c) if mode == "w" else c
+
+        monkeypatch.setattr(clips.av, "open", fake_open)
 
 
 def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, monkeypatch):
@@ -156,7 +188,8 @@ def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, mon
     monkeypatch.setattr(disk, "RETRY_S", 0.5)
     out = tmp_path / "out"
     clips = out / "cam" / "clips"
-    _mount_tmpfs(clips, "192k")  # the clips' folder fills; JSONL is on the test's disk
+    # The clips' folder fills (a 192 KiB tmpfs) while JSONL is on the test's disk.
+    injected = None if _mount_tmpfs(clips, "192k") else _FullDisk(monkeypatch)
     try:
         cfg = parse_config({
             "cameras": [camera("cam", f"file://{scene / 'video.mp4'}", clips={"pre_s": 0.5, "post_s": 0.5})],
@@ -180,6 +213,8 @@ def test_disk_full_stops_evidence_only_and_recovers(tmp_path, scene, caplog, mon
             written = pipeline.status().evidence.clips
             for f in clips.iterdir():  # space returns
                 f.unlink()
+            if injected is not None:
+                injected.full = False
             wait_for(lambda: pipeline.status().evidence.clips > written and any(clips.iterdir()), 120,
                      "a clip after space returned")
         finally:
