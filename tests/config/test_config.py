@@ -30,9 +30,11 @@ from rtsp_worker.config import (
     mask_url,
 )
 from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
+from rtsp_worker.config.outputs import MqttConfig, MqttTlsConfig, WebhookConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig]
+                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig,
+                 MqttConfig, MqttTlsConfig, WebhookConfig]
 
 MINIMAL = """
 cameras:
