@@ -15,6 +15,8 @@ from rtsp_worker.config import (
     MetricsConfig,
     ModelConfig,
     ModelInputConfig,
+    MqttConfig,
+    MqttTlsConfig,
     OnnxRuntimeModelConfig,
     OutputConfig,
     RedisConfig,
@@ -22,6 +24,7 @@ from rtsp_worker.config import (
     TensorRTModelConfig,
     TorchModelConfig,
     TrackerConfig,
+    WebhookConfig,
     ZoneConfig,
     check_name,
     dotted_keys,
@@ -31,7 +34,8 @@ from rtsp_worker.config import (
 )
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig]
+                 OutputConfig, RedisConfig, MqttConfig, MqttTlsConfig, WebhookConfig, SourceOptions, MetricsConfig,
+                 ControlConfig]
 
 MINIMAL = """
 cameras:

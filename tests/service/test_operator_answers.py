@@ -21,7 +21,7 @@ from rtsp_worker.sinks.video import VideoSink
 
 
 def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_path: Path) -> None:
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
     from rtsp_worker.service.reload import Reloader, ReloadError
 
     model = export_tiny(tmp_path / "fixed.onnx", dynamic_batch=False)  # batch 1, as ultralytics exports by default
@@ -29,7 +29,7 @@ def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_p
     path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
                                     "model": {"path": str(model)}, "device": "cpu",
                                     "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
-    pipeline = Pipeline(load_config(path))
+    pipeline = build_pipeline(load_config(path))
     try:
         with pytest.raises(ReloadError) as err:
             Reloader(pipeline, path).put_camera("b", {"url": "rtsp://127.0.0.1:1/b"})
