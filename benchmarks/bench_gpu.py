@@ -223,7 +223,7 @@ def main() -> None:
             frames = [Frame(i, 0, 0.0, d.image, d.height, d.width, d.pixel_format,
                         colorimetry=d.colorimetry) for i, d in enumerate(frames_src[:b])]
             ms = time_ms(lambda pre=pre, frames=frames: pre(frames), device, iters)
-            results["preprocess"].append({"batch": b, "ms": ms, "fused_kernel": bool(pre._fused)})
+            results["preprocess"].append({"batch": b, "ms": ms, "fused_kernel": pre.fused_kernel})
             rows.append([b, ms, ms / b])
         print_table(f"Preprocess NV12 {size[0]}x{size[1]} -> {list(info.input_size)}", ["batch", "ms", "ms/frame"], rows)
 

@@ -21,7 +21,7 @@ class TinyYolo(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # (B, 4 + nc, H/8, W/8)
-        b, c, h, w = y.shape
+        b, _, h, w = y.shape
         gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
         cx = (gx.reshape(1, -1) + 0.5) * 8 + y[:, 0].reshape(b, -1)
         cy = (gy.reshape(1, -1) + 0.5) * 8 + y[:, 1].reshape(b, -1)

@@ -187,8 +187,9 @@ class Preprocessor:
 
     def __init__(
         self, input_size: tuple[int, int] | InputSpec, max_batch: int, device: torch.device,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32, fused: bool = True,
     ) -> None:
+        """`fused=False` keeps NV12 frames on the torch path (a reference to compare the fused kernel with)."""
         spec = input_size if isinstance(input_size, InputSpec) else InputSpec(tuple(input_size))  # type: ignore[arg-type]
         self.spec = spec
         self.input_size = spec.size
@@ -199,7 +200,8 @@ class Preprocessor:
         self._mul = torch.tensor(spec.mul, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._add = torch.tensor(spec.add, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._pad = torch.tensor(spec.pad, dtype=dtype, device=device).view(1, 3, 1, 1)
-        self._fused: Any = None  # the cupy kernel (detection.kernels), False where it cannot be used
+        # the cupy kernel (detection.kernels), False where it cannot be used (or is not wanted), None: not tried
+        self._fused: Any = None if fused else False
 
     def __call__(self, frames: Sequence[Frame]) -> tuple[Tensor, Letterbox]:
         bsz = len(frames)
@@ -236,6 +238,11 @@ class Preprocessor:
                 out[index, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = region
 
         return out, self._letterbox(frames, geo)
+
+    @property
+    def fused_kernel(self) -> bool:
+        """True once the fused NV12 kernel runs (decided on the first NV12 batch on a CUDA device)."""
+        return self._fused not in (None, False)
 
     def _fused_ok(self, frames: Sequence[Frame]) -> bool:
         """Use the fused kernel: CUDA, NV12 frames on this device, and cupy importable (once decided)."""

@@ -203,6 +203,12 @@ class TensorRTEngine:
         out32 = None if out_dtype == torch.float32 else torch.empty(out_shape, dtype=torch.float32, device=self.device)
         return _Slot(ctx, stream, inp, out, out32)
 
+    @property
+    def contexts(self) -> int:
+        """Execution contexts in use: one per optimization profile taken (`model.contexts`, at most the
+        engine's profiles)."""
+        return len(self._slots)
+
     def infer(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) on this GPU -> the raw output in `info.layout`, float32 on this GPU, ordered on the
         caller's stream.

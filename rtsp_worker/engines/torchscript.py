@@ -27,8 +27,10 @@ import ast
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -125,7 +127,9 @@ def _first_tensor(output: Any) -> Tensor:
 
 
 @dataclass(slots=True)
-class _Graph:
+class CapturedGraph:
+    """One batch-size bucket's CUDA graph and the static tensors it reads and writes."""
+
     graph: torch.cuda.CUDAGraph
     inputs: Tensor  # (bucket, 3, H, W) in the engine's input dtype
     outputs: Tensor  # (bucket, ...) raw output in the model's layout and output dtype
@@ -242,7 +246,7 @@ class TorchScriptEngine:
         self._max_batch = max_batch if dynamic else 1
         self._buckets = batch_buckets(self._max_batch)
         self._use_graphs = device.type == "cuda" and cfg.cuda_graphs
-        self._graphs: dict[int, _Graph] = {}
+        self._graphs: dict[int, CapturedGraph] = {}
         self._pool: Any = None
         if self._use_graphs:
             # Every bucket now, at load: a capture synchronizes the device and empties caches, which
@@ -255,6 +259,16 @@ class TorchScriptEngine:
             len(self.info.class_names), "fp16" if self._half else "fp32",
             f"CUDA graphs for batches {list(self._buckets)}" if self._use_graphs else "eager",
         )
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The loaded model, frozen (no parameter requires grad); `infer` runs it (or its CUDA graphs)."""
+        return self._module
+
+    @property
+    def graphs(self) -> Mapping[int, CapturedGraph]:
+        """The captured CUDA graphs by batch-size bucket (empty on the CPU or with `cuda_graphs: false`)."""
+        return MappingProxyType(self._graphs)
 
     # -- loading checks ------------------------------------------------------------------------------------
 
@@ -333,15 +347,15 @@ class TorchScriptEngine:
             outputs.append(g.outputs[: chunk.shape[0]].to(torch.float32, copy=True))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
-    def _graph_for(self, bucket: int) -> _Graph:
+    def _graph_for(self, bucket: int) -> CapturedGraph:
         return self._graphs[bucket]  # all captured at load
 
-    def _capture(self, bucket: int) -> _Graph:
+    def _capture(self, bucket: int) -> CapturedGraph:
         # Under inference_mode, as `infer` replays it: no autograd state, no activations kept for a backward.
         with torch.inference_mode():
             return self._capture_graph(bucket)
 
-    def _capture_graph(self, bucket: int) -> _Graph:
+    def _capture_graph(self, bucket: int) -> CapturedGraph:
         inputs = torch.zeros((bucket, 3, *self.info.input_size), device=self.device, dtype=self.input_dtype)
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -356,7 +370,7 @@ class TorchScriptEngine:
             outputs = self._forward(inputs)
         self._pool = graph.pool()
         log.info("%s: captured CUDA graph for batch %d", self._source, bucket)
-        return _Graph(graph, inputs, outputs)
+        return CapturedGraph(graph, inputs, outputs)
 
     def close(self) -> None:
         self._graphs.clear()

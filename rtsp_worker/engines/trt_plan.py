@@ -37,7 +37,7 @@ def import_tensorrt(error: type[Exception] = ModelError) -> Any:
         import tensorrt as trt
     except ImportError:
         raise error(TRT_MISSING) from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a broken install (driver, CUDA libs) raises others: said clearly
         raise error(f"TensorRT cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]}); "
                     "check the CUDA driver and pip install 'rtsp-worker[tensorrt]'") from None
     return trt

@@ -52,7 +52,7 @@ def pci_bus_id(index: int) -> str:
     return f"{p.pci_domain_id:08x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
 
 
-class _Nvml:
+class Nvml:
     """GPU utilization and memory through NVML; `available` is False when NVML cannot be used."""
 
     def __init__(self, index: int) -> None:
@@ -82,7 +82,7 @@ class _Nvml:
 class _StatsCollector(Collector):
     """Builds the per-camera and pipeline counters from the pipeline's own counters on each scrape."""
 
-    def __init__(self, pipeline: Pipeline, nvml: _Nvml | None) -> None:
+    def __init__(self, pipeline: Pipeline, nvml: Nvml | None) -> None:
         self.p = pipeline
         self.nvml = nvml
 
@@ -192,7 +192,7 @@ class PipelineMetrics:
         self.pipeline = pipeline
         self.registry = CollectorRegistry(auto_describe=True)
         dev = pipeline.work_device
-        nvml = _Nvml(dev.index or 0) if dev.type == "cuda" else None
+        nvml = Nvml(dev.index or 0) if dev.type == "cuda" else None
         self.registry.register(_StatsCollector(pipeline, nvml))
         self.latency = Histogram(f"{NS}_end_to_end_latency_seconds", "Decode to result ready, per frame.",
                                  ["camera"], registry=self.registry, buckets=LATENCY_BUCKETS)

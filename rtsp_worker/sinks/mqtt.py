@@ -95,11 +95,12 @@ class MqttSink(Sink):
         self._early: set[int] = set()  # acknowledged before `publish` returned its mid
         self._unacked_events = 0
         self._throttle = ErrorThrottle(log)
-        self._client = self._make_client(retry_initial_s, retry_max_s)
+        # The paho client, public for diagnosis (its socket, its state); the sink alone publishes through it.
+        self.client = self._make_client(retry_initial_s, retry_max_s)
         host, port = url_host_port(cfg.url)
         tls = urlsplit(cfg.url).scheme.lower() == "mqtts"
-        self._client.connect_async(host, int(port) if port else (8883 if tls else 1883), keepalive=30)
-        self._client.loop_start()
+        self.client.connect_async(host, int(port) if port else (8883 if tls else 1883), keepalive=30)
+        self.client.loop_start()
 
     def _make_client(self, retry_initial_s: float, retry_max_s: float) -> mqtt.Client:
         cfg = self.cfg
@@ -199,7 +200,7 @@ class MqttSink(Sink):
     def _publish(self, topic: str, payload: str, retain: bool = False, kind: int = _OTHER) -> bool:
         """Queue one QoS 1 message with paho (sent now, or after the reconnect); False if refused."""
         try:
-            info = self._client.publish(topic, payload, qos=1, retain=retain)
+            info = self.client.publish(topic, payload, qos=1, retain=retain)
         except (ValueError, RuntimeError) as e:  # payload too large, topic invalid
             if kind == _EVENT:
                 self.failed += 1
@@ -299,5 +300,5 @@ class MqttSink(Sink):
         if left:
             self.dropped += left
             log.error("mqtt %s: %d events were not acknowledged by the broker before exit", self.safe_url, left)
-        self._client.disconnect()
-        self._client.loop_stop()
+        self.client.disconnect()
+        self.client.loop_stop()

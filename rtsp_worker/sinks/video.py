@@ -74,6 +74,11 @@ class VideoSink(Sink):
         self._geometry = {c.name: (c.lines, c.zones) for c in cameras if c.lines or c.zones}
         self._counts: dict[tuple[str, str, str], int] = {}
 
+    @property
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """The live counts drawn on the labels: (camera, line or zone, direction or "inside") -> count."""
+        return dict(self._counts)
+
     def _count(self, events: Sequence[Event]) -> None:
         # Per frame, in write(): a batch holds several frames of a camera's video and each shows its own count.
         for e in events:

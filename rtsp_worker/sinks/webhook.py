@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from rtsp_worker.config import WebhookConfig
-from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.redact import register_secret, register_url, scrub
+from rtsp_worker.sinks import Sink, SinkCounters
 from rtsp_worker.sinks.lines import record_json
 from rtsp_worker.sinks.run import run_id
 from rtsp_worker.sinks.throttle import ErrorThrottle

@@ -158,6 +158,19 @@ def open_container(url: str, options: SourceOptions) -> av.container.InputContai
         raise
 
 
+def decode_counting(decoder: VideoDecoder, packet: av.Packet, stats: CameraStats, camera: str) -> list[DecodedImage]:
+    """Decode one packet; a corrupt packet is counted in `stats.decode_errors` and skipped (the stall watchdog
+    bounds a run of them). Any other error (a CUDA failure, a bug) is raised: it ends the connection."""
+    try:
+        return decoder.decode(packet)
+    except (av.error.InvalidDataError, DecodeError) as e:  # FFmpeg's or NVDEC's: one bad packet
+        stats.decode_errors += 1
+        n = stats.decode_errors
+        if n in (1, 10, 100) or n % 1000 == 0:
+            log.warning("camera %s: decode error (%d so far): %s", camera, n, e)
+        return []
+
+
 class CameraSource(threading.Thread):
     """Decodes one camera into its slot until `stop` is set, reconnecting with backoff."""
 
@@ -337,15 +350,7 @@ class CameraSource(threading.Thread):
         # End of demux: a file ended (loop) or a live server went away (the caller decides).
 
     def _decode(self, decoder: VideoDecoder, packet: av.Packet) -> list[DecodedImage]:
-        """Decode one packet; a corrupt packet is counted and skipped (the stall watchdog bounds a run of them)."""
-        try:
-            return decoder.decode(packet)
-        except (av.error.InvalidDataError, DecodeError) as e:  # FFmpeg's or NVDEC's: one bad packet
-            self.stats.decode_errors += 1
-            n = self.stats.decode_errors
-            if n in (1, 10, 100) or n % 1000 == 0:
-                log.warning("camera %s: decode error (%d so far): %s", self.cfg.name, n, e)
-            return []
+        return decode_counting(decoder, packet, self.stats, self.cfg.name)
 
     def _emit(self, img: DecodedImage) -> None:
         st = self.stats

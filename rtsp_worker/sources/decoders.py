@@ -89,7 +89,7 @@ def nvdec_unavailable_reason() -> str | None:
         return "no CUDA device"
     try:
         import PyNvVideoCodec  # noqa: F401
-    except Exception as e:  # RuntimeError without a driver, ImportError without the package
+    except Exception as e:  # noqa: BLE001 - RuntimeError without a driver, ImportError without the package
         return f"PyNvVideoCodec unavailable: {type(e).__name__}: {e}"
     return None
 
@@ -108,7 +108,7 @@ def make_decoder(kind: str, stream: av.video.stream.VideoStream, device: torch.d
             return NvdecDecoder(stream, device, low_latency=not stream.codec_context.has_b_frames)
         except UnsupportedCodec:
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure to create NVDEC falls back to the CPU decoder
             reason = f"NVDEC decoder creation failed: {type(e).__name__}: {e}"
     if kind == "nvdec":
         log.warning("camera %s: decoder nvdec requested but %s; falling back to CPU decoding", camera, reason)

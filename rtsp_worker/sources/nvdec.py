@@ -122,6 +122,58 @@ def is_packet_error(nvc: Any, error: BaseException) -> bool:
     return isinstance(generic, type) and isinstance(error, generic)
 
 
+def surface_images(frames: list[Any], device: torch.device, time_base: Any, tags: tuple[Any, Any],
+                   nvc: Any = None) -> list[DecodedImage]:
+    """Copies of PyNvVideoCodec's decoded surfaces as NV12 images on `device`.
+
+    `time_base`: the stream's, or None while no packet carried a timestamp (the images get no pts); `tags`:
+    the stream's (colorspace, color_range), read with each surface's own height; `nvc`: the PyNvVideoCodec
+    module, named in the error for a surface on the wrong device. Needs no GPU: DLPack objects on the CPU work.
+    """
+    out = []
+    for frame in frames:
+        view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
+        if not same_device(view.device, device):
+            # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
+            # tensor would name the wrong device for memory on this one.
+            raise RuntimeError(
+                f"NVDEC on {device} returned a surface that DLPack places on {view.device}; "
+                f"PyNvVideoCodec {getattr(nvc, '__version__', '?')} mislabels devices other than "
+                "cuda:0: upgrade it (pip install 'rtsp-worker[gpu]') or decode on cuda:0"
+            )
+        if view.ndim == 3 and view.shape[-1] == 1:
+            view = view[..., 0]
+        if view.ndim != 2 or view.dtype != torch.uint8 or view.shape[0] % 3:
+            raise RuntimeError(
+                f"NVDEC returned a {view.dtype} surface of shape {list(view.shape)}, expected NV12 (H*3/2, W) uint8"
+            )
+        image = view.clone(memory_format=torch.contiguous_format)  # before the next Decode reuses it
+        height, width = view.shape[0] * 2 // 3, view.shape[1]
+        ts = getattr(frame, "timestamp", None)
+        if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
+            ts = frame.getPTS()
+        pts = float(ts * time_base) if time_base and ts is not None else None
+        out.append(DecodedImage(image, NV12, height, width, pts, colorimetry_from_tags(*tags, height)))
+    return out
+
+
+def decode_packet(decoder: Any, nvc: Any, packet_data: Any) -> list[Any]:
+    """`decoder.Decode(packet_data)`: PyNvVideoCodec's frames for one packet; its errors on a bad packet
+    become `DecodeError`.
+
+    PyNvVideoCodec 2.2 raises `PyNvVCException` (pybind11-registered, an `Exception` subclass) when the
+    parser or decoder refuses a packet, and `PyNvVCExceptionUnsupported` for a stream it cannot decode
+    at all: the first is one bad frame (the camera counts it and goes on, as with FFmpeg's
+    InvalidDataError), the second ends the connection as before.
+    """
+    try:
+        return decoder.Decode(packet_data)
+    except Exception as e:
+        if not is_packet_error(nvc, e):
+            raise
+        raise DecodeError(f"NVDEC: {type(e).__name__}: {e}") from e
+
+
 class _PrimaryContext:
     """Holds a reference on a device's primary CUDA context (the one torch uses) and knows its handle."""
 
@@ -221,47 +273,11 @@ class NvdecDecoder:
         return pd
 
     def _to_images(self, frames: list[Any]) -> list[DecodedImage]:
-        out = []
-        for frame in frames:
-            view = torch.from_dlpack(frame)  # the decoder's surface; torch hands __dlpack__ our stream
-            if not same_device(view.device, self.device):
-                # Older PyNvVideoCodec reported device 0 in __dlpack_device__ whatever GPU decoded: the
-                # tensor would name the wrong device for memory on this one.
-                raise RuntimeError(
-                    f"NVDEC on {self.device} returned a surface that DLPack places on {view.device}; "
-                    f"PyNvVideoCodec {getattr(self._nvc, '__version__', '?')} mislabels devices other than "
-                    "cuda:0: upgrade it (pip install 'rtsp-worker[gpu]') or decode on cuda:0"
-                )
-            if view.ndim == 3 and view.shape[-1] == 1:
-                view = view[..., 0]
-            if view.ndim != 2 or view.dtype != torch.uint8 or view.shape[0] % 3:
-                raise RuntimeError(
-                    f"NVDEC returned a {view.dtype} surface of shape {list(view.shape)}, expected NV12 (H*3/2, W) uint8"
-                )
-            image = view.clone(memory_format=torch.contiguous_format)  # before the next Decode reuses it
-            height, width = view.shape[0] * 2 // 3, view.shape[1]
-            ts = getattr(frame, "timestamp", None)
-            if ts is None and hasattr(frame, "getPTS"):  # versions without the `timestamp` attribute
-                ts = frame.getPTS()
-            pts = float(ts * self._time_base) if self._seen_pts and ts is not None and self._time_base else None
-            color = colorimetry_from_tags(*getattr(self, "_tags", (None, None)), height)
-            out.append(DecodedImage(image, NV12, height, width, pts, color))
-        return out
+        return surface_images(frames, self.device, self._time_base if self._seen_pts else None,
+                              getattr(self, "_tags", (None, None)), self._nvc)
 
     def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
-        """PyNvVideoCodec's frames for one packet; its errors on a bad packet become `DecodeError`.
-
-        PyNvVideoCodec 2.2 raises `PyNvVCException` (pybind11-registered, an `Exception` subclass) when the
-        parser or decoder refuses a packet, and `PyNvVCExceptionUnsupported` for a stream it cannot decode
-        at all: the first is one bad frame (the camera counts it and goes on, as with FFmpeg's
-        InvalidDataError), the second ends the connection as before.
-        """
-        try:
-            return self._decoder.Decode(self._packet_data(packet))
-        except Exception as e:
-            if not is_packet_error(self._nvc, e):
-                raise
-            raise DecodeError(f"NVDEC: {type(e).__name__}: {e}") from e
+        return decode_packet(self._decoder, self._nvc, self._packet_data(packet))
 
     def _decode(self, packets: list[av.Packet | None]) -> list[DecodedImage]:
         images: list[DecodedImage] = []

@@ -47,7 +47,7 @@ def probe_stream(url: str, timeout: float = 10.0) -> ProbeResult:
     t0 = time.monotonic()
     try:
         container = open_container(cam.url, options)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a probe reports every failure, never raises
         return ProbeResult(url=safe, error=describe_error(e))
     open_s = time.monotonic() - t0
     try:
@@ -60,7 +60,7 @@ def probe_stream(url: str, timeout: float = 10.0) -> ProbeResult:
                            fps=float(rate) if rate else 0.0, open_s=open_s)
         try:
             decoder = CpuDecoder(stream)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a probe reports every failure, never raises
             return _with(base, error=describe_error(e))
         for packet in container.demux(stream):
             if packet.size and decoder.decode(packet):

@@ -270,7 +270,7 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
                 d.close()
                 c.close()
         wall = time.perf_counter() - t_start
-    fused = bool(step.preprocess._fused)
+    fused = step.preprocess.fused_kernel
     summary.update(counts, seconds=round(wall, 2), fps=round(counts["decoded"] / max(wall, 1e-9), 1),
                    decoders=used, fused_preprocess=fused)
     engine.close()

@@ -23,9 +23,10 @@ from rtsp_worker.detection.input_spec import InputSpec
 from rtsp_worker.detection.preprocess import Preprocessor, host_to_device, nv12_to_rgb, uploads_uint8
 from rtsp_worker.engines import load_engine
 from rtsp_worker.sources.base import HD_MIN_HEIGHT, DecodeError, colorimetry_from_tags
-from rtsp_worker.sources.camera import CameraSource
+from rtsp_worker.sources.camera import decode_counting
 from rtsp_worker.sources.decoders import CpuDecoder
-from rtsp_worker.sources.nvdec import NvdecDecoder, is_packet_error
+from rtsp_worker.sources.nvdec import decode_packet, is_packet_error, surface_images
+from rtsp_worker.sources.state import CameraStats
 from rtsp_worker.types import NATIVE, RGB, Frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,21 +134,14 @@ class _Surface:
         return 0
 
 
-def _bare_nvdec(tags: tuple, decode=None) -> NvdecDecoder:
-    dec = object.__new__(NvdecDecoder)  # no GPU here: the parts of the decoder that run without one
-    dec.device, dec._time_base, dec._seen_pts, dec._tags, dec._low_latency = (
-        torch.device("cpu"), Fraction(1, 90000), True, tags, False)
-    dec._nvc = SimpleNamespace(PacketData=SimpleNamespace, PyNvVCException=PyNvVCException,
-                               PyNvVCExceptionUnsupported=PyNvVCExceptionUnsupported)
-    dec._decoder = SimpleNamespace(Decode=decode)
-    return dec
+NVC = SimpleNamespace(PacketData=SimpleNamespace, PyNvVCException=PyNvVCException,
+                      PyNvVCExceptionUnsupported=PyNvVCExceptionUnsupported)
 
 
 def test_nvdec_surfaces_take_the_colorimetry_of_their_own_height():
-    dec = _bare_nvdec((2, 1))  # untagged, limited range
     hd, sd = (torch.zeros((h * 3 // 2, w), dtype=torch.uint8) for h, w in ((1080, 1920), (360, 640)))
-    assert [i.colorimetry for i in dec._to_images([_Surface(hd), _Surface(sd)])] == ["bt709-limited",
-                                                                                  "bt601-limited"]
+    images = surface_images([_Surface(hd), _Surface(sd)], torch.device("cpu"), Fraction(1, 90000), (2, 1), NVC)
+    assert [i.colorimetry for i in images] == ["bt709-limited", "bt601-limited"]  # untagged, limited range
 
 
 def test_nvdec_packet_errors_become_decode_errors():
@@ -155,32 +149,33 @@ def test_nvdec_packet_errors_become_decode_errors():
         raise PyNvVCException("cuvidParseVideoData failed")
 
     with pytest.raises(DecodeError, match="NVDEC: PyNvVCException: cuvidParseVideoData failed"):
-        _bare_nvdec((1, 1), bad)._decode_packet(None)
+        decode_packet(SimpleNamespace(Decode=bad), NVC, NVC.PacketData())
 
     def unsupported(_):
         raise PyNvVCExceptionUnsupported("chroma 4:4:4")
 
     with pytest.raises(PyNvVCExceptionUnsupported):  # the stream cannot be decoded at all: not one bad frame
-        _bare_nvdec((1, 1), unsupported)._decode_packet(None)
+        decode_packet(SimpleNamespace(Decode=unsupported), NVC, NVC.PacketData())
 
 
 def test_a_decode_error_is_counted_and_the_connection_goes_on():
-    camera = SimpleNamespace(stats=SimpleNamespace(decode_errors=0), cfg=SimpleNamespace(name="a"))
+    stats = CameraStats()
 
     class Bad:
         def decode(self, packet):
             raise DecodeError("NVDEC: PyNvVCException: cuvidParseVideoData failed")
 
     for _ in range(3):
-        assert CameraSource._decode(camera, Bad(), object()) == []
-    assert camera.stats.decode_errors == 3
+        assert decode_counting(Bad(), object(), stats, "a") == []
+    assert stats.decode_errors == 3
 
     class Broken:
         def decode(self, packet):
             raise RuntimeError("CUDA error")  # not a packet's fault: the connection ends (and reconnects)
 
     with pytest.raises(RuntimeError, match="CUDA error"):
-        CameraSource._decode(camera, Broken(), object())
+        decode_counting(Broken(), object(), stats, "a")
+    assert stats.decode_errors == 3
 
 
 # -- NVML by PCI bus id --------------------------------------------------------------------------------------
@@ -192,20 +187,22 @@ def test_nvml_handle_is_found_by_the_cuda_devices_pci_bus_id(monkeypatch):
     fake.nvmlInit = lambda: None
     fake.nvmlDeviceGetHandleByPciBusId = lambda bus: asked.append(("bus", bus)) or "handle"
     fake.nvmlDeviceGetHandleByIndex = lambda i: asked.append(("index", i)) or "wrong"
+    fake.nvmlDeviceGetUtilizationRates = lambda h: asked.append(("util", h)) or SimpleNamespace(gpu=40)
+    fake.nvmlDeviceGetMemoryInfo = lambda h: asked.append(("mem", h)) or SimpleNamespace(used=3, total=8)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     # CUDA device 0 is the GPU at bus 0x65 (CUDA_VISIBLE_DEVICES=3, say): NVML's index 0 is another one.
     props = SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
-    nvml = metrics._Nvml(0)
-    assert nvml.available and nvml._handle == "handle"
-    assert asked == [("bus", "00000000:65:00.0")]
+    nvml = metrics.Nvml(0)
+    assert nvml.available and nvml.sample() == (40.0, 3.0, 8.0)
+    assert asked == [("bus", "00000000:65:00.0"), ("util", "handle"), ("mem", "handle")]  # that GPU's handle
 
 
 # -- the torch engine is frozen; one TensorRT context by default ---------------------------------------------
 def test_torch_engine_parameters_are_frozen():
     engine = load_engine(ModelConfig(path=REPO / "models" / "synth_det.pt2"), torch.device("cpu"), max_batch=1)
     try:
-        assert not any(p.requires_grad for p in engine._module.parameters())
+        assert not any(p.requires_grad for p in engine.module.parameters())
         out = engine.infer(torch.zeros((1, 3, *engine.info.input_size)))
         assert out.grad_fn is None and not out.requires_grad
     finally:
@@ -281,10 +278,10 @@ def test_pt2_with_cuda_graphs_on_unindexed_cuda(tmp_path):
     graphs = load_engine(ModelConfig(path=path, cuda_graphs=True), CUDA, max_batch=4)  # was "names other devices"
     eager = load_engine(ModelConfig(path=path, cuda_graphs=False), CUDA, max_batch=4)
     try:
-        assert graphs.device.index is not None and graphs._graphs
+        assert graphs.device.index is not None and graphs.graphs
         x = torch.rand(3, 3, *graphs.info.input_size, device=CUDA)
         out = graphs.infer(x)
-        assert out.grad_fn is None and not any(g.outputs.requires_grad for g in graphs._graphs.values())
+        assert out.grad_fn is None and not any(g.outputs.requires_grad for g in graphs.graphs.values())
         torch.testing.assert_close(out, eager.infer(x), atol=2e-2, rtol=2e-2)
     finally:
         graphs.close()
@@ -301,10 +298,10 @@ def test_fused_kernel_runs_for_nv12_frames_on_unindexed_cuda(tmp_path):
     spec = InputSpec((384, 640))
     fused = Preprocessor(spec, 2, CUDA, torch.float16)
     x_fused, _ = fused(frames)
-    assert fused._fused not in (None, False)  # `f.image.device == cuda` used to switch it off silently
-    plain = Preprocessor(spec, 2, CUDA, torch.float16)
-    plain._fused = False
+    assert fused.fused_kernel  # `f.image.device == cuda` used to switch it off silently
+    plain = Preprocessor(spec, 2, CUDA, torch.float16, fused=False)
     x_torch, _ = plain(frames)
+    assert not plain.fused_kernel
     torch.testing.assert_close(x_fused.float(), x_torch.float(), atol=2e-2, rtol=0)
     centre = x_fused[0, :, 192, 320].float() * 255
     assert (centre.cpu() - _expected_rgb("bt709-limited")).abs().max() <= 2.0  # untagged HD: BT.709 on NVDEC's path

@@ -122,5 +122,5 @@ def test_kernel_matches_its_twin_on_the_gpu(mixed_batch, dtype):
     frames = [Frame(i, 0, 0.0, img, h, w, NV12) for i, (img, (_, h, w)) in enumerate(zip(images, mixed_batch))]
     pre = Preprocessor(size, len(frames), dev, dtype)
     x, _ = pre(frames)
-    assert pre._fused not in (None, False)  # the Preprocessor took the kernel path
+    assert pre.fused_kernel  # the Preprocessor took the kernel path
     torch.testing.assert_close(x.float(), expected.float(), atol=2e-3 if dtype == torch.float16 else 1e-4, rtol=0)

@@ -44,7 +44,7 @@ def test_padding_is_grey_and_mixed_sizes_batch():
     frames = [frame_with_box(720, 1280, (0, 0, 10, 10), 0), frame_with_box(480, 480, (0, 0, 10, 10), 1),
               frame_with_box(720, 1280, (0, 0, 10, 10), 2)]
     batch, lb = pre(frames)
-    scale, nh, nw, px, py = letterbox_geometry(480, 480, (384, 640))
+    _scale, nh, nw, px, py = letterbox_geometry(480, 480, (384, 640))
     assert (nh, nw, px, py) == (384, 384, 128, 0)
     assert batch[1, :, :, :px].allclose(torch.tensor(PAD_VALUE))  # left padding of the square frame
     assert batch[0, :, :12, :].allclose(torch.tensor(PAD_VALUE))  # top padding of the 16:9 frames

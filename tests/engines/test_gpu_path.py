@@ -11,6 +11,7 @@ import json
 import logging
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -34,7 +35,7 @@ from rtsp_worker.engines.torchscript import (
 )
 from rtsp_worker.sources.base import colorimetry_from_tags
 from rtsp_worker.sources.decoders import CpuDecoder, UnsupportedCodec, make_decoder, nvdec_unavailable_reason
-from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed
+from rtsp_worker.sources.nvdec import AnnexBConverter, NvdecDecoder, is_length_prefixed, surface_images
 from rtsp_worker.types import NV12, RGB, Frame
 
 # torch.jit is deprecated in favour of torch.export but is the format this backend reads.
@@ -297,15 +298,7 @@ def test_nv12_to_rgb_matches_ffmpeg_rgb24(clips):
     y = torch.from_numpy(np.stack(nv12))[:, :h].double()
     full_range_y = y.unsqueeze(-1).expand(-1, -1, -1, 3)
     assert psnr(full_range_y.clamp(0, 255), ref) < NV12_PARITY_PSNR_DB
-    bt709 = torch.tensor([[1.164383, 0.0, 1.792741], [1.164383, -0.213249, -0.532909], [1.164383, 2.112402, 0.0]])
-    import rtsp_worker.detection.preprocess as pp
-
-    original = pp._YUV2RGB
-    try:
-        pp._YUV2RGB = bt709
-        wrong = nv12_to_rgb(torch.from_numpy(np.stack(nv12)), h, w).round().permute(0, 2, 3, 1)
-    finally:
-        pp._YUV2RGB = original
+    wrong = nv12_to_rgb(torch.from_numpy(np.stack(nv12)), h, w, "bt709-limited").round().permute(0, 2, 3, 1)
     assert psnr(wrong, ref) < NV12_PARITY_PSNR_DB
 
 
@@ -688,16 +681,12 @@ class _FakeSurface:
         return self._pts
 
 
-def _bare_decoder(device: torch.device) -> NvdecDecoder:
-    dec = object.__new__(NvdecDecoder)
-    dec.device, dec._time_base, dec._seen_pts = device, Fraction(1, 90000), True
-    dec._nvc = type("nvc", (), {"__version__": "2.0.0"})
-    return dec
+NVC_2_0 = SimpleNamespace(__version__="2.0.0")
 
 
 def test_nvdec_timestamps_fall_back_to_getpts():
     nv12 = torch.randint(0, 256, (72, 64), dtype=torch.uint8)
-    images = _bare_decoder(torch.device("cpu"))._to_images([_FakeSurface(nv12, 4500)])
+    images = surface_images([_FakeSurface(nv12, 4500)], torch.device("cpu"), Fraction(1, 90000), (None, None), NVC_2_0)
     assert images[0].pts == pytest.approx(0.05) and (images[0].height, images[0].width) == (48, 64)
     assert torch.equal(images[0].image, nv12) and images[0].image.data_ptr() != nv12.data_ptr()  # a copy
 
@@ -706,7 +695,7 @@ def test_nvdec_surface_on_the_wrong_device_is_refused():
     """PyNvVideoCodec 2.0 put every surface on device 0 in `__dlpack_device__`: on cuda:N, N > 0, say so."""
     nv12 = torch.zeros((72, 64), dtype=torch.uint8)  # stands for a surface DLPack places elsewhere
     with pytest.raises(RuntimeError, match=r"NVDEC on cuda:1 returned a surface that DLPack places on cpu.*2\.0\.0"):
-        _bare_decoder(torch.device("cuda", 1))._to_images([_FakeSurface(nv12, 0)])
+        surface_images([_FakeSurface(nv12, 0)], torch.device("cuda", 1), Fraction(1, 90000), (None, None), NVC_2_0)
 
 
 def test_low_latency_decoding_only_for_streams_without_b_frames(clips, tmp_path, monkeypatch):

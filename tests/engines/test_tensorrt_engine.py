@@ -112,7 +112,7 @@ def test_build_on_first_start_then_reuse(tmp_path):
 def test_two_threads_on_their_own_streams_get_their_own_results(tiny, tmp_path):
     eng = load_engine(ModelConfig(path=build(tiny, tmp_path / "t.engine", "-p", "fp32", "--contexts", "2"), contexts=2),
                       CUDA, 4)
-    assert len(eng._slots) == 2  # --contexts 2: one profile per context
+    assert eng.contexts == 2  # --contexts 2: one profile per context
     xs = [torch.rand(3, 3, 64, 96, device=CUDA) for _ in range(2)]
     expected = [eng.infer(x).clone() for x in xs]
     results: list = [None, None]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_source import FakeSources
-from ops_support import PipelineThread, RecordingSink, make_config, tiny_model, wait_for
+from ops_support import PipelineThread, make_config, tiny_model, wait_for
 from prometheus_client import generate_latest
+from sink_support import RecordingSink
 
 from rtsp_worker.camera_set import CapacityError
 from rtsp_worker.config import CameraConfig, load_config

@@ -21,7 +21,7 @@ from rtsp_worker.sinks.video import VideoSink
 
 
 def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_path: Path) -> None:
-    from rtsp_worker.pipeline import Pipeline
+    from rtsp_worker.pipeline import build_pipeline
     from rtsp_worker.service.reload import Reloader, ReloadError
 
     model = export_tiny(tmp_path / "fixed.onnx", dynamic_batch=False)  # batch 1, as ultralytics exports by default
@@ -29,7 +29,7 @@ def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_p
     path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
                                     "model": {"path": str(model)}, "device": "cpu",
                                     "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
-    pipeline = Pipeline(load_config(path))
+    pipeline = build_pipeline(load_config(path))
     try:
         with pytest.raises(ReloadError) as err:
             Reloader(pipeline, path).put_camera("b", {"url": "rtsp://127.0.0.1:1/b"})
@@ -126,20 +126,36 @@ def test_help_begins_with_what_the_tool_does_for_users() -> None:
 
 def test_a_removed_cameras_source_that_does_not_stop_is_left_behind_and_counted() -> None:
     import threading
-    from types import SimpleNamespace
+
+    import torch
 
     from rtsp_worker.camera_set import CameraSet
-    from rtsp_worker.config import SourceOptions
+    from rtsp_worker.config import CameraConfig, SourceOptions, TrackerConfig
+    from rtsp_worker.tracking.tracker import IouTracker
 
     release = threading.Event()
-    stuck = threading.Thread(target=release.wait, args=(30,), daemon=True)  # a connect that does not return
-    stuck.start()
-    cam = SimpleNamespace(source=stuck, cfg=SimpleNamespace(name="gate"))
-    camset = SimpleNamespace(options=SourceOptions(), _linger_lock=threading.Lock(), lingering_sources=0)
-    camset._join = lambda c, t: CameraSet._join(camset, c, t)  # type: ignore[attr-defined]
+
+    class StuckSource(threading.Thread):
+        """A source in a connect that does not return: it ignores its stop until the test releases it."""
+
+        def __init__(self, cfg: CameraConfig, first_seq: int) -> None:
+            super().__init__(target=release.wait, args=(30,), daemon=True)
+            self.cfg, self.next_seq = cfg, first_seq
+
+        def check_stall(self, now: float | None = None) -> bool:
+            return False
+
+    def factory(row, cfg, options, slot, stats, stop, device, first_seq=0):
+        return StuckSource(cfg, first_seq)
+
+    cpu = torch.device("cpu")
+    camset = CameraSet([CameraConfig(name="gate", url="rtsp://127.0.0.1/gate")], SourceOptions(),
+                       threading.Condition(), cpu, IouTracker(TrackerConfig(), 1, cpu), 4, threading.Event(),
+                       factory)
+    camset.start()
     try:
-        CameraSet._join_later(camset, cam, 0.2)  # type: ignore[arg-type]  # returns at once: joins in the background
-        assert camset.lingering_sources == 0
+        camset.remove("gate", join_timeout=0.2)  # returns at once: joins in the background
+        assert "gate" not in camset and camset.lingering_sources == 0
         deadline = time.monotonic() + 20
         while camset.lingering_sources == 0 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -91,6 +91,6 @@ def test_video_draws_lines_and_zones_with_live_counts(tmp_path: Path) -> None:
     # The zone outline (yellow: red and green high, blue low) on its left edge.
     edge = last[30:70, 199:202]
     assert (np.minimum(edge[..., 0], edge[..., 1]) - edge[..., 2]).max() > 80
-    assert sink._counts == {("a", "door", "in"): 1}  # the live count drawn on the label
+    assert sink.counts == {("a", "door", "in"): 1}  # the live count drawn on the label
     # The label shows the count: the frames before and after the crossing differ around the line's middle.
     assert np.abs(frames[4][105:135, 120:200] - frames[6][105:135, 120:200]).max() > 60

@@ -171,7 +171,7 @@ def test_camera_skips_nonref_frames_only_while_frames_are_dropped(rtsp_server_fa
         time.sleep(seconds)
         return (stats.decoded - d0) / (time.monotonic() - t0)
 
-    src, slot, stats, stop, cond = start(True)
+    src, slot, stats, stop, _cond = start(True)
     try:
         deadline = time.monotonic() + 15
         while not stats.skipping_nonref and time.monotonic() < deadline:

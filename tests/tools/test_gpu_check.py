@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("device_bundle", REPO / "scripts" / "device_bundle.py")
 db = importlib.util.module_from_spec(_spec)
 sys.modules["device_bundle"] = db
