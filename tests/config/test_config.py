@@ -33,7 +33,6 @@ from rtsp_worker.config import (
     mask_url,
 )
 from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
-from rtsp_worker.config.outputs import MqttConfig, MqttTlsConfig, WebhookConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
                  OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig,
