@@ -6,10 +6,11 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rtsp_worker.config.analytics import LineConfig, ZoneConfig
 from rtsp_worker.config.base import StrictModel, check_name
+from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.redact import url_host_port
 
 URL_SCHEMES = ("rtsp", "rtsps", "file")
@@ -84,6 +85,9 @@ class CameraConfig(StrictModel):
     loop: bool = Field(True, description="file:// sources: start again at the end.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines of this camera.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones of this camera.")
+    calibration: CalibrationConfig | None = Field(None, description="Ground-plane calibration: world positions "
+                                                  "and speeds of tracks (null: none).")
+    heatmap: HeatmapConfig | None = Field(None, description="Accumulate where tracks go (null: no heatmap).")
     resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
         None, description="[width, height] the camera sends; with `frame_rate`, weighs the camera when cameras "
         "are sharded across workers."
@@ -95,6 +99,16 @@ class CameraConfig(StrictModel):
     @classmethod
     def _check_name(cls, v: str) -> str:
         return check_name(v, "camera")
+
+    @model_validator(mode="after")
+    def _check_speed_rules(self) -> CameraConfig:
+        if self.calibration is None:
+            for kind in ("lines", "zones"):
+                for i, item in enumerate(getattr(self, kind)):
+                    if item.speed_over is not None:
+                        raise ValueError(f"{kind}.{i}.speed_over ({item.name!r}) needs a calibration: "
+                                         "add `calibration:` to the camera")
+        return self
 
     @field_validator("url")
     @classmethod

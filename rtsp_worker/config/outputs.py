@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
-
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -37,7 +36,7 @@ class RedisConfig(StrictModel):
         return v
 
 
-EventKind = Literal["line", "zone_enter", "zone_exit"]  # what `on:` lists name (types.Event.trigger)
+EventKind = Literal["line", "zone_enter", "zone_exit", "loiter", "crowded", "cleared", "speeding"]  # what `on:` lists name (types.Event.trigger)
 
 
 class MqttTlsConfig(StrictModel):

@@ -6,15 +6,19 @@ from pydantic import ValidationError
 
 from rtsp_worker.config import (
     BatcherConfig,
+    CalibrationConfig,
     CameraConfig,
     Config,
     ConfigError,
     ControlConfig,
     DetectionConfig,
+    HeatmapConfig,
     LineConfig,
     MetricsConfig,
     ModelConfig,
     ModelInputConfig,
+    MqttConfig,
+    MqttTlsConfig,
     OnnxRuntimeModelConfig,
     OutputConfig,
     RedisConfig,
@@ -22,6 +26,7 @@ from rtsp_worker.config import (
     TensorRTModelConfig,
     TorchModelConfig,
     TrackerConfig,
+    WebhookConfig,
     ZoneConfig,
     check_name,
     dotted_keys,
@@ -31,7 +36,8 @@ from rtsp_worker.config import (
 )
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig]
+                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, CalibrationConfig,
+                 HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig]
 
 MINIMAL = """
 cameras:
