@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.analytics.lines import NO_CROSSING, LineSet
-from rtsp_worker.analytics.rules import CrowdState, GroundPlane, StreamClock, loiter_thresholds, speed_limits
+from rtsp_worker.analytics.rules import (
+    CrowdState,
+    GroundPlane,
+    StreamClock,
+    loiter_thresholds,
+    outside_frame,
+    speed_limits,
+)
 from rtsp_worker.analytics.zones import ZoneSet, ZoneStep
 from rtsp_worker.config import CameraConfig, Config, ConfigError
 from rtsp_worker.devices import normalize_device
@@ -140,6 +147,7 @@ class Analytics:
         # (M, 3) float64 of the last batch, in the order update() got its rows: world x, y (m) and speed
         # (calibration.speed_unit); NaN where the camera has no calibration or the track was seen once.
         self.kinematics = np.zeros((0, 3))
+        self.checked_rows: set[int] = set()  # rows whose first frame was checked against their geometry
 
     @classmethod
     def from_config(cls, cfg: Config, class_names: Sequence[str], device: torch.device | str = "cpu",
@@ -194,6 +202,8 @@ class Analytics:
             for name in ("inside", "enter_ts", "zone_anchor", "loitered", "sped"):
                 getattr(self, name)[r, :, :nz] = getattr(old, name)[r, :, :nz]
             self.ground.keep_row(r, old.ground)
+            if r in old.checked_rows:
+                self.checked_rows.add(r)
             self.clock.keep_row(r, old.clock)
             self.crowd.keep_row(r, old.crowd)
         self.crossings = {k: v for k, v in old.crossing_totals().items() if k[0] in kept}
@@ -213,6 +223,11 @@ class Analytics:
         class_ids, boxes = class_ids.to(dev), boxes.to(dev, torch.float32)
         n_rows = len(frames)
         frame_cam = torch.tensor([f.row for f in frames], dtype=torch.int64, device=dev)
+        for f in frames:
+            if f.row not in self.checked_rows:
+                self.checked_rows.add(f.row)
+                for warning in outside_frame(self.cameras[f.row], f.width, f.height):
+                    log.warning("%s", warning)
         stream_ts = self.clock.times(frames)  # host floats, one per frame
         frame_ts = torch.tensor(stream_ts, dtype=torch.float64, device=dev)
         frame_size = torch.tensor([(f.width, f.height) for f in frames], dtype=torch.float32, device=dev)

@@ -217,3 +217,19 @@ class CrowdState:
     def keep_row(self, r: int, old: CrowdState) -> None:
         nz = min(self.on.shape[1], old.on.shape[1])
         self.on[r, :nz], self.over_since[r, :nz] = old.on[r, :nz], old.over_since[r, :nz]
+
+
+def outside_frame(cam: CameraConfig, width: int, height: int) -> list[str]:
+    """Warnings for the camera's pixel-unit lines and zones that lie entirely outside a width x height frame
+    (checked at its first frame: the size is not known before). Fractions always lie inside."""
+    out = []
+    for kind, attr in (("lines", "points"), ("zones", "polygon")):
+        for i, item in enumerate(getattr(cam, kind)):
+            if item.units != "pixels":
+                continue
+            xs = [p[0] for p in getattr(item, attr)]
+            ys = [p[1] for p in getattr(item, attr)]
+            if max(xs) < 0 or min(xs) > width or max(ys) < 0 or min(ys) > height:
+                out.append(f"camera {cam.name!r}, field '{kind}.{i}' ({item.name!r}): entirely outside the "
+                           f"{width}x{height} frame; it will never count (check the coordinates and `units`)")
+    return out

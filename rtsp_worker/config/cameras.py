@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -12,6 +13,8 @@ from rtsp_worker.config.analytics import LineConfig, ZoneConfig
 from rtsp_worker.config.base import StrictModel, check_name
 from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.redact import url_host_port
+
+log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("rtsp", "rtsps", "file")
 DecoderKind = Literal["auto", "nvdec", "cpu"]
@@ -99,6 +102,22 @@ class CameraConfig(StrictModel):
     @classmethod
     def _check_name(cls, v: str) -> str:
         return check_name(v, "camera")
+
+    @model_validator(mode="after")
+    def _warn_pixel_units(self) -> CameraConfig:
+        # Coordinates all <= 1 in pixel units are almost certainly fractions: the line or zone would sit in the
+        # frame's top-left pixel and never count anything. A warning, not an error: the config is valid.
+        for kind, attr in (("lines", "points"), ("zones", "polygon")):
+            for i, item in enumerate(getattr(self, kind)):
+                pts = getattr(item, attr)
+                if item.units == "pixels" and all(abs(v) <= 1 for p in pts for v in p):
+                    log.warning("camera %r, field '%s.%d' (%r): every coordinate is at most 1 pixel; did you "
+                                "mean `units: fractions`?", self.name, kind, i, item.name)
+        cal = self.calibration
+        if cal is not None and cal.units == "pixels" and all(abs(v) <= 1 for p in cal.image for v in p):
+            log.warning("camera %r, field 'calibration.image': every coordinate is at most 1 pixel; did you "
+                        "mean `units: fractions`?", self.name)
+        return self
 
     @model_validator(mode="after")
     def _check_speed_rules(self) -> CameraConfig:

@@ -203,3 +203,32 @@ def test_uncalibrated_camera_reports_no_world_or_speed():
     r.hold(0.3, [(1, 0, 320, 200)])
     assert not r.a.ground.any and np.isnan(r.objects).all()
     assert all(e.speed is None and "speed" not in e.to_json_dict() for e in r.events)
+
+
+# -- warnings for likely mistakes -----------------------------------------------------------------------------
+def test_pixel_units_with_coordinates_all_at_most_1_warn(caplog):
+    with caplog.at_level("WARNING"):
+        CameraConfig(name="c0", url="rtsp://h/c0", lines=[LineConfig(name="door", points=((0.1, 0.5), (0.9, 0.5)))],
+                     zones=[ZoneConfig(name="ok", polygon=[(10, 10), (100, 10), (100, 100)]),
+                            ZoneConfig(name="tiny", polygon=[(0, 0), (1, 0), (1, 1)])])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("field 'lines.0' ('door')" in m and "units: fractions" in m for m in msgs)
+    assert any("field 'zones.1' ('tiny')" in m for m in msgs)
+    assert not any("'ok'" in m for m in msgs)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        CameraConfig(name="c0", url="rtsp://h/c0",
+                     lines=[LineConfig(name="door", points=((0.1, 0.5), (0.9, 0.5)), units="fractions")])
+    assert not caplog.records
+
+
+def test_zone_or_line_outside_the_frame_warns_once_at_the_first_frame(caplog):
+    cam = CameraConfig(name="c0", url="rtsp://h/c0", lines=[LineConfig(name="far", points=((700, 10), (900, 10)))],
+                       zones=[zone(), ZoneConfig(name="below", polygon=[(0, 400), (100, 400), (100, 500)])])
+    r = Runner(cam)
+    with caplog.at_level("WARNING"):
+        r.hold(0.3, [(1, 0, 320, 200)])
+    msgs = [m.getMessage() for m in caplog.records if "outside" in m.getMessage()]
+    assert len(msgs) == 2
+    assert "field 'lines.0' ('far'): entirely outside the 640x360 frame" in msgs[0]
+    assert "field 'zones.1' ('below')" in msgs[1]
