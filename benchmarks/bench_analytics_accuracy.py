@@ -58,7 +58,7 @@ def run(scenes: int, seconds: float, source: str, seed0: int, workdir: Path, max
     t0 = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg_path), "--duration",
-                               f"{duration:g}"], capture_output=True, text=True, timeout=duration + 120)
+                               f"{duration:g}"], capture_output=True, text=True, timeout=duration + 120, check=False)
     finally:
         if server is not None:
             server.stop()

@@ -138,9 +138,13 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     heatmaps = Heatmaps(pipeline, cfg.output.dir)
     if metrics is not None:
         # The GET should follow the view's access rule (service/access.py); None: control token required.
-        register_heatmap_routes(metrics.http, heatmaps,
-                                (lambda: reloader.token) if reloader is not None else (lambda: cfg.control.token),
-                                view_access=None)
+        def control_token() -> str | None:
+            if reloader is not None:
+                return reloader.token
+            tok = cfg.control.token
+            return tok.get_secret_value() or None if tok is not None else None
+
+        register_heatmap_routes(metrics.http, heatmaps, control_token, view_access=None)
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
                             on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",

@@ -107,7 +107,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(2)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
@@ -281,7 +281,7 @@ def summarize(scores: list[SceneScore]) -> dict:
     sp_abs = np.array([e for s in scores for e in s.speed_abs])
     sp_rel = np.array([e for s in scores for e in s.speed_rel])
     tp, fp, fn = (sum(getattr(s, k) for s in scores) for k in ("loiter_tp", "loiter_fp", "loiter_fn"))
-    q = lambda a, p: round(float(np.percentile(a, p)), 3) if len(a) else None  # noqa: E731
+    q = lambda a, p: round(float(np.percentile(a, p)), 3) if len(a) else None
     return {
         "line_counts": lines,
         "line_count_error_pct": round(100.0 * abs_err / t_all, 2) if t_all else None,
