@@ -32,7 +32,8 @@ FPS = 15.0
 SIZE = (640, 360)
 
 
-def run(scenes: int, seconds: float, source: str, seed0: int, workdir: Path, max_age: int = 15) -> dict:
+def run(scenes: int, seconds: float, source: str, seed0: int, workdir: Path, max_age: int = 15,
+        smoothing_s: float = 0.5) -> dict:
     frames = int(seconds * FPS)
     seqs = [write_sequence(workdir / "scenes", f"seq{i}", seed=seed0 + i, frames=frames, size=SIZE, fps=FPS)
             for i in range(scenes)]
@@ -46,7 +47,7 @@ def run(scenes: int, seconds: float, source: str, seed0: int, workdir: Path, max
         urls = [f"file://{s / 'video.mp4'}" for s in seqs]
     out = workdir / "out"
     cfg = {
-        "cameras": [camera_config(s.name, u, realtime=True) for s, u in zip(seqs, urls)],
+        "cameras": [camera_config(s.name, u, realtime=True, smoothing_s=smoothing_s) for s, u in zip(seqs, urls)],
         "model": {"path": str(MODEL)},
         "tracker": {"max_age": max_age},
         "output": {"dir": str(out)},
@@ -69,7 +70,7 @@ def run(scenes: int, seconds: float, source: str, seed0: int, workdir: Path, max
     scores = [score_scene(s, out / s.name, seed0 + i, frames, FPS, expire, SIZE) for i, s in enumerate(seqs)]
     result = summarize(scores)
     result["setup"] = {"scenes": scenes, "seconds": seconds, "source": source, "seed0": seed0,
-                       "tracker.max_age": max_age, "wall_s": round(wall, 1), "machine": platform.platform(),
+                       "tracker.max_age": max_age, "calibration.smoothing_s": smoothing_s, "wall_s": round(wall, 1), "machine": platform.platform(),
                        "date": time.strftime("%Y-%m-%d")}
     return result
 
@@ -80,10 +81,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0, help="length of each scene")
     ap.add_argument("--source", choices=("rtsp", "file"), default="rtsp")
     ap.add_argument("--seed0", type=int, default=3100)
+    ap.add_argument("--smoothing", type=float, default=0.5, help="calibration.smoothing_s")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "analytics_accuracy.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.scenes, args.seconds, args.source, args.seed0, Path(tmp))
+        result = run(args.scenes, args.seconds, args.source, args.seed0, Path(tmp), smoothing_s=args.smoothing)
     text = json.dumps(result, indent=1)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ LOITER_TOLERANCE_S = 0.5
 MIN_SPEED_MS = 1.0
 
 
-def camera_config(name: str, url: str, realtime: bool = True) -> dict:
+def camera_config(name: str, url: str, realtime: bool = True, smoothing_s: float = 0.5) -> dict:
     """The worker's config of one scene camera: two lines, a zone with loiter, the calibration."""
     x0, y0, x1, y1 = ZONE
     cam = {
@@ -52,7 +52,7 @@ def camera_config(name: str, url: str, realtime: bool = True) -> dict:
         "zones": [{"name": "zone", "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]], "units": "fractions",
                    "margin": MARGIN, "loiter_s": LOITER_S}],
         "calibration": {"image": [list(p) for p in GROUND_IMAGE_FRACTIONS], "world": [list(p) for p in GROUND_WORLD_M],
-                        "units": "fractions", "speed_unit": "m/s"},
+                        "units": "fractions", "speed_unit": "m/s", "smoothing_s": smoothing_s},
     }
     if url.startswith("file:"):
         cam |= {"realtime": realtime, "loop": False}
@@ -169,6 +169,8 @@ class SceneScore:
     loiter_fn: int
     speed_abs: list[float]  # m/s
     speed_rel: list[float]  # fraction of the true speed
+    processed: int = 0  # frames the worker processed within the scored span
+    span: int = 0  # scene frames the scored span covers
 
 
 def score_scene(seq: Path, out: Path, seed: int, frames_total: int, fps: float, expire: int,
@@ -264,7 +266,8 @@ def score_scene(seq: Path, out: Path, seed: int, frames_total: int, fps: float, 
                 continue
             speed_abs.append(abs(o["speed"] - t))
             speed_rel.append(abs(o["speed"] - t) / t)
-    return SceneScore(counts, worker, dwell_errors, tp, fp, fn, speed_abs, speed_rel)
+    span = int(scene_frames.max() - scene_frames.min() + 1) if len(scene_frames) else 0
+    return SceneScore(counts, worker, dwell_errors, tp, fp, fn, speed_abs, speed_rel, len(valid), span)
 
 
 def summarize(scores: list[SceneScore]) -> dict:
@@ -282,7 +285,9 @@ def summarize(scores: list[SceneScore]) -> dict:
     sp_rel = np.array([e for s in scores for e in s.speed_rel])
     tp, fp, fn = (sum(getattr(s, k) for s in scores) for k in ("loiter_tp", "loiter_fp", "loiter_fn"))
     q = lambda a, p: round(float(np.percentile(a, p)), 3) if len(a) else None
+    span = sum(s.span for s in scores)
     return {
+        "processed_fraction": round(sum(s.processed for s in scores) / span, 3) if span else None,
         "line_counts": lines,
         "line_count_error_pct": round(100.0 * abs_err / t_all, 2) if t_all else None,
         "line_count_error_pct_by_direction": {k: pct(v["worker"], v["truth"]) for k, v in lines.items()},
