@@ -232,3 +232,16 @@ def test_zone_or_line_outside_the_frame_warns_once_at_the_first_frame(caplog):
     assert len(msgs) == 2
     assert "field 'lines.0' ('far'): entirely outside the 640x360 frame" in msgs[0]
     assert "field 'zones.1' ('below')" in msgs[1]
+
+
+def test_rule_event_kinds_are_what_on_lists_name():
+    from typing import get_args
+
+    from rtsp_worker.config import EventKind
+
+    assert {"loiter", "crowded", "cleared", "speeding"} <= set(get_args(EventKind))
+    r = Runner(CameraConfig(name="c0", url="rtsp://h/c0", zones=[zone(loiter_s=0.5, max_objects=0)]))
+    r.hold(1.0, [(1, 0, 320, 200)])
+    r.hold(0.2, [(1, 0, 100, 200)])
+    assert [e.trigger for e in r.events] == ["zone_enter", "crowded", "loiter", "zone_exit", "cleared"]
+    assert set(get_args(EventKind)) >= {e.trigger for e in r.events}
