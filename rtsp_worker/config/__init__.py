@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from rtsp_worker.config.analytics import Anchor, LineConfig, Point, Units, ZoneConfig
 from rtsp_worker.config.base import NAME_PATTERN, NAME_RULE, ConfigError, StrictModel, check_name
-from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.config.cameras import URL_SCHEMES, CameraConfig, DecoderKind, SourceOptions
 from rtsp_worker.config.loader import expand_env, load_config, parse_config, read_yaml
 from rtsp_worker.config.model import (
@@ -36,6 +35,7 @@ from rtsp_worker.config.model import (
     TorchModelConfig,
     backend_for,
 )
+from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.config.outputs import (
     EventKind,
     MqttConfig,
@@ -51,51 +51,11 @@ from rtsp_worker.config.tracking import TrackerConfig
 from rtsp_worker.redact import mask_url  # callers import it from here
 
 __all__ = [
-    "BACKENDS",
-    "DEVICE_FORMS",
-    "NAME_PATTERN",
-    "NAME_RULE",
-    "TENSORRT_SUFFIXES",
-    "TORCH_SUFFIXES",
-    "URL_SCHEMES",
-    "Anchor",
-    "AnyModelConfig",
-    "BatcherConfig",
-    "CalibrationConfig",
-    "CameraConfig",
-    "Config",
-    "ConfigError",
-    "ControlConfig",
-    "DecoderKind",
-    "DetectionConfig",
-    "EventKind",
-    "FieldDoc",
-    "HeatmapConfig",
-    "LineConfig",
-    "MetricsConfig",
-    "ModelConfig",
-    "ModelInputConfig",
-    "MqttConfig",
-    "MqttTlsConfig",
-    "OnnxRuntimeModelConfig",
-    "OutputConfig",
-    "Point",
-    "RedisConfig",
-    "SourceOptions",
-    "StrictModel",
-    "TensorRTModelConfig",
-    "TorchModelConfig",
-    "TrackerConfig",
-    "Units",
-    "WebhookConfig",
-    "ZoneConfig",
-    "backend_for",
-    "check_name",
-    "dotted_keys",
-    "expand_env",
-    "field_docs",
-    "load_config",
-    "mask_url",
-    "parse_config",
+    "BACKENDS", "DEVICE_FORMS", "NAME_PATTERN", "NAME_RULE", "TENSORRT_SUFFIXES", "TORCH_SUFFIXES", "URL_SCHEMES",
+    "Anchor", "AnyModelConfig", "BatcherConfig", "CalibrationConfig", "HeatmapConfig", "CameraConfig", "Config", "ConfigError", "ControlConfig",
+    "DecoderKind", "DetectionConfig", "EventKind", "MqttConfig", "MqttTlsConfig", "WebhookConfig", "FieldDoc", "LineConfig", "MetricsConfig", "ModelConfig", "ModelInputConfig",
+    "OnnxRuntimeModelConfig", "OutputConfig", "Point", "RedisConfig", "SourceOptions", "StrictModel",
+    "TensorRTModelConfig", "TorchModelConfig", "TrackerConfig", "Units", "ZoneConfig", "backend_for",
+    "check_name", "dotted_keys", "expand_env", "field_docs", "load_config", "mask_url", "parse_config",
     "read_yaml",
 ]
