@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from rtsp_worker import loop
-from rtsp_worker.analytics.events import Analytics
+from rtsp_worker.analytics.events import Analytics, needs_analytics
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig, mask_url
@@ -221,7 +221,7 @@ class Pipeline:
                 self.sinks.submit_events(self.evidence.configure(cfg))
         view = self.camset.view
         self.batcher.slots, self.batcher.stats = view.slots, view.stats
-        if self.batch_step.analytics is not None or any(c.lines or c.zones for c in view.cameras):
+        if self.batch_step.analytics is not None or any(needs_analytics(c) for c in view.cameras):
             rows = [c.cfg if c is not None else None for c in self.camset.by_row]
             step = self.batch_step
             step.analytics = Analytics.for_rows(self.cfg, rows, self.class_names, step.analytics, step.event_ids)
@@ -258,4 +258,5 @@ def _analytics_status(a: Analytics | None) -> AnalyticsStatus | None:
         occ = a.occupancy(c)
         for z, zone in enumerate(a.zones.configs[c]):
             zones += [ZoneCount(camera, zone.name, cls, int(occ[z, k])) for k, cls in enumerate(a.class_names)]
-    return AnalyticsStatus(tuple(sorted(a.crossing_totals().items())), tuple(zones))
+    return AnalyticsStatus(tuple(sorted(a.crossing_totals().items())), tuple(zones),
+                           tuple(sorted(a.rule_totals().items())), tuple(a.crowded()))

@@ -94,6 +94,8 @@ class ZoneCount:
 class AnalyticsStatus:
     crossings: tuple[tuple[tuple[str, str, str, str], int], ...]  # ((camera, line, direction, class), total)
     zones: tuple[ZoneCount, ...]
+    rules: tuple[tuple[tuple[str, str, str], int], ...] = ()  # ((camera, zone or line, rule), events so far)
+    crowded: tuple[tuple[str, str, bool], ...] = ()  # (camera, zone, crowded now), zones with max_objects
 
 
 @dataclass(frozen=True, slots=True)

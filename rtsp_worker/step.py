@@ -9,6 +9,7 @@ frames are due for inference and what each frame's camera is called.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,18 +165,33 @@ class BatchStep:
         done = time.time()
         pixels = [frame_rgb(f) for f in frames] if images else [None] * len(frames)
         events = [()] * len(frames)
+        motion = None  # per frame: (rows, 3) world x, y, speed where a camera is calibrated
         if self.analytics is not None:
             t = torch.from_numpy(host)
             events = self.analytics.update(frames, t[:, 0].long(), t[:, 1].long(), t[:, 2].long(), t[:, 4:8])
+            if self.analytics.ground.any:
+                motion = np.split(self.analytics.kinematics, np.cumsum(counts)[:-1])
         out = []
-        for f, name, rows, img, ev in zip(frames, cameras, per_frame, pixels, events):
+        for i, (f, name, rows, img, ev) in enumerate(zip(frames, cameras, per_frame, pixels, events)):
             objects = tuple(
                 TrackedObject(int(r[1]), int(r[2]), names[int(r[2])], float(r[3]), (r[4], r[5], r[6], r[7]))
                 for r in rows.tolist()
             )
+            if motion is not None:
+                objects = _with_motion(objects, motion[i])
             out.append(FrameResult(camera=name, row=f.row, frame=f.seq, ts=f.ts, width=f.width, height=f.height,
                                    objects=objects, image=img, done_ts=done, events=tuple(ev)))
         return out
+
+
+def _with_motion(objects: tuple[TrackedObject, ...], motion: np.ndarray) -> tuple[TrackedObject, ...]:
+    """The objects with their world position and speed (a calibrated camera; NaN stays None)."""
+    out = []
+    for o, (x, y, v) in zip(objects, motion.tolist()):
+        world = None if math.isnan(x) or math.isnan(y) else (x, y)
+        out.append(TrackedObject(o.track_id, o.class_id, o.class_name, o.confidence, o.box, world,
+                                 None if math.isnan(v) else v))
+    return tuple(out)
 
 
 def _batch_meta(frames: Sequence[Frame], due: Sequence[bool], rows: Sequence[int], device: torch.device

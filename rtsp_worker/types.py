@@ -168,6 +168,8 @@ class TrackedObject:
     class_name: str
     confidence: float
     box: tuple[float, float, float, float]  # xyxy, source-frame pixels
+    world: tuple[float, float] | None = None  # ground position, metres (only with the camera's calibration)
+    speed: float | None = None  # ground speed in the calibration's speed_unit (None until seen twice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,8 @@ class FrameResult:
                     "class_name": o.class_name,
                     "confidence": round(o.confidence, 4),
                     "box": [round(v, 2) for v in o.box],
+                    **({"world": [round(o.world[0], 3), round(o.world[1], 3)]} if o.world is not None else {}),
+                    **({"speed": round(o.speed, 2)} if o.speed is not None else {}),
                 }
                 for o in self.objects
             ],
@@ -205,7 +209,11 @@ class FrameResult:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A line crossing or a zone enter/exit of one track in one frame (rtsp_worker.analytics)."""
+    """A line crossing, a zone enter/exit or a rule firing, in one frame (rtsp_worker.analytics).
+
+    Rules (`rule` set): `loiter` (zone; `dwell_s` so far), `speeding` (zone or line; `speed`), and the zone-wide
+    `crowded` / `cleared` (`count` tracks inside; no track: `track_id` and `class_id` are -1).
+    """
 
     camera: str
     frame: int  # Frame.seq of the frame it was found in
@@ -213,13 +221,16 @@ class Event:
     track_id: int
     class_id: int
     class_name: str
-    kind: str  # "line" or "zone" ("clip": a finalized clip, see `clip`)
+    kind: str  # "line" or "zone" (the thing the event belongs to; "clip": a finalized clip, see `clip`)
     name: str  # the line's or zone's name
-    direction: str  # line: one of its direction names; zone: "enter" or "exit"
+    direction: str  # line: one of its direction names; zone: "enter", "exit", or the rule's name
     point: tuple[float, float]  # the anchor, source-frame pixels
-    dwell_s: float | None = None  # zone exit: seconds between enter and exit
+    dwell_s: float | None = None  # zone exit: seconds between enter and exit (stream time); loiter: so far
     lost: bool = False  # zone exit because the track was lost (not seen for longer than the tracker keeps it)
     id: str = ""  # `<run>-<camera>-<n>`, unique within the run (analytics.events.EventIds); "" when made by hand
+    rule: str = ""  # "", "loiter", "crowded", "cleared" or "speeding"
+    speed: float | None = None  # the track's ground speed (calibration.speed_unit), where calibrated
+    count: int | None = None  # crowded / cleared: tracks inside the zone
     # Evidence (rtsp_worker/evidence): filled in before the sinks get the event. `clip`: {path, start_ts} of a
     # clip being written (a `clip` record follows when it is finalized); `snapshot`: a JPEG path. Paths are
     # relative to output.dir.
@@ -228,7 +239,9 @@ class Event:
 
     @property
     def trigger(self) -> str:
-        """The name an `on:` list matches: line, zone_enter or zone_exit."""
+        """The name an `on:` list matches (config EventKind): line, zone_enter, zone_exit or the rule's name."""
+        if self.rule:
+            return self.rule
         return f"zone_{self.direction}" if self.kind == "zone" else self.kind
 
     def to_json_dict(self) -> dict:
@@ -246,4 +259,10 @@ class Event:
             d["clip"] = self.clip
         if self.snapshot is not None:
             d["snapshot"] = self.snapshot
+        if self.rule:
+            d["rule"] = self.rule
+        if self.speed is not None:
+            d["speed"] = round(self.speed, 2)
+        if self.count is not None:
+            d["count"] = self.count
         return d

@@ -15,6 +15,7 @@ device-agnostic all the same (the tests run it on CUDA tensors where a GPU exist
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Sequence
 
@@ -24,6 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rtsp_worker.analytics.lines import NO_CROSSING, LineSet
+from rtsp_worker.analytics.rules import (
+    CrowdState,
+    GroundPlane,
+    StreamClock,
+    loiter_thresholds,
+    outside_frame,
+    speed_limits,
+)
 from rtsp_worker.analytics.zones import ZoneSet, ZoneStep
 from rtsp_worker.config import CameraConfig, Config, ConfigError
 from rtsp_worker.devices import normalize_device
@@ -76,8 +85,18 @@ def class_masks(cameras: Sequence[CameraConfig], kind: str, class_names: Sequenc
     return out
 
 
+def needs_analytics(cam: CameraConfig) -> bool:
+    """Whether the camera needs the analytics stage: lines, zones, or a calibration (world positions, speeds)."""
+    return bool(cam.lines or cam.zones or cam.calibration is not None)
+
+
 class Analytics:
     """Counting lines and zones of every camera; `update` once per batch, after the tracker.
+
+    Times (dwell, loitering, speed) are stream time (`StreamClock`: the frames' pts, wall-clock where a
+    stream has none), so batching jitter does not enter them and a file played faster than real time gives
+    the same results. Rules: `loiter` per visit while inside, `crowded`/`cleared` per zone with hysteresis,
+    `speeding` on lines and zones of calibrated cameras.
 
     Host-side counters for metrics and logs: `crossings[(camera, line, direction, class)]` (totals) and
     `occupancy(row)` (tracks inside each zone now, per class). Both are read from other threads.
@@ -116,13 +135,26 @@ class Analytics:
         self._lock = threading.Lock()
         self.crossings: dict[tuple[str, str, str, str], int] = {}
         self._occupancy = np.zeros((n_cams, n_zones, len(class_names)), dtype=np.int64)
+        # Rules (issue 31): thresholds per camera, zone (and class); state per slot and zone.
+        self.loiter_thr = loiter_thresholds(cameras, class_names, origin).to(device)  # (C, Z, K) s, inf: none
+        self.zone_speed, self.line_speed = (t.to(device) for t in speed_limits(cameras))  # (C, Z), (C, L) m/s
+        self.loitered = torch.zeros((n_cams, slots, n_zones), dtype=torch.bool, device=device)
+        self.sped = torch.zeros((n_cams, slots, n_zones), dtype=torch.bool, device=device)
+        self.ground = GroundPlane(cameras, slots, device)
+        self.clock = StreamClock(n_cams)
+        self.crowd = CrowdState(cameras)
+        self.rule_counts: dict[tuple[str, str, str], int] = {}  # (camera, zone or line, rule) -> events
+        # (M, 3) float64 of the last batch, in the order update() got its rows: world x, y (m) and speed
+        # (calibration.speed_unit); NaN where the camera has no calibration or the track was seen once.
+        self.kinematics = np.zeros((0, 3))
+        self.checked_rows: set[int] = set()  # rows whose first frame was checked against their geometry
 
     @classmethod
     def from_config(cls, cfg: Config, class_names: Sequence[str], device: torch.device | str = "cpu",
                     event_ids: EventIds | None = None) -> Analytics | None:
         """The stage for `cfg`'s enabled cameras, or None when none has a line or zone."""
         cams = cfg.enabled_cameras
-        if not any(c.lines or c.zones for c in cams):
+        if not any(needs_analytics(c) for c in cams):
             return None
         # Forget a track a little after the tracker would: max_age counts inferred frames only.
         expire = [(cfg.tracker.max_age + 2) * c.infer_interval for c in cams]
@@ -138,7 +170,7 @@ class Analytics:
         counted crossings, totals); a new, edited or removed camera starts over. None when no camera has a
         line or zone.
         """
-        if not any(c is not None and (c.lines or c.zones) for c in rows):
+        if not any(c is not None and needs_analytics(c) for c in rows):
             return None
         # A free row never gets frames; a placeholder without lines or zones keeps the tensors indexed by row.
         cams = [c if c is not None else CameraConfig(name=f"_free{r}", url="file:///free-row")
@@ -156,7 +188,8 @@ class Analytics:
         kept = set()
         for r, cam in enumerate(self.cameras[: len(old.cameras)]):
             was = old.cameras[r]
-            if was.name != cam.name or was.lines != cam.lines or was.zones != cam.zones:
+            if (was.name != cam.name or was.lines != cam.lines or was.zones != cam.zones
+                    or was.calibration != cam.calibration):
                 continue
             kept.add(cam.name)
             nl = min(self.side.shape[2], old.side.shape[2])
@@ -166,9 +199,15 @@ class Analytics:
                 getattr(self, name)[r] = getattr(old, name)[r]
             for name in ("side", "pos", "counted"):
                 getattr(self, name)[r, :, :nl] = getattr(old, name)[r, :, :nl]
-            for name in ("inside", "enter_ts", "zone_anchor"):
+            for name in ("inside", "enter_ts", "zone_anchor", "loitered", "sped"):
                 getattr(self, name)[r, :, :nz] = getattr(old, name)[r, :, :nz]
+            self.ground.keep_row(r, old.ground)
+            if r in old.checked_rows:
+                self.checked_rows.add(r)
+            self.clock.keep_row(r, old.clock)
+            self.crowd.keep_row(r, old.crowd)
         self.crossings = {k: v for k, v in old.crossing_totals().items() if k[0] in kept}
+        self.rule_counts = {k: v for k, v in old.rule_totals().items() if k[0] in kept}
         self._update_occupancy()
 
     # -- one batch --------------------------------------------------------------------------------------
@@ -184,7 +223,13 @@ class Analytics:
         class_ids, boxes = class_ids.to(dev), boxes.to(dev, torch.float32)
         n_rows = len(frames)
         frame_cam = torch.tensor([f.row for f in frames], dtype=torch.int64, device=dev)
-        frame_ts = torch.tensor([f.ts for f in frames], dtype=torch.float64, device=dev)
+        for f in frames:
+            if f.row not in self.checked_rows:
+                self.checked_rows.add(f.row)
+                for warning in outside_frame(self.cameras[f.row], f.width, f.height):
+                    log.warning("%s", warning)
+        stream_ts = self.clock.times(frames)  # host floats, one per frame
+        frame_ts = torch.tensor(stream_ts, dtype=torch.float64, device=dev)
         frame_size = torch.tensor([(f.width, f.height) for f in frames], dtype=torch.float32, device=dev)
         self.steps[frame_cam] += 1
         cam, ts, sizes = frame_cam[batch_index], frame_ts[batch_index], frame_size[batch_index]
@@ -197,6 +242,15 @@ class Analytics:
         prev_enter = torch.where(known[:, None], self._rows(self.enter_ts, flat), ts[:, None])
         enter_ts = torch.where(zones.entered, ts[:, None], prev_enter)
         dwell = ts[:, None] - prev_enter
+        world, speed = self.ground.step(cam, flat, known, boxes, sizes, ts)  # (M, 2) m, (M,) m/s (NaN: none)
+        # Loiter and zone speeding fire once per visit: the flags clear on entering and on leaving.
+        so_far = ts[:, None] - enter_ts
+        thr = self.loiter_thr[cam, :, class_ids]  # (M, Z)
+        was_loitered = self._rows(self.loitered, flat) & known[:, None] & ~zones.entered
+        loiter = zones.inside & ~was_loitered & (so_far >= thr)
+        was_sped = self._rows(self.sped, flat) & known[:, None] & ~zones.entered
+        sped = zones.inside & ~was_sped & (speed[:, None] > self.zone_speed[cam])
+        line_fast = speed[:, None] > self.line_speed[cam]
 
         self._store(self.ids, flat, track_ids)
         self._store(self.cls, flat, class_ids)
@@ -208,16 +262,27 @@ class Analytics:
         self._store(self.inside, flat, zones.inside)
         self._store(self.enter_ts, flat, enter_ts)
         self._store(self.zone_anchor, flat, zones.anchor)
+        self._store(self.loitered, flat, (was_loitered | loiter) & zones.inside)
+        self._store(self.sped, flat, (was_sped | sped) & zones.inside)
         self._reset_trash()
+        self.kinematics = self.ground.report(cam, world, speed)
 
         events: list[list[Event]] = [[] for _ in range(n_rows)]
-        self._line_events(events, frames, batch_index, track_ids, class_ids, lines.crossing, lines.anchor)
-        self._zone_events(events, frames, batch_index, track_ids, class_ids, zones, dwell)
+        spd = speed * self.ground.factor[cam]  # the configured unit
+        self._line_events(events, frames, batch_index, track_ids, class_ids, lines.crossing, lines.anchor, spd,
+                          line_fast)
+        self._zone_events(events, frames, batch_index, track_ids, class_ids, zones, dwell, spd)
+        self._rule_events(events, frames, batch_index, track_ids, class_ids, zones.anchor, loiter, so_far, sped,
+                          spd)
         expired = self._stale(frame_cam)
         self._lost_events(events, frames, frame_cam, expired)
         self.ids.masked_fill_(expired, -1)
         self.inside.masked_fill_(expired[:, :, None], False)
+        self.loitered.masked_fill_(expired[:, :, None], False)
+        self.sped.masked_fill_(expired[:, :, None], False)
+        self.ground.forget(expired)
         self._update_occupancy()
+        self._crowd_events(events, frames, stream_ts)
         return events
 
     def _slots(self, cam: Tensor, track_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -261,14 +326,22 @@ class Analytics:
 
     # -- host side: events are few, so a loop over them (never over tracks) is fine ----------------------
     def _event(self, frame: Frame, track_id: int, class_id: int, kind: str, name: str, direction: str,
-               point: Sequence[float], dwell: float | None = None, lost: bool = False) -> Event:
-        return Event(camera=self.names[frame.row], frame=frame.seq, ts=frame.ts, track_id=track_id,
-                     class_id=class_id, class_name=self.class_names[class_id], kind=kind, name=name,
+               point: Sequence[float], dwell: float | None = None, lost: bool = False, rule: str = "",
+               speed: float | None = None, count: int | None = None) -> Event:
+        camera = self.names[frame.row]
+        if rule:
+            key = (camera, name, rule)
+            with self._lock:
+                self.rule_counts[key] = self.rule_counts.get(key, 0) + 1
+        return Event(camera=camera, frame=frame.seq, ts=frame.ts, track_id=track_id, class_id=class_id,
+                     class_name=self.class_names[class_id] if class_id >= 0 else "", kind=kind, name=name,
                      direction=direction, point=(float(point[0]), float(point[1])), dwell_s=dwell, lost=lost,
-                     id=self.event_ids.next(self.names[frame.row]))
+                     id=self.event_ids.next(camera), rule=rule,
+                     speed=None if speed is None or math.isnan(speed) else speed, count=count)
 
     def _line_events(self, events: list[list[Event]], frames: Sequence[Frame], batch_index: Tensor,
-                     track_ids: Tensor, class_ids: Tensor, crossing: Tensor, anchor: Tensor) -> None:
+                     track_ids: Tensor, class_ids: Tensor, crossing: Tensor, anchor: Tensor, speed: Tensor,
+                     fast: Tensor) -> None:
         hits = (crossing != NO_CROSSING).nonzero()
         if not len(hits):
             return
@@ -276,18 +349,22 @@ class Analytics:
         rows, cols = hits[:, 0], hits[:, 1]
         dirs = crossing.cpu()[rows, cols].tolist()
         pts = anchor.cpu()[rows, cols].tolist()
-        bi, tid, cl = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids))
-        for b, t, c, line_i, d, pt in zip(bi, tid, cl, cols.tolist(), dirs, pts):
+        over = fast.cpu()[rows, cols].tolist()
+        bi, tid, cl, sp = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids, speed))
+        for b, t, c, line_i, d, pt, v, o in zip(bi, tid, cl, cols.tolist(), dirs, pts, sp, over):
             frame = frames[b]
             line = self.lines.configs[frame.row][line_i]
-            ev = self._event(frame, t, c, "line", line.name, line.directions[d], pt)
+            ev = self._event(frame, t, c, "line", line.name, line.directions[d], pt, speed=v)
             events[b].append(ev)
             key = (ev.camera, line.name, ev.direction, ev.class_name)
             with self._lock:
                 self.crossings[key] = self.crossings.get(key, 0) + 1
+            if o:
+                events[b].append(self._event(frame, t, c, "line", line.name, line.directions[d], pt,
+                                             rule="speeding", speed=v))
 
     def _zone_events(self, events: list[list[Event]], frames: Sequence[Frame], batch_index: Tensor,
-                     track_ids: Tensor, class_ids: Tensor, zones: ZoneStep, dwell: Tensor) -> None:
+                     track_ids: Tensor, class_ids: Tensor, zones: ZoneStep, dwell: Tensor, speed: Tensor) -> None:
         changed = (zones.entered | zones.exited).nonzero()
         if not len(changed):
             return
@@ -296,12 +373,47 @@ class Analytics:
         entered = zones.entered.cpu()[rows, cols].tolist()
         pts = zones.anchor.cpu()[rows, cols].tolist()
         dw = dwell.cpu()[rows, cols].tolist()
-        bi, tid, cl = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids))
-        for b, t, c, zone_i, enter, pt, d in zip(bi, tid, cl, cols.tolist(), entered, pts, dw):
+        bi, tid, cl, sp = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids, speed))
+        for b, t, c, zone_i, enter, pt, d, v in zip(bi, tid, cl, cols.tolist(), entered, pts, dw, sp):
             frame = frames[b]
             zone = self.zones.configs[frame.row][zone_i]
             events[b].append(self._event(frame, t, c, "zone", zone.name, "enter" if enter else "exit", pt,
-                                         dwell=None if enter else d))
+                                         dwell=None if enter else d, speed=v))
+
+    def _rule_events(self, events: list[list[Event]], frames: Sequence[Frame], batch_index: Tensor,
+                     track_ids: Tensor, class_ids: Tensor, anchor: Tensor, loiter: Tensor, so_far: Tensor,
+                     sped: Tensor, speed: Tensor) -> None:
+        """`loiter` (dwell so far) and zone `speeding` events of this batch's tracks."""
+        fired = (loiter | sped).nonzero()
+        if not len(fired):
+            return
+        fired = fired.cpu()
+        rows, cols = fired[:, 0], fired[:, 1]
+        is_loiter = loiter.cpu()[rows, cols].tolist()
+        is_sped = sped.cpu()[rows, cols].tolist()
+        dw = so_far.cpu()[rows, cols].tolist()
+        pts = anchor.cpu()[rows, cols].tolist()
+        bi, tid, cl, sp = (t.cpu()[rows].tolist() for t in (batch_index, track_ids, class_ids, speed))
+        for b, t, c, zone_i, lo, fast, d, pt, v in zip(bi, tid, cl, cols.tolist(), is_loiter, is_sped, dw, pts, sp):
+            frame = frames[b]
+            zone = self.zones.configs[frame.row][zone_i]
+            if lo:
+                events[b].append(self._event(frame, t, c, "zone", zone.name, "loiter", pt, dwell=d, rule="loiter",
+                                             speed=v))
+            if fast:
+                events[b].append(self._event(frame, t, c, "zone", zone.name, "speeding", pt, rule="speeding",
+                                             speed=v))
+
+    def _crowd_events(self, events: list[list[Event]], frames: Sequence[Frame], times: Sequence[float]) -> None:
+        """`crowded` / `cleared` per zone of the batch's cameras, from the occupancy just computed (host)."""
+        with self._lock:
+            occ = self._occupancy.sum(2)  # (C, Z)
+        for b, frame in enumerate(frames):
+            for zone_i, rule, count in self.crowd.step(frame.row, occ[frame.row], times[b]):
+                zone = self.zones.configs[frame.row][zone_i]
+                centre = self.zones.centre(frame.row, zone_i, frame.width, frame.height)
+                events[b].append(self._event(frame, -1, -1, "zone", zone.name, rule, centre, rule=rule,
+                                             count=count))
 
     def _lost_events(self, events: list[list[Event]], frames: Sequence[Frame], frame_cam: Tensor,
                      expired: Tensor) -> None:
@@ -338,6 +450,15 @@ class Analytics:
         with self._lock:
             return dict(self.crossings)
 
+    def rule_totals(self) -> dict[tuple[str, str, str], int]:
+        """(camera, zone or line, rule) -> events so far (loiter, crowded, cleared, speeding)."""
+        with self._lock:
+            return dict(self.rule_counts)
+
+    def crowded(self) -> list[tuple[str, str, bool]]:
+        """(camera, zone, crowded now) for every zone with `max_objects`."""
+        return [(self.names[c], self.zones.configs[c][z].name, on) for c, z, on in self.crowd.states()]
+
     def summary(self, camera: int) -> str:
         """`lines=door:in=3,out=1 zones=lobby:2` for the periodic log line ('' without lines and zones)."""
         name = self.names[camera]
@@ -354,4 +475,10 @@ class Analytics:
         zones = [f"{z.name}:{int(occ[i])}" for i, z in enumerate(self.zones.configs[camera])]
         if zones:
             parts.append("zones=" + ";".join(zones))
+        rules: dict[str, list[str]] = {}
+        for (c, n, rule), v in sorted(self.rule_totals().items()):
+            if c == name:
+                rules.setdefault(n, []).append(f"{rule}={v}")
+        if rules:
+            parts.append("rules=" + ";".join(f"{n}:{','.join(v)}" for n, v in rules.items()))
         return " ".join(parts)

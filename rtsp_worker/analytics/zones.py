@@ -80,3 +80,12 @@ class ZoneSet:
         prev = inside & known[:, None]
         now = torch.where(pip & deep, True, torch.where(~pip & deep, False, prev)) & active
         return ZoneStep(inside=now, entered=now & ~prev, exited=prev & ~now, anchor=p)
+
+    def centre(self, row: int, zone: int, width: int, height: int) -> tuple[float, float]:
+        """The mean of a zone's vertices in pixels (where zone-wide events are placed)."""
+        poly = self.configs[row][zone].polygon
+        x = sum(p[0] for p in poly) / len(poly)
+        y = sum(p[1] for p in poly) / len(poly)
+        if self.configs[row][zone].units == "fractions":
+            return x * width, y * height
+        return x, y

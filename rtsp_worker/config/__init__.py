@@ -35,6 +35,7 @@ from rtsp_worker.config.model import (
     TorchModelConfig,
     backend_for,
 )
+from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.config.outputs import (
     EventKind,
     MqttConfig,
@@ -51,7 +52,7 @@ from rtsp_worker.redact import mask_url  # callers import it from here
 
 __all__ = [
     "BACKENDS", "DEVICE_FORMS", "NAME_PATTERN", "NAME_RULE", "TENSORRT_SUFFIXES", "TORCH_SUFFIXES", "URL_SCHEMES",
-    "Anchor", "AnyModelConfig", "BatcherConfig", "CameraConfig", "Config", "ConfigError", "ControlConfig",
+    "Anchor", "AnyModelConfig", "BatcherConfig", "CalibrationConfig", "HeatmapConfig", "CameraConfig", "Config", "ConfigError", "ControlConfig",
     "DecoderKind", "DetectionConfig", "EventKind", "MqttConfig", "MqttTlsConfig", "WebhookConfig", "FieldDoc", "LineConfig", "MetricsConfig", "ModelConfig", "ModelInputConfig",
     "OnnxRuntimeModelConfig", "OutputConfig", "Point", "RedisConfig", "SourceOptions", "StrictModel",
     "TensorRTModelConfig", "TorchModelConfig", "TrackerConfig", "Units", "ZoneConfig", "backend_for",

@@ -60,6 +60,8 @@ class LineConfig(StrictModel):
                            "sv.Position name).")
     margin: float = Field(2.0, ge=0, le=1000, description="Hysteresis, source-frame pixels: the anchor must be "
                           "this far past the line to count (a track wobbling on it does not).")
+    speed_over: float | None = Field(None, gt=0, description="A crossing faster than this (the camera's "
+                                     "`calibration.speed_unit`) is also a `speeding` event; needs a calibration.")
 
     @field_validator("name")
     @classmethod
@@ -90,6 +92,20 @@ class ZoneConfig(StrictModel):
                            "sv.Position name).")
     margin: float = Field(2.0, ge=0, le=1000, description="Hysteresis, source-frame pixels: enter when this far "
                           "inside, exit when this far outside.")
+    loiter_s: float | dict[str, float] | None = Field(
+        None, description="A `loiter` event, once per visit, when a track has been inside this long (seconds of "
+        "stream time), while it is still inside; a number for every class or per class name "
+        "(`{person: 30, car: 300}`; classes not named never loiter)."
+    )
+    max_objects: int | None = Field(None, ge=0, description="A `crowded` event when more tracks than this are "
+                                    "inside for `min_duration_s`.")
+    min_duration_s: float = Field(0.0, ge=0, description="How long the zone must stay over `max_objects` before "
+                                  "`crowded` fires, seconds of stream time.")
+    clear_below: int | None = Field(None, ge=0, description="A `cleared` event once a crowded zone holds this many "
+                                    "tracks or fewer (null: `max_objects`).")
+    speed_over: float | None = Field(None, gt=0, description="A `speeding` event, once per visit, when a track "
+                                     "inside moves faster than this (the camera's `calibration.speed_unit`); "
+                                     "needs a calibration.")
 
     @field_validator("name")
     @classmethod
@@ -108,6 +124,18 @@ class ZoneConfig(StrictModel):
                 if _segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]):
                     raise ValueError(f"zone {self.name!r}: polygon is self-intersecting (edge {i}-{(i + 1) % n} "
                                      f"crosses edge {j}-{(j + 1) % n})")
+        if isinstance(self.loiter_s, dict):
+            bad = [k for k, v in self.loiter_s.items() if not v > 0]
+            if bad:
+                raise ValueError(f"zone {self.name!r}: loiter_s for {bad[0]!r} must be a positive number of seconds")
+        elif self.loiter_s is not None and not self.loiter_s > 0:
+            raise ValueError(f"zone {self.name!r}: loiter_s must be a positive number of seconds")
+        if self.clear_below is not None:
+            if self.max_objects is None:
+                raise ValueError(f"zone {self.name!r}: clear_below needs max_objects")
+            if self.clear_below > self.max_objects:
+                raise ValueError(f"zone {self.name!r}: clear_below ({self.clear_below}) must be at most "
+                                 f"max_objects ({self.max_objects})")
         area2 = sum(pts[i][0] * pts[(i + 1) % n][1] - pts[(i + 1) % n][0] * pts[i][1] for i in range(n))
         if area2 == 0:
             raise ValueError(f"zone {self.name!r}: polygon has zero area")

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 # What `on:` lists name (types.Event.trigger): the output webhooks' and the cameras' clips/snapshots rules.
-EventKind = Literal["line", "zone_enter", "zone_exit"]
+EventKind = Literal["line", "zone_enter", "zone_exit", "loiter", "crowded", "cleared", "speeding"]
 
 
 class ConfigError(ValueError):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rtsp_worker.config.analytics import LineConfig, ZoneConfig
 from rtsp_worker.config.base import StrictModel, check_name
 from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
+from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.redact import url_host_port
+
+log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("rtsp", "rtsps", "file")
 DecoderKind = Literal["auto", "nvdec", "cpu"]
@@ -85,6 +89,9 @@ class CameraConfig(StrictModel):
     loop: bool = Field(True, description="file:// sources: start again at the end.")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines of this camera.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones of this camera.")
+    calibration: CalibrationConfig | None = Field(None, description="Ground-plane calibration: world positions "
+                                                  "and speeds of tracks (null: none).")
+    heatmap: HeatmapConfig | None = Field(None, description="Accumulate where tracks go (null: no heatmap).")
     resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
         None, description="[width, height] the camera sends; with `frame_rate`, weighs the camera when cameras "
         "are sharded across workers."
@@ -100,6 +107,32 @@ class CameraConfig(StrictModel):
     @classmethod
     def _check_name(cls, v: str) -> str:
         return check_name(v, "camera")
+
+    @model_validator(mode="after")
+    def _warn_pixel_units(self) -> CameraConfig:
+        # Coordinates all <= 1 in pixel units are almost certainly fractions: the line or zone would sit in the
+        # frame's top-left pixel and never count anything. A warning, not an error: the config is valid.
+        for kind, attr in (("lines", "points"), ("zones", "polygon")):
+            for i, item in enumerate(getattr(self, kind)):
+                pts = getattr(item, attr)
+                if item.units == "pixels" and all(abs(v) <= 1 for p in pts for v in p):
+                    log.warning("camera %r, field '%s.%d' (%r): every coordinate is at most 1 pixel; did you "
+                                "mean `units: fractions`?", self.name, kind, i, item.name)
+        cal = self.calibration
+        if cal is not None and cal.units == "pixels" and all(abs(v) <= 1 for p in cal.image for v in p):
+            log.warning("camera %r, field 'calibration.image': every coordinate is at most 1 pixel; did you "
+                        "mean `units: fractions`?", self.name)
+        return self
+
+    @model_validator(mode="after")
+    def _check_speed_rules(self) -> CameraConfig:
+        if self.calibration is None:
+            for kind in ("lines", "zones"):
+                for i, item in enumerate(getattr(self, kind)):
+                    if item.speed_over is not None:
+                        raise ValueError(f"{kind}.{i}.speed_over ({item.name!r}) needs a calibration: "
+                                         "add `calibration:` to the camera")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -48,17 +48,7 @@ class ControlApi:
     # -- checks -----------------------------------------------------------------------------------------
     def _refuse(self, req: Request) -> Response | None:
         """None when the request carries the configured token; otherwise the refusal."""
-        token = self.reloader.token
-        if token is None:
-            log.warning("http %s %s refused: writes are disabled (no control.token)", req.method, req.path)
-            return Response.json(403, {"error": "writes are disabled: set control.token in cameras.yaml"})
-        scheme, _, given = req.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            log.warning("http %s %s refused: %s bearer token", req.method, req.path,
-                        "wrong" if scheme.lower() == "bearer" else "no")
-            return Response(401, '{"error": "a valid bearer token is required"}', "application/json",
-                            {"WWW-Authenticate": "Bearer"})
-        return None
+        return refuse_write(req, self.reloader.token)
 
     @staticmethod
     def _name(req: Request) -> str | Response:
@@ -147,6 +137,21 @@ class ControlApi:
         except ReloadError as e:
             return self._error(e)
         return Response.json(200, {"changes": changes})
+
+
+def refuse_write(req: Request, token: str | None) -> Response | None:
+    """The control API's rule for a write (also the heatmap reset): None when `req` carries `token` as a
+    bearer token; otherwise the refusal (403 without a configured token, 401 with a wrong or no token)."""
+    if token is None:
+        log.warning("http %s %s refused: writes are disabled (no control.token)", req.method, req.path)
+        return Response.json(403, {"error": "writes are disabled: set control.token in cameras.yaml"})
+    scheme, _, given = req.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        log.warning("http %s %s refused: %s bearer token", req.method, req.path,
+                    "wrong" if scheme.lower() == "bearer" else "no")
+        return Response(401, '{"error": "a valid bearer token is required"}', "application/json",
+                        {"WWW-Authenticate": "Bearer"})
+    return None
 
 
 def _env_reference(value: Any, path: tuple[str, ...] = ()) -> str | None:

@@ -183,6 +183,16 @@ def _analytics_metrics(a: AnalyticsStatus) -> Iterator[CounterMetricFamily | Gau
     for z in a.zones:
         objects.add_metric([z.camera, z.zone, z.class_name], z.objects)
     yield objects
+    rules = CounterMetricFamily(f"{NS}_rule_events", "Rule events: loiter, crowded, cleared, speeding.",
+                                labels=["camera", "name", "rule"])
+    for (camera, name, rule), n in a.rules:
+        rules.add_metric([camera, name, rule], n)
+    yield rules
+    crowded = GaugeMetricFamily(f"{NS}_zone_crowded", "1 while a zone with max_objects is crowded.",
+                                labels=["camera", "zone"])
+    for camera, zone, on in a.crowded:
+        crowded.add_metric([camera, zone], 1.0 if on else 0.0)
+    yield crowded
 
 
 class PipelineMetrics:

@@ -133,6 +133,18 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
             ControlApi(metrics.http, reloader)
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
+    from rtsp_worker.service.heatmaps import Heatmaps, register_heatmap_routes
+
+    heatmaps = Heatmaps(pipeline, cfg.output.dir)
+    if metrics is not None:
+        # The GET should follow the view's access rule (service/access.py); None: control token required.
+        def control_token() -> str | None:
+            if reloader is not None:
+                return reloader.token
+            tok = cfg.control.token
+            return tok.get_secret_value() or None if tok is not None else None
+
+        register_heatmap_routes(metrics.http, heatmaps, control_token, view_access=None)
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
                             on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
@@ -144,6 +156,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         log.exception("pipeline failed")
         return fail(f"pipeline failed: {type(e).__name__}: {e}", ExitCode.RUNTIME)
     finally:
+        heatmaps.close()
         if reloader is not None:
             reloader.close()
         if metrics is not None:

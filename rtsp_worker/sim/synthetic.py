@@ -614,3 +614,45 @@ def write_sequence(
     )
     logger.info("wrote %s: %d frames, %d objects", seq, n, len(scene.objects))
     return seq
+
+
+# ------------------------------------------------------------------------------------------- ground plane
+# The scenes' ground plane (issue 31): a fixed homography from image pixels to metres, the same for every
+# scene of a size. It does not touch the generator (scenes stay byte-identical for a seed): it gives each
+# object's path a true position and a true speed on the ground, for auditing the worker's calibration.
+# The frame's four corners map to a trapezoid: the bottom edge is 16 m wide, the top (far) edge 40 m, 50 m
+# away, as a camera looking down a road at an angle would see it.
+GROUND_IMAGE_FRACTIONS: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 1.0), (1.0, 0.0), (0.0, 0.0))
+GROUND_WORLD_M: tuple[tuple[float, float], ...] = ((0.0, 0.0), (16.0, 0.0), (28.0, 50.0), (-12.0, 50.0))
+
+
+def ground_homography(width: int, height: int) -> np.ndarray:
+    """3x3 float64: image pixels (x, y, 1) -> ground metres, for a `width` x `height` scene."""
+    src = np.array(GROUND_IMAGE_FRACTIONS) * (width, height)
+    dst = np.array(GROUND_WORLD_M)
+    a = []
+    for (x, y), (u, v) in zip(src, dst):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y, -u])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y, -v])
+    h = np.linalg.svd(np.array(a))[2][-1].reshape(3, 3)
+    return h / h[2, 2]
+
+
+def to_ground(h: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) pixels -> (N, 2) metres through `h`."""
+    p = np.c_[np.asarray(points, np.float64), np.ones(len(points))] @ h.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def object_ground_track(scene: Scene, obj: ObjectSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames (T,), ground positions (T, 2) m, speeds (T,) m/s) of an object's BOTTOM_CENTER anchor (the
+    bottom centre of its tight box), unclipped, for every frame it exists. Speeds are central differences of
+    the positions (one-sided at the ends) times the frame rate."""
+    x0, _, x1, y1 = obj.tight
+    anchor = obj.path.astype(np.float64) + ((x0 + x1) / 2.0, float(y1))
+    world = to_ground(ground_homography(scene.width, scene.height), anchor)
+    frames = np.arange(obj.start_frame, obj.end_frame)
+    if len(world) < 2:
+        return frames, world, np.zeros(len(world))
+    speed = np.linalg.norm(np.gradient(world, axis=0), axis=1) * scene.fps
+    return frames, world, speed

@@ -241,7 +241,9 @@ class MqttSink(Sink):
             st = self._state(e.camera)
             st.events += 1
             st.dirty = True
-            if e.kind == "line":
+            if e.rule:  # loiter, crowded, cleared, speeding: published, but not crossings or occupancy
+                pass
+            elif e.kind == "line":
                 per_line = st.lines.setdefault(e.name, {})
                 per_line[e.direction] = per_line.get(e.direction, 0) + 1
             elif e.kind == "zone":

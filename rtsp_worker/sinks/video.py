@@ -82,6 +82,8 @@ class VideoSink(Sink):
     def _count(self, events: Sequence[Event]) -> None:
         # Per frame, in write(): a batch holds several frames of a camera's video and each shows its own count.
         for e in events:
+            if e.rule:  # loiter, crowded, cleared, speeding: not a crossing, no change of occupancy
+                continue
             key = (e.camera, e.name, e.direction if e.kind == "line" else "inside")
             step = 1 if e.kind == "line" or e.direction == "enter" else -1
             self._counts[key] = self._counts.get(key, 0) + step

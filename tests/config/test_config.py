@@ -6,11 +6,13 @@ from pydantic import ValidationError
 
 from rtsp_worker.config import (
     BatcherConfig,
+    CalibrationConfig,
     CameraConfig,
     Config,
     ConfigError,
     ControlConfig,
     DetectionConfig,
+    HeatmapConfig,
     LineConfig,
     MetricsConfig,
     ModelConfig,
@@ -36,7 +38,7 @@ from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
                  OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig,
-                 MqttConfig, MqttTlsConfig, WebhookConfig]
+                 CalibrationConfig, HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig]
 
 MINIMAL = """
 cameras:
