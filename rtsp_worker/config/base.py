@@ -37,3 +37,21 @@ def check_name(name: str, what: str = "camera") -> str:
     if ".." in name:
         raise ValueError(f"{what} name {shown} must not contain '..'")
     return name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves only this box: `localhost` or an address in 127.0.0.0/8 or ::1.
+
+    Every 127.x.y.z address is loopback (reachable only from the box itself), so 127.0.0.2 counts as one;
+    0.0.0.0, ::, "" (every interface) and any other name or address do not. Names are not resolved: only
+    `localhost` is trusted by name, since another name may resolve to a public address later.
+    """
+    import ipaddress
+
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
