@@ -85,7 +85,7 @@ class Access:
         why = ("a view token is required" if self._token is not None else
                "no view.token: served only on a loopback bind, and not through a proxy")
         if page and self._token is not None:
-            return Response(401, login_page(req.path), "text/html; charset=utf-8", _page_headers())
+            return Response(401, login_page(req.path), "text/html; charset=utf-8", page_headers())
         return Response(401, Response.json(401, {"error": why}).body, "application/json",
                         {"WWW-Authenticate": 'Bearer realm="rtsp-worker view"', "Cache-Control": "no-store"})
 
@@ -96,7 +96,7 @@ class Access:
 
     def _get_login(self, req: Request) -> Response:
         return Response(200, login_page(_next(req.query.get("next", ["/"])[0])), "text/html; charset=utf-8",
-                        _page_headers())
+                        page_headers())
 
     def _post_login(self, req: Request) -> Response:
         if self._token is None:
@@ -118,7 +118,7 @@ class Access:
             with self._lock:
                 self._failures.append(now)
             log.warning("view login failed (wrong token)")
-            return Response(401, login_page(target, failed=True), "text/html; charset=utf-8", _page_headers())
+            return Response(401, login_page(target, failed=True), "text/html; charset=utf-8", page_headers())
         assert self._session is not None
         cookie = f"{COOKIE}={self._session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE_S}"
         return Response(303, "", headers={"Location": target, "Set-Cookie": cookie, "Cache-Control": "no-store"})
@@ -140,7 +140,7 @@ def _next(target: str) -> str:
     return target
 
 
-def _page_headers() -> dict[str, str]:
+def page_headers() -> dict[str, str]:
     # Nothing is loaded from elsewhere; the page may not be framed by another site.
     return {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "

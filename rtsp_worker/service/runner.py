@@ -75,7 +75,7 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
     signal.signal(signal.SIGUSR1, usr1)
 
 
-def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  # noqa: ANN001 - Config
+def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,
                  shard: Any = None) -> ExitCode:
     """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped.
 
@@ -123,7 +123,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         if shard is not None:
             from rtsp_worker.service.sharding import shard_config
 
-            def select(c):  # noqa: ANN001, ANN202 - Config -> Config
+            def select(c):
                 return shard_config(c, shard)
 
         reloader = Reloader(pipeline, config_path, watch=cfg.watch_config, select=select).start()
@@ -133,6 +133,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
             ControlApi(metrics.http, reloader)
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
+    view = _serve_view(cfg, pipeline, metrics) if metrics is not None else None
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
                             on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
@@ -140,12 +141,14 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
              len(pipeline.class_names), cfg.output.dir)
     try:
         pipeline.run(duration=duration or None)  # drains and closes the sinks even when it raises
-    except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
+    except Exception as e:
         log.exception("pipeline failed")
         return fail(f"pipeline failed: {type(e).__name__}: {e}", ExitCode.RUNTIME)
     finally:
         if reloader is not None:
             reloader.close()
+        if view is not None:
+            view.close()
         if metrics is not None:
             metrics.close()
     if pipeline.failure:
@@ -168,7 +171,7 @@ def raise_open_files_limit() -> None:
         log.debug("open-files limit not raised: %s", e)
 
 
-def _build_on_start(model, device, max_batch: int) -> Path:  # noqa: ANN001 - ModelConfig, torch.device
+def _build_on_start(model, device, max_batch: int) -> Path:
     """`model.build_engine`: the builder is imported only when an engine has to be built or checked."""
     from rtsp_worker.engine_build.on_start import ensure_engine
 
@@ -190,6 +193,28 @@ def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None) | ExitCo
         return fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
                    ExitCode.RUNTIME)
     return http, health
+
+
+def _serve_view(cfg, pipeline, metrics):
+    """The access rule, /login, /events, /media and (unless view.enabled is false) the browser view."""
+    from rtsp_worker.redact import register_secret
+    from rtsp_worker.service.access import Access
+    from rtsp_worker.service.evidence_http import EventLog, EvidenceHttp
+    from rtsp_worker.service.view import serve_view
+
+    token = cfg.view.token.get_secret_value() if cfg.view.token is not None else None
+    if token:
+        register_secret(token)  # never in a log line, whoever prints it
+    access = Access(token, cfg.metrics.host, public=cfg.view.public)
+    access.register(metrics.http)
+    events = EventLog(cfg.view.events)
+    pipeline.on_batch(events.listen)
+    EvidenceHttp(metrics.http, access, events, cfg.output.dir)
+    hub = serve_view(metrics.http, pipeline, cfg.view, access, events, metrics.metrics.registry)
+    if hub is not None:
+        log.info("view on http://%s:%d/ (%s)", cfg.metrics.host, metrics.port,
+                 "token required" if token else "public" if cfg.view.public else "loopback only")
+    return hub
 
 
 def _close(http) -> None:  # HttpServer | None
