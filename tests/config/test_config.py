@@ -22,6 +22,7 @@ from rtsp_worker.config import (
     TensorRTModelConfig,
     TorchModelConfig,
     TrackerConfig,
+    ViewConfig,
     ZoneConfig,
     check_name,
     dotted_keys,
@@ -31,7 +32,7 @@ from rtsp_worker.config import (
 )
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig]
+                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ViewConfig]
 
 MINIMAL = """
 cameras:

@@ -138,7 +138,8 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
         # The camera page plays its MJPEG stream.
         browser.get(base + "/view/cam1")
         answers.append(browser.page_source.encode())
-        img = lambda: browser.find_element("id", "stream")  # noqa: E731
+        def img():
+            return browser.find_element("id", "stream")
         wait_until(lambda: (img().get_attribute("src") or "").endswith(tuple("0123456789")) and
                    browser.execute_script(_PIXELS, img()), 60, "the camera page's stream")
         one = browser.execute_script(_PIXELS, img())

@@ -79,7 +79,7 @@ def test_mjpeg_streams_encode_once_and_drop_a_stalled_viewer(tmp_path, rtsp_serv
 
         # latest.jpg: 503 until a picture is drawn (asking makes the camera watched), then the picture.
         def latest() -> int:
-            status, headers, body = get(f"{base}/cameras/b/latest.jpg")
+            status, _, body = get(f"{base}/cameras/b/latest.jpg")
             return status if status != 200 or body[:2] == b"\xff\xd8" else -1
         wait_until(lambda: latest() == 200, 30, "latest.jpg of b")
 
