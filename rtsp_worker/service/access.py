@@ -32,10 +32,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote
 
 from rtsp_worker.config import is_loopback
 from rtsp_worker.service.server import HttpServer, Request, Response
+
+if TYPE_CHECKING:
+    from rtsp_worker.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,13 @@ class Access:
                          if self._token else None)
         self._failures: deque[float] = deque()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Access:
+        """The rule of a whole config (`view.token`, `view.public`, `metrics.host`): what every route that
+        shows pictures (the view, /events, /media, heatmaps) checks. Stateless but for the login limiter."""
+        token = cfg.view.token.get_secret_value() if cfg.view.token is not None else None
+        return cls(token, cfg.metrics.host, public=cfg.view.public)
 
     @property
     def has_token(self) -> bool:

@@ -205,7 +205,7 @@ def _serve_view(cfg, pipeline, metrics):
     token = cfg.view.token.get_secret_value() if cfg.view.token is not None else None
     if token:
         register_secret(token)  # never in a log line, whoever prints it
-    access = Access(token, cfg.metrics.host, public=cfg.view.public)
+    access = Access.from_config(cfg)
     access.register(metrics.http)
     events = EventLog(cfg.view.events)
     pipeline.on_batch(events.listen)
