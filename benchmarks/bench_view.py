@@ -45,11 +45,15 @@ def processed(port: int) -> int:
                    if line.startswith("rtsp_worker_frames_processed_total{")))
 
 
-def encodes(port: int) -> int:
+def encodes(port: int) -> tuple[int, float]:
+    """Pictures the view drew and encoded, and the seconds it spent on them."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         text = r.read().decode()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("rtsp_worker_view_frames_encoded_total{")))
+    n = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("rtsp_worker_view_frames_encoded_total{"))
+    spent = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("rtsp_worker_view_encode_seconds_sum"))
+    return int(n), spent
 
 
 class Viewer:
@@ -117,14 +121,19 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def window(proc: subprocess.Popen, port: int, seconds: float, view: bool) -> dict:
-    cpu0, n0, e0, t0 = common.process_cpu_seconds(proc.pid), processed(port), encodes(port) if view else 0, \
-        time.monotonic()
+    cpu0, n0, (e0, s0), t0 = (common.process_cpu_seconds(proc.pid), processed(port),
+                              encodes(port) if view else (0, 0.0), time.monotonic())
     time.sleep(seconds)
-    cpu1, n1, e1, t1 = common.process_cpu_seconds(proc.pid), processed(port), encodes(port) if view else 0, \
-        time.monotonic()
+    cpu1, n1, (e1, s1), t1 = (common.process_cpu_seconds(proc.pid), processed(port),
+                              encodes(port) if view else (0, 0.0), time.monotonic())
     frames = max(1, n1 - n0)
     return {"cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / frames, "processed_fps": frames / (t1 - t0),
-            "cores": (cpu1 - cpu0) / (t1 - t0), "encodes": e1 - e0}
+            "cores": (cpu1 - cpu0) / (t1 - t0), "encodes": e1 - e0,
+            "encode_ms": 1000 * (s1 - s0) / (e1 - e0) if e1 > e0 else None}
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
 
 
 def main() -> None:
@@ -173,7 +182,8 @@ def main() -> None:
                      "processed_fps": round(statistics.median(s["processed_fps"] for s in samples[v]), 1),
                      "cores": round(statistics.median(s["cores"] for s in samples[v]), 2),
                      "view_encodes_per_s": round(statistics.median(s["encodes"] for s in samples[v])
-                                                 / args.seconds, 2)})
+                                                 / args.seconds, 2),
+                     "ms_per_encode": _median([s["encode_ms"] for s in samples[v] if s["encode_ms"] is not None])})
     common.print_table(f"worker CPU per processed frame, {args.cameras} cameras, viewers of cam0", rows)
     common.write_json(args.json, {**common.metadata(args, model=str(model), cameras=args.cameras,
                                                     seconds=args.seconds, rounds=args.rounds),

@@ -7,6 +7,7 @@ scrape target and one address to call. Modules that serve something register a r
     server = HttpServer("127.0.0.1", 9100)
     server.route("GET", "/metrics", lambda req: Response(200, text, "text/plain; version=0.0.4"))
     server.route("PUT", "/cameras/{name}", put_camera)   # req.params["name"]
+    server.route("GET", "/media/{camera}/{path*}", media) # {path*}: the rest of the path, "/" included
     server.start()
 
 Unknown paths answer 404, a known path with another method 405 (with `Allow`), `HEAD` is `GET` without the
@@ -25,7 +26,8 @@ worker owns SIGINT/SIGTERM/SIGHUP/SIGUSR1). What protects the other clients:
   rest of it is read and discarded as body, never parsed as requests;
 - beyond `max_connections` open connections a new one gets one 503 and is closed; refusals are counted.
 Streaming responses (`Response.stream`) are not subject to the read timeout: they last as long as the
-client reads. Handlers are plain functions run on a small bounded pool (reads and writes apart, so a slow
+client reads; a client whose socket takes nothing for `STREAM_WRITE_TIMEOUT_S` is dropped (the stream's
+`aclose()` runs at once, so a producer's clean-up never waits for garbage collection). Handlers are plain functions run on a small bounded pool (reads and writes apart, so a slow
 camera change never delays `/metrics` or `/healthz`).
 """
 

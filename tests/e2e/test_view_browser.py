@@ -1,7 +1,7 @@
 """The live view in a real browser (Debian's chromium, headless, through selenium) against a worker started by
 the real command line on the real RTSP server with 8 cameras, bound to every interface with a view token:
 log in through the form; 8 tiles whose pictures change; a camera whose stream dies shows its state; a camera
-added through the control API appears without a reload; a zone event shows in the list; the camera page plays
+added through the control API appears without a reload (and goes when removed); a zone event shows in the list; the camera page plays
 its stream. Then the access rule on that non-loopback bind (401 without the token or with a wrong one), and
 neither token in any page, answer or log line. A screenshot goes to the test's temporary folder."""
 
@@ -134,6 +134,11 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
         wait_until(lambda: "added" in tiles(), 60, "the added camera's tile")
         wait_until(lambda: pictures().get("added"), 60, "the added camera's picture")
         answers.append(browser.page_source.encode())
+        req = urllib.request.Request(f"{base}/cameras/added", method="DELETE",
+                                     headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200
+        wait_until(lambda: "added" not in tiles(), 60, "the removed camera's tile gone")
 
         # The camera page plays its MJPEG stream.
         browser.get(base + "/view/cam1")
