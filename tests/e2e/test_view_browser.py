@@ -82,6 +82,7 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
         answers.append(body)
         assert status == 200
 
+        auth = {"Authorization": f"Bearer {VIEW_TOKEN}"}
         browser = _browser()
         browser.set_page_load_timeout(60)
         browser.get(base + "/")
@@ -102,14 +103,22 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
             return {n: browser.execute_script(_PIXELS, t.find_element("tag name", "img")) for n, t in tiles().items()}
 
         wait_until(lambda: all(pictures().values()), 90, "a picture in every tile")
-        first = pictures()
+        # A tile is read while no new picture is loading (img.complete); two different reads: it changed.
+        looks: dict[str, set[str]] = {}
         changed: set[str] = set()
 
         def all_changed() -> bool:
-            now = pictures()
-            changed.update(n for n, p in now.items() if p and first.get(n) and p != first[n])
+            for n, p in pictures().items():
+                if p:
+                    looks.setdefault(n, set()).add(p)
+            changed.update(n for n, seen in looks.items() if len(seen) >= 2)
             return len(changed) == 8
-        wait_until(all_changed, 90, "every picture changing")
+        try:
+            wait_until(all_changed, 150, "every picture changing")
+        except AssertionError as e:
+            frames = {n: t.get_attribute("data-frames") for n, t in tiles().items()}
+            raise AssertionError(f"{e}: changed {sorted(changed)}, pictures loaded per tile {frames}, "
+                                 f"state {get(base + '/view/api/state', auth)[2][:2000]!r}") from None
         shot = tmp_path / "view.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
@@ -147,8 +156,14 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
             return browser.find_element("id", "stream")
         wait_until(lambda: (img().get_attribute("src") or "").endswith(tuple("0123456789")) and
                    browser.execute_script(_PIXELS, img()), 60, "the camera page's stream")
-        one = browser.execute_script(_PIXELS, img())
-        wait_until(lambda: browser.execute_script(_PIXELS, img()) not in (None, one), 60, "the stream moving")
+        stream_looks: set[str] = set()
+
+        def stream_moves() -> bool:
+            p = browser.execute_script(_PIXELS, img())
+            if p:
+                stream_looks.add(p)
+            return len(stream_looks) >= 2
+        wait_until(stream_moves, 90, "the stream moving")
         browser.save_screenshot(str(tmp_path / "view-camera.png"))
     finally:
         if browser is not None:
