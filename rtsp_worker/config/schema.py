@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from rtsp_worker.config.base import StrictModel, is_loopback
+from rtsp_worker.config.base import StrictModel
 from rtsp_worker.config.cameras import CameraConfig, SourceOptions
 from rtsp_worker.config.model import AnyModelConfig, BatcherConfig, DetectionConfig
 from rtsp_worker.config.outputs import OutputConfig
@@ -19,6 +19,7 @@ from rtsp_worker.config.service import (
     WatchConfig,
     Workers,
     WorkersPerGpu,
+    view_exposure,
 )
 from rtsp_worker.config.tracking import TrackerConfig
 
@@ -63,11 +64,8 @@ class Config(StrictModel):
             seen.add(cam.name)
         if not any(c.enabled for c in self.cameras):
             raise ValueError("no camera is enabled")
-        if (self.metrics.port is not None and self.view.enabled and self.view.token is None
-                and not self.view.public and not is_loopback(self.metrics.host)):
-            raise ValueError(f"field 'view': metrics.host {self.metrics.host!r} is not a loopback address and the "
-                             "view has no token: anyone reaching the port would see the cameras; set view.token "
-                             "(e.g. ${VIEW_TOKEN}), or view.enabled: false, or view.public: true to allow it")
+        if (exposed := view_exposure(self.metrics, self.view)) is not None:
+            raise ValueError(exposed)
         for i, cam in enumerate(self.cameras):
             for kind, items in (("lines", cam.lines), ("zones", cam.zones)):
                 names = [x.name for x in items]

@@ -103,3 +103,16 @@ class ViewConfig(StrictModel):
     jpeg_quality: int = Field(75, ge=10, le=100, description="JPEG quality of the view's pictures.")
     events: int = Field(1000, ge=1, le=100_000, description="Recent events kept in memory for GET /events and "
                         "the view's event lists.")
+
+
+def view_exposure(metrics: MetricsConfig, view: ViewConfig) -> str | None:
+    """Why this HTTP bind would show the cameras to anyone who reaches it, or None when it would not.
+
+    Checked when the config loads and again when the worker starts (a `--metrics-host` override)."""
+    from rtsp_worker.config.base import is_loopback
+
+    if metrics.port is None or not view.enabled or view.token is not None or view.public or is_loopback(metrics.host):
+        return None
+    return (f"field 'view': metrics.host {metrics.host!r} is not a loopback address and the view has no token: "
+            "anyone reaching the port would see the cameras; set view.token (e.g. ${VIEW_TOKEN}), or "
+            "view.enabled: false, or view.public: true to allow it")

@@ -84,9 +84,12 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,
     applies only the cameras of that shard.
     """
     from rtsp_worker.config import ConfigError
+    from rtsp_worker.config.service import view_exposure
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import build_pipeline
 
+    if (exposed := view_exposure(cfg.metrics, cfg.view)) is not None:  # e.g. after a --metrics-host override
+        return fail(exposed, ExitCode.CONFIG)
     raise_open_files_limit()
     served = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     if isinstance(served, ExitCode):

@@ -8,10 +8,14 @@ neither token in any page, answer or log line. A screenshot goes to the test's t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import urllib.request
 
 from conftest import skip_or_fail
+from ops_support import REPO
 from redis_fixture import free_port
 from view_support import get, start_worker, stop_worker, wait_until, write_config
 
@@ -176,10 +180,13 @@ def test_view_in_a_browser(tmp_path, rtsp_server_factory, small_clip, tiny_model
 
 
 def test_a_public_bind_without_a_token_is_refused_at_start(tmp_path, tiny_model):
-    cfg = write_config(tmp_path, [{"name": "a", "url": "rtsp://127.0.0.1:9/a"}], tiny_model, free_port(),
-                       metrics={"host": "0.0.0.0"})
-    proc, log = start_worker(cfg, tmp_path)
-    proc.wait(120)
-    assert proc.returncode == 2, log.read_text()  # ExitCode.CONFIG
-    assert "view.token" in log.read_text() and "metrics.host '0.0.0.0'" in log.read_text()
-
+    # The file alone is refused when it loads (tests/service/test_view_access.py); here a loopback file with
+    # the command line's --metrics-host override: the worker checks again before serving anything.
+    port = free_port()
+    cfg = write_config(tmp_path, [{"name": "a", "url": "rtsp://127.0.0.1:9/a"}], tiny_model, port)
+    proc = subprocess.run([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg), "--metrics-host", "0.0.0.0"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False,
+                          timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]  # ExitCode.CONFIG
+    assert "view.token" in proc.stderr and "metrics.host '0.0.0.0'" in proc.stderr
+    assert get(f"http://127.0.0.1:{port}/")[0] == 0  # nothing was served
