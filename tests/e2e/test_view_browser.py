@@ -17,7 +17,8 @@ import urllib.request
 from conftest import skip_or_fail
 from ops_support import REPO
 from redis_fixture import free_port
-from view_support import get, start_worker, stop_worker, wait_until, write_config
+from view_support import get, start_worker, stop_worker, write_config
+from view_support import wait_until as _wait_until
 
 VIEW_TOKEN = "view-tok-3f9a1c7e5b"
 CONTROL_TOKEN = "ctl-tok-8d2e6f0a4c"
@@ -41,6 +42,19 @@ def _browser():
                 "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def wait_until(cond, timeout: float, what: str) -> None:
+    """view_support.wait_until, where an element the page replaced meanwhile (a tile removed, a picture
+    reloaded) means "not yet" rather than a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def safe() -> bool:
+        try:
+            return bool(cond())
+        except StaleElementReferenceException:
+            return False
+    _wait_until(safe, timeout, what)
 
 
 # A tile's picture as the browser shows it: drawn on a canvas, read back (same origin: allowed).
