@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on Debian/Ubuntu: system packages (GStreamer RTSP server for the local cameras, redis
-# for the Redis sink tests, mosquitto for the MQTT sink tests, which start their own brokers) and a virtual
+# for the Redis sink tests, mosquitto for the MQTT sink tests, which start their own brokers; chromium and its
+# driver for the browser test of the live view) and a virtual
 # environment in .venv with the project and its test extras.
 #   bash scripts/setup.sh            # CPU machine
 #   EXTRAS=test,parity,gpu bash scripts/setup.sh   # + PyNvVideoCodec/cupy on an NVIDIA machine
@@ -12,6 +13,7 @@ APT_PACKAGES=(
   gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 python3-gi
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   redis-server mosquitto
+  chromium chromium-driver
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -93,6 +93,7 @@ REALTIME_HEAVY = (
     "e2e/test_integration.py",
     "service/test_supervisor.py",
     "tools/test_demo.py",
+    "e2e/test_view_browser.py",
 )
 
 

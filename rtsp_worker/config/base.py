@@ -49,3 +49,19 @@ def yaml_on_key(data: Any) -> Any:
     if isinstance(data, dict) and any(k is True for k in data) and "on" not in data:
         data = {("on" if k is True else k): v for k, v in data.items()}
     return data
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves only this box: `localhost` or an address in 127.0.0.0/8 or ::1.
+
+    Every 127.x.y.z address is loopback (reachable only from the box itself), so 127.0.0.2 counts as one;
+    0.0.0.0, ::, "" (every interface) and any other name or address do not. Names are not resolved: only
+    `localhost` is trusted by name, since another name may resolve to a public address later.
+    """
+    import ipaddress
+
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False

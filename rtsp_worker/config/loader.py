@@ -130,6 +130,8 @@ def register_config_secrets(cfg: Config) -> None:
     user-part tokens) of camera and Redis URLs. Answers and log lines never show them."""
     if cfg.control.token is not None:
         register_secret(cfg.control.token.get_secret_value())
+    if cfg.view.token is not None:
+        register_secret(cfg.view.token.get_secret_value())
     for cam in cfg.cameras:
         register_url(cam.url)
     if cfg.output.redis is not None:

@@ -15,9 +15,11 @@ from rtsp_worker.config.service import (
     Device,
     Devices,
     MetricsConfig,
+    ViewConfig,
     WatchConfig,
     Workers,
     WorkersPerGpu,
+    view_exposure,
 )
 from rtsp_worker.config.tracking import TrackerConfig
 
@@ -38,6 +40,8 @@ class Config(StrictModel):
     defaults: dict[str, Any] | None = Field(None, description="Camera keys (any but name and url) merged into "
                                             "every camera; a camera's own value wins.")
     control: ControlConfig = Field(ControlConfig(), description="The camera control API.")
+    view: ViewConfig = Field(ViewConfig(), description="The browser view and the access rule of pictures, "
+                             "events and media.")
     watch_config: WatchConfig = False
     # Read by the supervisor only (`rtsp-worker run` with more than one worker): service.py.
     workers: Workers = 1
@@ -60,6 +64,8 @@ class Config(StrictModel):
             seen.add(cam.name)
         if not any(c.enabled for c in self.cameras):
             raise ValueError("no camera is enabled")
+        if (exposed := view_exposure(self.metrics, self.view)) is not None:
+            raise ValueError(exposed)
         for i, cam in enumerate(self.cameras):
             for kind, items in (("lines", cam.lines), ("zones", cam.zones)):
                 names = [x.name for x in items]

@@ -79,3 +79,40 @@ Devices = Annotated[list[str] | Literal["auto"] | None, AfterValidator(_check_de
     "visible GPU; null: `device`).")]
 WatchConfig = Annotated[bool, Field(description="Reload the cameras when this file changes (as on SIGHUP).")]
 WorkersPerGpu = Annotated[int, Field(ge=1, le=16, description="workers: auto -> this many workers per GPU.")]
+
+
+class ViewConfig(StrictModel):
+    """`view:` the browser view (`/`, `/view/{name}`, MJPEG streams, latest.jpg) and who may read pictures,
+    events and media on the HTTP port (docs/view.md)."""
+
+    enabled: bool = Field(True, description="Serve the browser view's routes (/, /view/..., stream.mjpeg, "
+                          "latest.jpg); false: none of them. Nothing is drawn or encoded while nobody watches.")
+    # SecretStr: never in a repr, a log line, an answer or an error message.
+    token: SecretStr | None = Field(
+        None, description="Key for the view, /events and /media (bearer header, or the login form's session "
+        "cookie), whatever the bind (`${ENV}` works). Null: served only on a loopback metrics.host, and only to "
+        "requests without Forwarded/X-Forwarded-For headers."
+    )
+    public: bool = Field(False, description="Allow the view without a token on a non-loopback metrics.host "
+                         "(anyone who reaches the port sees the cameras); without it such a config is refused.")
+    fps: float = Field(5.0, gt=0, le=30, description="Most pictures per second a camera's view is drawn and "
+                       "encoded at (once for all its viewers).")
+    max_width: int = Field(960, ge=64, le=7680, description="Pictures wider than this are scaled down (pixels).")
+    max_viewers: int = Field(16, ge=1, le=1000, description="Open MJPEG streams at once, all cameras together; "
+                             "beyond, 503 with Retry-After.")
+    jpeg_quality: int = Field(75, ge=10, le=100, description="JPEG quality of the view's pictures.")
+    events: int = Field(1000, ge=1, le=100_000, description="Recent events kept in memory for GET /events and "
+                        "the view's event lists.")
+
+
+def view_exposure(metrics: MetricsConfig, view: ViewConfig) -> str | None:
+    """Why this HTTP bind would show the cameras to anyone who reaches it, or None when it would not.
+
+    Checked when the config loads and again when the worker starts (a `--metrics-host` override)."""
+    from rtsp_worker.config.base import is_loopback
+
+    if metrics.port is None or not view.enabled or view.token is not None or view.public or is_loopback(metrics.host):
+        return None
+    return (f"field 'view': metrics.host {metrics.host!r} is not a loopback address and the view has no token: "
+            "anyone reaching the port would see the cameras; set view.token (e.g. ${VIEW_TOKEN}), or "
+            "view.enabled: false, or view.public: true to allow it")

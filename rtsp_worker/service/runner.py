@@ -75,7 +75,7 @@ def install_signal_handlers(stop: Callable[[], None], on_hup: Callable[[], None]
     signal.signal(signal.SIGUSR1, usr1)
 
 
-def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  # noqa: ANN001 - Config
+def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,
                  shard: Any = None) -> ExitCode:
     """Build, run and drain a pipeline, mapping failures to exit codes. `duration` 0 or None: until stopped.
 
@@ -84,9 +84,12 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
     applies only the cameras of that shard.
     """
     from rtsp_worker.config import ConfigError
+    from rtsp_worker.config.service import view_exposure
     from rtsp_worker.engines import ModelError
     from rtsp_worker.pipeline import build_pipeline
 
+    if (exposed := view_exposure(cfg.metrics, cfg.view)) is not None:  # e.g. after a --metrics-host override
+        return fail(exposed, ExitCode.CONFIG)
     raise_open_files_limit()
     served = _serve_health(cfg)  # before the engine loads: /healthz and /readyz answer "starting"
     if isinstance(served, ExitCode):
@@ -123,7 +126,7 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
         if shard is not None:
             from rtsp_worker.service.sharding import shard_config
 
-            def select(c):  # noqa: ANN001, ANN202 - Config -> Config
+            def select(c):
                 return shard_config(c, shard)
 
         reloader = Reloader(pipeline, config_path, watch=cfg.watch_config, select=select).start()
@@ -133,18 +136,21 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
             ControlApi(metrics.http, reloader)
         elif cfg.control.token is not None:
             log.warning("control.token is set but metrics.port is not: no control API (SIGHUP still reloads)")
+    view = access = None
+    if metrics is not None:
+        view, access = _serve_view(cfg, pipeline, metrics)
     from rtsp_worker.service.heatmaps import Heatmaps, register_heatmap_routes
 
     heatmaps = Heatmaps(pipeline, cfg.output.dir)
     if metrics is not None:
-        # The GET should follow the view's access rule (service/access.py); None: control token required.
-        def control_token() -> str | None:
+        def control_token() -> str | None:  # the reset needs the control token (it may change on reload)
             if reloader is not None:
                 return reloader.token
             tok = cfg.control.token
             return tok.get_secret_value() or None if tok is not None else None
 
-        register_heatmap_routes(metrics.http, heatmaps, control_token, view_access=None)
+        # The PNG follows the view's access rule, like every other picture of a camera.
+        register_heatmap_routes(metrics.http, heatmaps, control_token, view_access=access.check)
     install_signal_handlers(pipeline.stop, on_hup=reloader.request if reloader is not None else None,
                             on_usr1=pipeline.reopen_outputs)
     log.info("running %d cameras on %s, model %s (input %dx%d, %d classes), outputs in %s",
@@ -152,13 +158,15 @@ def run_pipeline(cfg, duration: float | None, config_path: Path | None = None,  
              len(pipeline.class_names), cfg.output.dir)
     try:
         pipeline.run(duration=duration or None)  # drains and closes the sinks even when it raises
-    except Exception as e:  # noqa: BLE001 - a broken install (no libnvinfer, no driver) raises others
+    except Exception as e:
         log.exception("pipeline failed")
         return fail(f"pipeline failed: {type(e).__name__}: {e}", ExitCode.RUNTIME)
     finally:
         heatmaps.close()
         if reloader is not None:
             reloader.close()
+        if view is not None:
+            view.close()
         if metrics is not None:
             metrics.close()
     if pipeline.failure:
@@ -181,7 +189,7 @@ def raise_open_files_limit() -> None:
         log.debug("open-files limit not raised: %s", e)
 
 
-def _build_on_start(model, device, max_batch: int) -> Path:  # noqa: ANN001 - ModelConfig, torch.device
+def _build_on_start(model, device, max_batch: int) -> Path:
     """`model.build_engine`: the builder is imported only when an engine has to be built or checked."""
     from rtsp_worker.engine_build.on_start import ensure_engine
 
@@ -203,6 +211,29 @@ def _serve_health(cfg):  # Config -> (HttpServer | None, Health | None) | ExitCo
         return fail(f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {e.strerror or e}",
                    ExitCode.RUNTIME)
     return http, health
+
+
+def _serve_view(cfg, pipeline, metrics):  # -> (view hub | None, Access)
+    """The access rule, /login, /events, /media and (unless view.enabled is false) the browser view; returns
+    the view (to close) and the access rule (the heatmap PNG follows it too)."""
+    from rtsp_worker.redact import register_secret
+    from rtsp_worker.service.access import Access
+    from rtsp_worker.service.evidence_http import EventLog, EvidenceHttp
+    from rtsp_worker.service.view import serve_view
+
+    token = cfg.view.token.get_secret_value() if cfg.view.token is not None else None
+    if token:
+        register_secret(token)  # never in a log line, whoever prints it
+    access = Access.from_config(cfg)
+    access.register(metrics.http)
+    events = EventLog(cfg.view.events)
+    pipeline.on_batch(events.listen)
+    EvidenceHttp(metrics.http, access, events, cfg.output.dir)
+    hub = serve_view(metrics.http, pipeline, cfg.view, access, events, metrics.metrics.registry)
+    if hub is not None:
+        log.info("view on http://%s:%d/ (%s)", cfg.metrics.host, metrics.port,
+                 "token required" if token else "public" if cfg.view.public else "loopback only")
+    return hub, access
 
 
 def _close(http) -> None:  # HttpServer | None

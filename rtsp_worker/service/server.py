@@ -7,6 +7,7 @@ scrape target and one address to call. Modules that serve something register a r
     server = HttpServer("127.0.0.1", 9100)
     server.route("GET", "/metrics", lambda req: Response(200, text, "text/plain; version=0.0.4"))
     server.route("PUT", "/cameras/{name}", put_camera)   # req.params["name"]
+    server.route("GET", "/media/{camera}/{path*}", media) # {path*}: the rest of the path, "/" included
     server.start()
 
 Unknown paths answer 404, a known path with another method 405 (with `Allow`), `HEAD` is `GET` without the
@@ -25,7 +26,8 @@ worker owns SIGINT/SIGTERM/SIGHUP/SIGUSR1). What protects the other clients:
   rest of it is read and discarded as body, never parsed as requests;
 - beyond `max_connections` open connections a new one gets one 503 and is closed; refusals are counted.
 Streaming responses (`Response.stream`) are not subject to the read timeout: they last as long as the
-client reads. Handlers are plain functions run on a small bounded pool (reads and writes apart, so a slow
+client reads; a client whose socket takes nothing for `STREAM_WRITE_TIMEOUT_S` is dropped (the stream's
+`aclose()` runs at once, so a producer's clean-up never waits for garbage collection). Handlers are plain functions run on a small bounded pool (reads and writes apart, so a slow
 camera change never delays `/metrics` or `/healthz`).
 """
 
@@ -35,6 +37,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterable, Callable, Iterator
@@ -56,6 +59,8 @@ MAX_CONNECTIONS = 1000  # default of `metrics.max_connections`
 LINGER_S = 1.0  # after a 413 or 408: how long the rest of a body is read and discarded before closing
 READ_THREADS = 4  # handlers of GET/HEAD/OPTIONS
 WRITE_THREADS = 2  # handlers of PUT/POST/DELETE (camera changes are serialized by the reloader anyway)
+STREAM_WRITE_TIMEOUT_S = 10.0  # a streaming client whose socket accepts nothing for this long is dropped
+STREAM_SEND_BUFFER = 256 << 10  # bytes: SO_SNDBUF of a streaming answer (no autotuning to megabytes)
 _WRITES = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 
 
@@ -93,14 +98,16 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
     # A `{param}` matches one path segment: never a "/", so `/cameras/{name}` cannot reach other paths.
+    # A `{param*}` (last in a pattern: `/media/{camera}/{path*}`) matches the rest, "/" included; its handler
+    # checks it.
     out, pos = "", 0
     for m in _PARAM.finditer(pattern):
-        out += re.escape(pattern[pos : m.start()]) + f"(?P<{m.group(1)}>[^/]+)"
+        out += re.escape(pattern[pos : m.start()]) + f"(?P<{m.group(1)}>{'.+' if m.group(2) else '[^/]+'})"
         pos = m.end()
     return re.compile("^" + out + re.escape(pattern[pos:]) + "$")
 
@@ -280,19 +287,36 @@ class HttpServer:
         return out
 
     async def _stream(self, request: web.BaseRequest, resp: Response) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, headers={**resp.headers, "Content-Type": resp.content_type})
-        await out.prepare(request)
-        if request.method == "HEAD":
-            return out
-        assert resp.stream is not None
+        stream = resp.stream
+        assert stream is not None
         try:
-            async for chunk in resp.stream:
-                await out.write(chunk)
-            await out.write_eof()
-        except ConnectionError:
-            log.debug("http %s %s: client left the stream", request.method, request.path)
-            raise
-        return out
+            sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+            if sock is not None:  # a fixed, small send buffer: a client that stops reading shows within seconds
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+            out = web.StreamResponse(status=resp.status, headers={**resp.headers, "Content-Type": resp.content_type})
+            await out.prepare(request)
+            if request.method == "HEAD":
+                return out
+            try:
+                async for chunk in stream:
+                    # A client that stops reading is dropped: its stream must not hold resources (or, for a
+                    # view, the frames it shares with others) for ever.
+                    await asyncio.wait_for(out.write(chunk), STREAM_WRITE_TIMEOUT_S)
+                await out.write_eof()
+            except asyncio.TimeoutError:
+                log.info("http %s %s: client read nothing for %g s: dropped", request.method, request.path,
+                         STREAM_WRITE_TIMEOUT_S)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("stream client stopped reading") from None
+            except ConnectionError:
+                log.debug("http %s %s: client left the stream", request.method, request.path)
+                raise
+            return out
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:  # the producer's clean-up (a viewer count) runs now, not at garbage collection
+                await aclose()
 
     def _serve(self, bound: threading.Event, failure: list[BaseException]) -> None:
         loop = self.loop

@@ -26,6 +26,7 @@ from rtsp_worker.config import (
     TensorRTModelConfig,
     TorchModelConfig,
     TrackerConfig,
+    ViewConfig,
     WebhookConfig,
     ZoneConfig,
     check_name,
@@ -38,7 +39,7 @@ from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
                  OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig,
-                 CalibrationConfig, HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig]
+                 CalibrationConfig, HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig, ViewConfig]
 
 MINIMAL = """
 cameras:

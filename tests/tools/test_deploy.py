@@ -100,6 +100,7 @@ def test_manifests_load_into_the_client_models(fleet):
 
 def test_camera_list_in_the_configmap_is_a_valid_config(fleet, monkeypatch):
     monkeypatch.setenv("GATE_PASSWORD", "s3cret")
+    monkeypatch.setenv("VIEW_TOKEN", "view-s3cret-token")
     raw = yaml.safe_load(fleet["ConfigMap/rtsp-worker-cameras"].data["cameras.yaml"])
     cfg = parse_config(raw, source="configmap")
     assert cfg.output.redis is not None and cfg.output.redis.url == "redis://redis:6379/0"  # the Service's name
@@ -109,6 +110,7 @@ def test_camera_list_in_the_configmap_is_a_valid_config(fleet, monkeypatch):
 
 def test_two_replicas_pods_derive_shards_0_2_and_1_2(fleet, monkeypatch):
     monkeypatch.setenv("GATE_PASSWORD", "s3cret")
+    monkeypatch.setenv("VIEW_TOKEN", "view-s3cret-token")
     sts = fleet["StatefulSet/rtsp-worker"]
     env = {e.name: e.value for e in sts.spec.template.spec.containers[0].env}
     assert int(env[SHARDS_ENV]) == sts.spec.replicas == 2
