@@ -27,7 +27,8 @@ from rtsp_worker.sim.accuracy import camera_config, score_scene, summarize
 pytestmark = [pytest.mark.rtsp, pytest.mark.slow]
 FPS = 15.0
 SECONDS = 20
-TOKEN = "heat-token-31"
+TOKEN = "heat-token-31"  # the control token: resets
+VIEW_TOKEN = "heat-view-31"  # the view token: pictures, the heatmap among them
 
 
 def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes]:
@@ -56,6 +57,7 @@ def test_rules_calibration_and_heatmap_end_to_end(tmp_path, rtsp_server_factory)
     cfg_path.write_text(yaml.safe_dump({
         "cameras": [cam], "model": {"path": str(MODEL)}, "tracker": {"max_age": 15},
         "output": {"dir": str(tmp_path / "out")}, "metrics": {"port": port}, "control": {"token": TOKEN},
+        "view": {"token": VIEW_TOKEN},
     }))
     proc = subprocess.Popen([sys.executable, "-m", "rtsp_worker.cli", "run", str(cfg_path), "--duration",
                              str(SECONDS - 3)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -64,12 +66,13 @@ def test_rules_calibration_and_heatmap_end_to_end(tmp_path, rtsp_server_factory)
         png = b""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            status, png = _get(f"{base}/cameras/seq0/heatmap.png", TOKEN)
+            status, png = _get(f"{base}/cameras/seq0/heatmap.png", VIEW_TOKEN)
             if status == 200 and len(png) > 100:
                 break
             time.sleep(0.5)
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        assert _get(f"{base}/cameras/seq0/heatmap.png")[0] == 401  # no token: refused
+        assert _get(f"{base}/cameras/seq0/heatmap.png")[0] == 401  # the view's rule: no token, refused
+        assert _get(f"{base}/cameras/seq0/heatmap.png", TOKEN)[0] == 401  # the control token is not the view's
         assert _get(f"{base}/cameras/seq0/heatmap/reset", method="POST")[0] == 401
         assert _get(f"{base}/cameras/nope/heatmap/reset", TOKEN, method="POST")[0] == 404
         status, body = _get(f"{base}/cameras/seq0/heatmap/reset", TOKEN, method="POST")
