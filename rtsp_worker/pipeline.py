@@ -19,6 +19,7 @@ from rtsp_worker.analytics.events import Analytics
 from rtsp_worker.batcher import Batcher
 from rtsp_worker.camera_set import CameraSet
 from rtsp_worker.config import CameraConfig, Config, ModelConfig, mask_url
+from rtsp_worker.detection.motion_gate import MotionGate
 from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.sinks import Sink, SinkRunner, build_sinks
@@ -88,6 +89,9 @@ class Pipeline:
         view = self.camset.view
         self.batcher = Batcher(view.slots, view.stats, self.cond, max_batch, cfg.batcher.max_wait_ms / 1000)
         self.camset.listeners.append(self._cameras_changed)
+        # The motion gate (detection/motion_gate.py) sits between the batcher and the step, on the work device.
+        self.gate = MotionGate(self.work_device)
+        self._configure_gate()
         self.batch_listeners: list[BatchListener] = []
         self.batches = 0
         self.frames_out = 0
@@ -115,7 +119,12 @@ class Pipeline:
     def infer(self, batch: Batch, own_output: bool = False) -> Inferred:
         by_row = self.camset.by_row
         due = [f.seq % by_row[f.row].cfg.infer_interval == 0 for f in batch.frames]  # type: ignore[union-attr]
-        return self.batch_step.infer(batch.frames, due, own_output)
+        decision = self.gate(batch.frames, due)
+        for f, gated, moving in zip(batch.frames, decision.gated, decision.motion):
+            st = by_row[f.row].stats  # type: ignore[union-attr]
+            st.gated += gated
+            st.motion = moving
+        return self.batch_step.infer(batch.frames, decision.due, own_output)
 
     def finish(self, inf: Inferred) -> list[FrameResult]:
         """Second half: postprocess, track, hand the results to the sinks, tell the subscribers."""
@@ -158,7 +167,7 @@ class Pipeline:
                 c.name, row, mask_url(c.url), c.infer_interval, st.state, st.last_error, st.decoded, st.processed,
                 st.dropped, st.reconnects, st.stalls, st.decode_errors, st.failures, st.skipping_nonref, st.codec,
                 st.decoder, st.width, st.height, rate.rate(0) if rate else None, rate.rate(1) if rate else None,
-                analytics.summary(row) if analytics is not None else ""))
+                analytics.summary(row) if analytics is not None else "", st.gated, st.motion))
         return PipelineStatus(tuple(cams), self.sinks.status(), _analytics_status(analytics), self.batches,
                               self.frames_out, self.batch_step.nonfinite.value(), self.loop_ts,
                               self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources)
@@ -194,7 +203,15 @@ class Pipeline:
     def reopen_outputs(self) -> None:
         self.sinks.reopen()
 
-    def _cameras_changed(self, _event: str, _name: str) -> None:
+    def _configure_gate(self) -> None:
+        for row, cam in enumerate(self.camset.by_row):
+            self.gate.configure(row, cam.cfg.motion if cam is not None else None)
+
+    def _cameras_changed(self, event: str, name: str) -> None:
+        self._configure_gate()
+        cam = self.camset.get(name)
+        if cam is not None and event in ("added", "reconnected"):  # another scene: a new background
+            self.gate.reset(cam.row)
         view = self.camset.view
         self.batcher.slots, self.batcher.stats = view.slots, view.stats
         if self.batch_step.analytics is not None or any(c.lines or c.zones for c in view.cameras):

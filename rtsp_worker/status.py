@@ -79,6 +79,8 @@ class CameraStatus:
     decode_fps: float | None  # over the last window of at least RATE_WINDOW_S; None until one passed
     processed_fps: float | None
     analytics: str = ""  # `lines=door:in=3,out=1 zones=lobby:2`, "" without lines and zones
+    gated: int = 0  # processed frames the motion gate kept from the detector
+    motion: bool = False  # the motion gate saw motion in the newest processed frame
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from rtsp_worker.config.analytics import Anchor, LineConfig, Point, Units, ZoneConfig
 from rtsp_worker.config.base import NAME_PATTERN, NAME_RULE, ConfigError, StrictModel, check_name
-from rtsp_worker.config.cameras import URL_SCHEMES, CameraConfig, DecoderKind, SourceOptions
+from rtsp_worker.config.cameras import URL_SCHEMES, CameraConfig, DecoderKind, MotionConfig, SourceOptions
 from rtsp_worker.config.loader import expand_env, load_config, parse_config, read_yaml
 from rtsp_worker.config.model import (
     BACKENDS,
@@ -53,7 +53,7 @@ __all__ = [
     "BACKENDS", "DEVICE_FORMS", "NAME_PATTERN", "NAME_RULE", "TENSORRT_SUFFIXES", "TORCH_SUFFIXES", "URL_SCHEMES",
     "Anchor", "AnyModelConfig", "BatcherConfig", "CameraConfig", "Config", "ConfigError", "ControlConfig",
     "DecoderKind", "DetectionConfig", "EventKind", "MqttConfig", "MqttTlsConfig", "WebhookConfig", "FieldDoc", "LineConfig", "MetricsConfig", "ModelConfig", "ModelInputConfig",
-    "OnnxRuntimeModelConfig", "OutputConfig", "Point", "RedisConfig", "SourceOptions", "StrictModel",
+    "MotionConfig", "OnnxRuntimeModelConfig", "OutputConfig", "Point", "RedisConfig", "SourceOptions", "StrictModel",
     "TensorRTModelConfig", "TorchModelConfig", "TrackerConfig", "Units", "ZoneConfig", "backend_for",
     "check_name", "dotted_keys", "expand_env", "field_docs", "load_config", "mask_url", "parse_config",
     "read_yaml",

@@ -101,7 +101,7 @@ class ControlApi:
                 "reconnects": c.reconnects, "stalls": c.stalls, "decode_errors": c.decode_errors,
                 "failures": c.failures, "last_error": c.last_error or None, "codec": c.codec or None,
                 "decoder": c.decoder or None, "width": c.width, "height": c.height,
-                "infer_interval": c.infer_interval,
+                "infer_interval": c.infer_interval, "gated": c.gated, "motion": c.motion,
             })
         return Response.json(200, {"cameras": cams, "capacity": status.capacity})
 
