@@ -111,6 +111,11 @@ class CameraConfig(StrictModel):
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines of this camera.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones of this camera.")
     motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate of this camera.")
+    priority: Literal["high", "normal", "low"] = Field("normal", description="Under overload high-priority "
+                                                        "cameras keep their target rate first; low ones get a "
+                                                        "larger effective infer_interval first.")
+    target_fps: float | None = Field(None, gt=0, le=10000, description="Inferred frames per second this camera "
+                                     "should get (null: the stream's rate / infer_interval); admission counts it.")
     resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
         None, description="[width, height] the camera sends; with `frame_rate`, weighs the camera when cameras "
         "are sharded across workers."

@@ -105,6 +105,16 @@ class _StatsCollector(Collector):
         skipping = GaugeMetricFamily(f"{NS}_camera_skipping_nonref", "1 while the decoder skips non-reference "
                                      "frames (the pipeline takes under 1 in 4 of them; source.skip_nonref).",
                                      labels=["camera"])
+        interval = GaugeMetricFamily(f"{NS}_camera_effective_interval", "infer_interval times the overload "
+                                     "multiplier (priorities: low cameras first).", labels=["camera"])
+        for c in cams:
+            interval.add_metric([c.name], c.infer_interval * c.multiplier)
+        yield interval
+        if status.capacity_fps is not None:
+            yield GaugeMetricFamily(f"{NS}_capacity_fps", "Inferred frames per second the engine delivers "
+                                    "(measured on real batches).", value=status.capacity_fps)
+            yield GaugeMetricFamily(f"{NS}_headroom_fps", "capacity_fps minus every camera's full target rate.",
+                                    value=status.headroom_fps)
         motion = GaugeMetricFamily(f"{NS}_camera_motion", "1 while the motion gate sees motion in the camera's "
                                    "newest frame (0 also for cameras without motion.enabled).", labels=["camera"])
         for c in cams:
