@@ -33,6 +33,7 @@ ASSUMED_FPS = 30.0  # a camera whose rate is neither configured nor measured yet
 SAFETY = 0.9  # share of the measured capacity the priorities plan with (the rest absorbs noise)
 MAX_MULTIPLIER = 100  # the largest effective-interval multiplier (a low camera is never starved entirely)
 PRIORITY_RANK = {"high": 0, "normal": 1, "low": 2}
+HYSTERESIS = 0.15
 _EMA = 0.2
 
 
@@ -178,7 +179,17 @@ class Priorities:
             self._last_counts[name] = (processed, gated)
         names = {c[0] for c in cams}
         self._last_counts = {n: v for n, v in self._last_counts.items() if n in names}
-        new = allocate(capacity, demand) if capacity is not None else {n: 1 for n in names}
+        if capacity is None:
+            new = {n: 1 for n in names}
+        else:
+            new = allocate(capacity, demand)
+            # Hysteresis: a multiplier goes down only as far as 15% less capacity would still allow, so a
+            # noisy measurement does not flap it up and down.
+            cautious = allocate(capacity * (1 - HYSTERESIS), demand)
+            for n, k in new.items():
+                old = self.multiplier.get(n, 1)
+                if k < old:
+                    new[n] = max(k, min(old, cautious[n]))
         for name, k in new.items():
             old = self.multiplier.get(name, 1)
             if k != old:

@@ -94,8 +94,9 @@ def test_priorities_high_first_low_slower_and_recovery_with_a_fixed_cost_and_clo
     quiet = [(n, p, t, 200, 75 if p == "normal" else 0) for n, p, t in cams]
     now[0] = 10.0
     after = pr.update(cost.capacity_fps(4), quiet)
-    # 50 (high) + 4 x 6.25 (normal) fit in 90; the low cameras share the last 15: 50 / 15 -> x4.
-    assert after == {"h0": 1, "h1": 1, "n0": 1, "n1": 1, "n2": 1, "n3": 1, "l0": 4, "l1": 4}
+    # 50 (high) + 4 x 6.25 (normal) fit in 90 (and in 15% less: the normal ones come back to x1); the low
+    # ones would share the last 15 (x4), but with 15% less capacity only 1.5: hysteresis keeps them at x8.
+    assert after == {"h0": 1, "h1": 1, "n0": 1, "n1": 1, "n2": 1, "n3": 1, "l0": 8, "l1": 8}
 
 
 def test_the_batcher_takes_high_priority_cameras_first() -> None:
