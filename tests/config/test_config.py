@@ -15,6 +15,7 @@ from rtsp_worker.config import (
     MetricsConfig,
     ModelConfig,
     ModelInputConfig,
+    MotionConfig,
     OnnxRuntimeModelConfig,
     OutputConfig,
     RedisConfig,
@@ -31,7 +32,7 @@ from rtsp_worker.config import (
 )
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
-                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig]
+                 OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, MotionConfig]
 
 MINIMAL = """
 cameras:
