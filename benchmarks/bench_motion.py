@@ -57,11 +57,12 @@ def run(cfg, engine, frames: list[list[Frame]], gate: MotionGate | None) -> tupl
     c0, t0 = time.process_time(), time.perf_counter()
     for i in range(n):
         batch = [frames[c][i] for c in range(n_cams)]
-        due = [True] * n_cams
+        due, still = [True] * n_cams, None
         if gate is not None:
-            due = gate(batch, due).due
+            decision = gate(batch, due)
+            due, still = decision.due, decision.still
         inferred += sum(due)
-        out = step(batch, names, due)
+        out = step(batch, names, due, still=still)
         for c, res in enumerate(out.results):
             for o in res.objects:
                 x0, y0, x1, y1 = o.box

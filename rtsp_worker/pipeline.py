@@ -145,7 +145,8 @@ class Pipeline:
             st = by_row[f.row].stats  # type: ignore[union-attr]
             st.gated += gated
             st.motion = moving
-        return self.batch_step.infer(batch.frames, decision.due, own_output)
+        still = decision.still if any(decision.still) else None
+        return self.batch_step.infer(batch.frames, decision.due, own_output, still=still)
 
     def finish(self, inf: Inferred) -> list[FrameResult]:
         """Second half: postprocess, track, hand the results to the sinks, tell the subscribers."""

@@ -44,6 +44,7 @@ class GateDecision:
     due: list[bool]  # run the detector on this frame
     gated: list[bool]  # the camera's infer_interval wanted this frame, the gate skipped it
     motion: list[bool]  # the frame differs from its camera's background (False for cameras without the gate)
+    still: list[bool]  # not inferred and its picture did not change: the tracker holds its tracks still
 
 
 def luma_grid(frames: Sequence[Frame], device: torch.device) -> Tensor:
@@ -169,13 +170,13 @@ class MotionGate:
         n = len(frames)
         due_in = np.asarray(due, dtype=bool).reshape(n)
         if n == 0 or self.rows == 0:
-            return GateDecision(due_in.tolist(), [False] * n, [False] * n)
+            return GateDecision(due_in.tolist(), [False] * n, [False] * n, [False] * n)
         rows = np.array([f.row for f in frames], dtype=np.int64)
         known = rows < self.rows
         on = np.zeros(n, dtype=bool)
         on[known] = self.enabled[rows[known]]
         if not on.any():
-            return GateDecision(due_in.tolist(), [False] * n, [False] * n)
+            return GateDecision(due_in.tolist(), [False] * n, [False] * n, [False] * n)
         idx = np.flatnonzero(on)
         gframes = [frames[i] for i in idx]
         grows = rows[idx]
@@ -197,7 +198,9 @@ class MotionGate:
         np.add.at(self.gated_total, rows[gated], 1)
         moving = np.zeros(n, dtype=bool)
         moving[idx] = motion
-        return GateDecision(out_due.tolist(), gated.tolist(), moving.tolist())
+        still = np.zeros(n, dtype=bool)
+        still[idx] = ~motion & ~run
+        return GateDecision(out_due.tolist(), gated.tolist(), moving.tolist(), still.tolist())
 
     def _measure(self, frames: Sequence[Frame], rows: np.ndarray) -> np.ndarray:
         """Motion flag of each frame (host bool array); updates the rows' backgrounds. One pass over the batch."""

@@ -165,6 +165,7 @@ def test_tracker_keeps_its_ids_across_gated_frames() -> None:
     gate.configure(0, MotionConfig(enabled=True, max_skip_s=10.0))
     tracker = IouTracker(TrackerConfig(), 1, "cpu")
     ids: list[int] = []
+    still_x: list[float] = []
     gated = 0
     for i, x in enumerate(xs):
         img = np.full((h, w, 3), 80, np.uint8)
@@ -175,7 +176,11 @@ def test_tracker_keeps_its_ids_across_gated_frames() -> None:
         dets = (Detections(box, torch.tensor([0.9]), torch.tensor([0]), torch.tensor([0])) if d.due[0]
                 else Detections.empty())
         tracks = tracker.update(torch.tensor([0]), dets, torch.tensor([d.due[0]]),
-                                timestamps=torch.tensor([i / FPS], dtype=torch.float64))
+                                timestamps=torch.tensor([i / FPS], dtype=torch.float64),
+                                still=torch.tensor([d.still[0]]))
         ids += tracks.track_ids.tolist()
+        if d.still[0]:  # the picture did not change: the track holds its box instead of walking on
+            still_x.append(float(tracks.boxes[0, 0]))
     assert gated >= 40  # most of the still period skipped the detector
+    assert len(still_x) == gated and max(still_x) - min(still_x) < 1.0 and abs(still_x[0] - 77) < 3
     assert len(ids) >= len(xs) - 3 and len(set(ids)) == 1
