@@ -70,7 +70,11 @@ def luma_grid(frames: Sequence[Frame], device: torch.device) -> Tensor:
     for (h, _w, fmt), idx in sizes.items():
         imgs = torch.stack([frames[i].image for i in idx]).to(device, non_blocking=True)
         if fmt == NV12:
+            # Limited-range Y (16-235) stretched to 0-255, as swscale's gray is for the CPU decoder's frames:
+            # one threshold means the same on both decoders.
+            limited = torch.tensor([frames[i].colorimetry.endswith("limited") for i in idx], device=device)
             y = imgs[:, :h].float()
+            y = torch.where(limited[:, None, None], ((y - 16.0) * (255.0 / 219.0)).clamp_(0, 255), y)
         else:  # RGB (H, W, 3)
             y = (imgs.float() * torch.tensor(_LUMA, device=device)).sum(-1)
         out[idx] = F.interpolate(y[:, None], size=(GRID_H, GRID_W), mode="area")[:, 0]

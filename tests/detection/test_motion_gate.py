@@ -184,3 +184,28 @@ def test_tracker_keeps_its_ids_across_gated_frames() -> None:
     assert gated >= 40  # most of the still period skipped the detector
     assert len(still_x) == gated and max(still_x) - min(still_x) < 1.0 and abs(still_x[0] - 77) < 3
     assert len(ids) >= len(xs) - 3 and len(set(ids)) == 1
+
+
+def _nv12(img: np.ndarray) -> torch.Tensor:
+    """NVDEC's layout from an RGB picture: (H*3/2, W) uint8, Y plane then interleaved UV."""
+    planes = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(
+        format="yuv420p").to_ndarray()  # (H*3/2, W): Y, then U and V quarter planes
+    h, w = img.shape[:2]
+    y, u, v = planes[:h], planes[h:h + h // 4].reshape(-1), planes[h + h // 4:].reshape(-1)
+    uv = np.stack([u, v], -1).reshape(h // 2, w)
+    return torch.from_numpy(np.concatenate([y, uv]))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_nv12_luma_is_the_y_plane_on_the_frames_device(device: str) -> None:
+    img = next(render(make_scene(3, frames=1, width=320, height=180)))[0]
+    nv12 = _nv12(img).to(device)
+    frame = Frame(row=0, seq=0, ts=0.0, image=nv12, height=180, width=320, pixel_format="nv12")
+    a = luma_grid([frame], torch.device(device))
+    b = luma_grid([_native_frame(img, 0)], torch.device("cpu"))
+    assert a.device.type == device
+    assert (a.cpu() - b).abs().mean() < 2.0  # the same Y plane, pooled by torch vs by swscale
+    gate = MotionGate(device)
+    gate.configure(0, MotionConfig(enabled=True))
+    assert gate([frame], [True]).due == [True] and gate([frame], [True]).gated == [True]
