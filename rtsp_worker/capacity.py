@@ -57,23 +57,31 @@ class BatchCost:
     def known(self) -> bool:
         return bool(self.count.any())
 
-    def estimate(self, size: int) -> float | None:
-        """Milliseconds of a batch of `size` frames: measured, else on the line through the measured sizes."""
-        if size <= self.max_size and self.count[size]:
-            return float(self.ms[size])
+    def _line(self) -> tuple[float, float] | None:
+        """(fixed ms, ms per frame) through the measured sizes; None before any."""
         seen = np.flatnonzero(self.count)
         if len(seen) == 0:
             return None
         if len(seen) == 1:  # one size: the cost per frame, without a fixed part (conservative upwards)
-            return float(self.ms[seen[0]] / seen[0] * size)
+            return 0.0, float(self.ms[seen[0]] / seen[0])
         slope, fixed = np.polyfit(seen.astype(np.float64), self.ms[seen], 1)
-        return max(float(fixed), 0.0) + max(float(slope), 0.0) * size
+        return max(float(fixed), 0.0), max(float(slope), 0.0)
+
+    def estimate(self, size: int, line: tuple[float, float] | None = None) -> float | None:
+        """Milliseconds of a batch of `size` frames: measured, else on the line through the measured sizes."""
+        if size <= self.max_size and self.count[size]:
+            return float(self.ms[size])
+        line = line if line is not None else self._line()
+        return None if line is None else line[0] + line[1] * size
 
     def capacity_fps(self, max_batch: int) -> float | None:
         """The most inferred frames per second one engine delivers, at the best batch size in 1..max_batch."""
+        line = self._line()
+        if line is None:
+            return None
         best = None
         for b in range(1, max(1, max_batch) + 1):
-            ms = self.estimate(b)
+            ms = self.estimate(b, line)
             if ms is not None and ms > 0:
                 fps = b * 1000.0 / ms
                 best = fps if best is None or fps > best else best
