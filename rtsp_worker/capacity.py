@@ -170,21 +170,29 @@ class Priorities:
         self.clock = clock
         self.multiplier: dict[str, int] = {}
         self.next_t = clock() + period_s
-        self._last_counts: dict[str, tuple[int, int]] = {}
+        self._last_counts: dict[str, tuple[int, int, int]] = {}
 
     def due(self) -> bool:
         return self.clock() >= self.next_t
 
-    def update(self, capacity: float | None, cams: Sequence[tuple[str, str, float, int, int]]) -> dict[str, int]:
-        """`cams`: (name, priority, target fps, processed, gated) counters now. Returns the multipliers."""
+    def update(self, capacity: float | None, cams: Sequence[tuple[str, str, float, int, int, int]]
+               ) -> dict[str, int]:
+        """`cams`: (name, priority, target fps, processed, gated, dropped) counters now. Returns the multipliers.
+
+        Multipliers go up only while the pipeline is seen not to keep up (a camera dropped frames since the
+        last round: its slot got a newer frame before a batch took the last one) and the measured capacity is
+        short of the demand; they come down as the capacity allows, with hysteresis.
+        """
         self.next_t = self.clock() + self.period_s
         demand = []
-        for name, prio, target, processed, gated in cams:
-            p0, g0 = self._last_counts.get(name, (processed, gated))
+        behind = False
+        for name, prio, target, processed, gated, dropped in cams:
+            p0, g0, d0 = self._last_counts.get(name, (processed, gated, dropped))
             dp, dg = processed - p0, gated - g0
+            behind |= dropped > d0
             share = 1.0 - (dg / dp if dp > 0 else 0.0)
             demand.append((name, prio, target * max(share, 0.05)))
-            self._last_counts[name] = (processed, gated)
+            self._last_counts[name] = (processed, gated, dropped)
         names = {c[0] for c in cams}
         self._last_counts = {n: v for n, v in self._last_counts.items() if n in names}
         if capacity is None:
@@ -198,6 +206,8 @@ class Priorities:
                 old = self.multiplier.get(n, 1)
                 if k < old:
                     new[n] = max(k, min(old, cautious[n]))
+                elif k > old and not behind:  # keeping up: no reason to slow anyone down
+                    new[n] = old
         for name, k in new.items():
             old = self.multiplier.get(name, 1)
             if k != old:

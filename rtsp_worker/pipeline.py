@@ -245,7 +245,8 @@ class Pipeline:
     def _reprioritize(self) -> None:
         view = self.camset.view
         targets = self.targets()
-        cams = [(c.name, c.priority, targets[c.name], st.processed, st.gated) for c, st in zip(view.cameras, view.stats)]
+        cams = [(c.name, c.priority, targets[c.name], st.processed, st.gated, st.dropped)
+                for c, st in zip(view.cameras, view.stats)]
         by_name = self.priorities.update(self.capacity_fps(), cams)
         self._multiplier = {row: by_name.get(c.name, 1) for c, row in zip(view.cameras, view.rows)}
 

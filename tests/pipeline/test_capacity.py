@@ -79,7 +79,10 @@ def test_priorities_high_first_low_slower_and_recovery_with_a_fixed_cost_and_clo
     assert not pr.due()
     now[0] = 2.0
     assert pr.due()
-    counters = [(n, p, t, 0, 0) for n, p, t in cams]
+    counters = [(n, p, t, 0, 0, 0) for n, p, t in cams]
+    assert pr.update(cost.capacity_fps(4), counters) == dict.fromkeys((n for n, *_ in cams), 1)  # no drops yet
+    now[0] = 3.0
+    counters = [(n, p, t, 0, 0, 5) for n, p, t in cams]  # frames dropped: the pipeline does not keep up
     first = pr.update(cost.capacity_fps(4), counters)
     assert first["h0"] == 1 and first["n0"] == 3 and first["l0"] == 8 and not pr.due()
     # The normal cameras leave: 50 + 50 > 90 still slows the low ones, less; one more leaves: full rate.
@@ -90,8 +93,8 @@ def test_priorities_high_first_low_slower_and_recovery_with_a_fixed_cost_and_clo
     assert pr.update(cost.capacity_fps(4), left[:-1]) == {"h0": 1, "h1": 1, "l0": 1}
     # Motion gating is headroom for priorities: normal cameras gated 3 frames in 4 ask a quarter.
     now[0] = 8.0
-    pr.update(cost.capacity_fps(4), [(n, p, t, 100, 0) for n, p, t in cams])
-    quiet = [(n, p, t, 200, 75 if p == "normal" else 0) for n, p, t in cams]
+    pr.update(cost.capacity_fps(4), [(n, p, t, 100, 0, 10) for n, p, t in cams])
+    quiet = [(n, p, t, 200, 75 if p == "normal" else 0, 20) for n, p, t in cams]
     now[0] = 10.0
     after = pr.update(cost.capacity_fps(4), quiet)
     # 50 (high) + 4 x 6.25 (normal) fit in 90 (and in 15% less: the normal ones come back to x1); the low
