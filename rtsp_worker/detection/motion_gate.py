@@ -33,6 +33,7 @@ from rtsp_worker.types import NATIVE, NV12, Frame
 log = logging.getLogger(__name__)
 
 GRID_H, GRID_W = 54, 96  # the luma grid: 16:9, ~7 px cells at 640x360, 20 px at 1080p
+HANGOVER_S = 1.0
 BACKGROUND_ALPHA = 0.1  # running-average weight of the newest frame: a stopped object fades in after ~20 frames
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -115,6 +116,7 @@ class MotionGate:
         self.has_background = np.zeros(0, dtype=bool)
         self.max_skip = np.zeros(0)
         self.last_run = np.zeros(0)
+        self.last_motion = np.full(0, -np.inf)  # stream time of each row's last frame with motion
         self.moving = np.zeros(0, dtype=bool)  # motion state of each row's newest frame
         self.gated_total = np.zeros(0, dtype=np.int64)
 
@@ -133,6 +135,7 @@ class MotionGate:
         self.has_background = np.concatenate([self.has_background, np.zeros(extra, dtype=bool)])
         self.max_skip = np.concatenate([self.max_skip, np.zeros(extra)])
         self.last_run = np.concatenate([self.last_run, np.zeros(extra)])
+        self.last_motion = np.concatenate([self.last_motion, np.full(extra, -np.inf)])
         self.moving = np.concatenate([self.moving, np.zeros(extra, dtype=bool)])
         self.gated_total = np.concatenate([self.gated_total, np.zeros(extra, dtype=np.int64)])
         self.rows = rows
@@ -151,6 +154,7 @@ class MotionGate:
         self._grow(row + 1)
         self.has_background[row] = False
         self.moving[row] = False
+        self.last_motion[row] = -np.inf
         self.sizes[row] = None
         self.gated_total[row] = 0
 
@@ -191,7 +195,11 @@ class MotionGate:
         since = times - self.last_run[grows]
         stale = first | (since >= self.max_skip[grows]) | (since < 0)  # < 0: a file source started over
         onset = motion & ~self.moving[grows]
-        run = (due_in[idx] & (motion | stale)) | onset
+        self.last_motion[grows[motion]] = times[motion]
+        # Hangover: the detector goes on for HANGOVER_S after motion ends, so that the tracker sees the scene
+        # settle (tracks of what left are lost) before its tracks are carried over gated frames.
+        settling = (times - self.last_motion[grows]) < HANGOVER_S
+        run = (due_in[idx] & (motion | stale | settling)) | onset
         self.last_run[grows[run]] = times[run]
         self.moving[grows] = motion
         self.has_background[grows] = True

@@ -157,10 +157,10 @@ def test_max_skip_s_holds_and_the_batch_is_vectorized_over_cameras() -> None:
 
 
 def test_tracker_keeps_its_ids_across_gated_frames() -> None:
-    """An object walks, stands still for 7 s (once the background took it in, gated: the tracker predicts),
+    """An object walks, stands still for 8 s (once the background took it in, gated: the tracker predicts),
     walks on: one id throughout."""
     h, w = 180, 320
-    xs = [20 + 3 * i for i in range(20)] + [77] * 70 + [77 + 3 * i for i in range(1, 21)]
+    xs = [20 + 3 * i for i in range(20)] + [77] * 80 + [77 + 3 * i for i in range(1, 21)]
     gate = MotionGate("cpu")
     gate.configure(0, MotionConfig(enabled=True, max_skip_s=10.0))
     tracker = IouTracker(TrackerConfig(), 1, "cpu")
