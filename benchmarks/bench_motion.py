@@ -78,6 +78,7 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--frames", type=int, default=160, help="frames per camera (10 fps)")
     ap.add_argument("--cameras", type=int, default=16)
+    ap.add_argument("--min-area", type=float, default=None, help="motion.min_area (default: the config default)")
     args = ap.parse_args()
     setup(args)
     frames_n, cams = (40, 4) if args.smoke else (args.frames, args.cameras)
@@ -99,7 +100,8 @@ def main() -> None:
         if variant == "with gate":
             gate = MotionGate("cpu")
             for r in range(cams):
-                gate.configure(r, MotionConfig(enabled=True))
+                gate.configure(r, MotionConfig(enabled=True, **({} if args.min_area is None else
+                                                                 {"min_area": args.min_area})))
         stats, hyps = run(cfg, engine, frames, gate)
         sc = score_many({f"cam{c}": (gts[c], hyps[c]) for c in range(cams)})["OVERALL"]
         scores[variant] = sc
@@ -113,7 +115,7 @@ def main() -> None:
           f"(target: >= 2x fewer at MOTA within 1 point: {'met' if ratio >= 2 and abs(d_mota) <= 1 else 'NOT met'})")
     write_json(args.json or (None if args.smoke else RESULTS / "motion.json"),
                {**metadata(args, model=choice.description, cameras=cams, frames_per_camera=frames_n, fps=FPS,
-                           busy=0.25, busy_period_s=8.0),
+                           busy=0.25, busy_period_s=8.0, min_area=args.min_area),
                 "rows": rows, "detector_run_ratio": ratio, "mota_delta": d_mota})
 
 
