@@ -74,8 +74,8 @@ class MotionConfig(StrictModel):
                           "running background by less than `min_area` is not inferred (the tracker predicts it).")
     threshold: float = Field(12.0, gt=0, le=255, description="Luma difference (0-255) from the background that "
                              "makes a cell of the small luma grid count as changed; above the sensor noise.")
-    min_area: float = Field(0.0005, ge=0, lt=1, description="Fraction of the (unmasked) picture that must change "
-                            "for motion (0.0005: about 3 cells of the 96x54 grid, a small distant person).")
+    min_area: float = Field(0.002, ge=0, lt=1, description="Fraction of the (unmasked) picture that must change "
+                            "for motion (0.002: about 10 cells of the 96x54 grid; 0.0005 for small distant objects).")
     max_skip_s: float = Field(5.0, gt=0, le=3600, description="Run the detector at least this often (stream "
                               "seconds) even without motion, so that tracks of still objects are refreshed.")
     mask: list[list[tuple[float, float]]] = Field(
