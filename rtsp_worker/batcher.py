@@ -27,6 +27,7 @@ class Batcher:
         self.cond = cond
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.ranks: list[int] = []  # priority rank per slot (0 high, 1 normal, 2 low); set by the pipeline
 
     def _fresh(self) -> list[int]:
         return [i for i, s in enumerate(self.slots) if s.peek() is not None]
@@ -52,7 +53,8 @@ class Batcher:
                     break
                 self.cond.wait(left)
             fresh = self._fresh()
-            # More fresh cameras than fit: serve the ones that waited longest first.
-            fresh.sort(key=lambda i: self.slots[i].peek().ts)  # type: ignore[union-attr]
+            # More fresh cameras than fit: high priority first, then the ones that waited longest.
+            ranks = self.ranks if len(self.ranks) == len(self.slots) else [1] * len(self.slots)
+            fresh.sort(key=lambda i: (ranks[i], self.slots[i].peek().ts))  # type: ignore[union-attr]
             frames = [self.slots[i].take() for i in fresh[: self.max_batch]]
         return Batch(frames=tuple(f for f in frames if f is not None))

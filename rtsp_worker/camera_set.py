@@ -29,7 +29,7 @@ CHANGE_TIMEOUT_S = 30.0  # bound on waiting for the inference thread to apply a 
 
 
 class CapacityError(ValueError):
-    """More cameras than the engine's batch capacity."""
+    """Not enough measured capacity for a camera at its full target rate (rtsp_worker/capacity.py)."""
 
 
 @dataclass(eq=False)
@@ -120,8 +120,8 @@ class CameraSet:
         self._loop_active = False
         self._started = False
         if len(cameras) > capacity:
-            log.warning("%d cameras but the engine's batch capacity is %d: batches take turns; no camera can be "
-                        "added at run time", len(cameras), capacity)
+            log.info("%d cameras and batches of at most %d: batches take turns (the engine runs bigger ones in "
+                     "chunks)", len(cameras), capacity)
         for cam in cameras:
             self._attach(cam)
         self._publish()
@@ -193,23 +193,14 @@ class CameraSet:
 
     # -- changes ----------------------------------------------------------------------------------------
     def add(self, cfg: CameraConfig) -> None:
-        """Start a new camera; raises CapacityError past the engine's batch capacity, ValueError for a name
-        that is taken."""
+        """Start a new camera; ValueError for a name that is taken. The engine's batch size never limits the
+        camera count (bigger batches run in chunks); the pipeline checks measured headroom before."""
         with self._lock:
             if cfg.name in self._live:
                 raise ValueError(f"camera {cfg.name!r} exists already")
-            self.check_capacity(len(self._live) + 1)
             self.call(lambda: self._attach(cfg, start=True, publish="added"))
         log.info("camera %s added (%s, decoder %s, infer_interval %d)", cfg.name, mask_url(cfg.url), cfg.decoder,
                  cfg.infer_interval)
-
-    def check_capacity(self, count: int) -> None:
-        if count > self.capacity:
-            raise CapacityError(
-                f"{count} cameras exceed the engine's batch capacity of {self.capacity} (TensorRT profile maximum, "
-                "a fixed-batch model's batch, or batcher.max_batch): not added; rebuild the engine with a larger "
-                "batch or raise batcher.max_batch and restart"
-            )
 
     def remove(self, name: str, join_timeout: float | None = None) -> int:
         """Stop a camera, finish its results, flush and close its outputs. Returns its final `processed`."""

@@ -126,6 +126,30 @@ def probe(
 
 
 @app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="cameras.yaml")],
+    assume: Annotated[str | None, typer.Option(help="Take unreachable cameras as WIDTHxHEIGHT@FPS "
+                                               "(e.g. 1920x1080@30) instead of unknown.")] = None,
+    probe_timeout: Annotated[float, typer.Option(min=0.1, max=120.0, help="Seconds per camera probe.")] = 3.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Without running the pipeline: probe each camera, measure the model and decoding here, print the rate
+    each camera would get, the box's headroom and which cameras are degraded first."""
+    from rtsp_worker.config import ConfigError, load_config
+    from rtsp_worker.tools.plan import plan as make_plan
+
+    setup_logging("WARNING")
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise typer.Exit(fail(str(e), ExitCode.CONFIG))
+    try:
+        typer.echo(make_plan(cfg, assume, probe_timeout, json_out))
+    except ValueError as e:
+        raise typer.Exit(fail(str(e), ExitCode.CONFIG))
+
+
+@app.command()
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX, TorchScript or TensorRT model")],
     layout: Annotated[str, typer.Option(help="Try a `model.layout` value (default: auto).")] = "auto",

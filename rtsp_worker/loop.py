@@ -181,6 +181,8 @@ class PeriodicLog:
                 cam.name, cam.state.value, g.rate(0), g.rate(1), g.deltas[2], cam.reconnects, cam.processed,
                 f" last_error={err!r}" if err else "", f" {cam.analytics}" if cam.analytics else "",
             )
+            if cam.gated:
+                log.info("camera=%s motion=%s gated=%d", cam.name, "yes" if cam.motion else "no", cam.gated)
         total = self.totals.read([("pipeline", self, (s.frames, s.batches))], now)["pipeline"]
         assert total is not None
         frames, batches = total.deltas

@@ -18,8 +18,18 @@ import torch
 from rtsp_worker import loop
 from rtsp_worker.analytics.events import Analytics, needs_analytics
 from rtsp_worker.batcher import Batcher
-from rtsp_worker.camera_set import CameraSet
+from rtsp_worker.camera_set import CameraSet, CapacityError
+from rtsp_worker.capacity import (
+    PRIORITY_RANK,
+    BatchCost,
+    Headroom,
+    Priorities,
+    admission,
+    headroom,
+    target_fps,
+)
 from rtsp_worker.config import CameraConfig, Config, ModelConfig, mask_url
+from rtsp_worker.detection.motion_gate import MotionGate
 from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.evidence import Evidence
@@ -82,18 +92,29 @@ class Pipeline:
         self.sinks = sinks
         self.stop_event = threading.Event()
         self.cond = threading.Condition()
-        # Cameras come and go at run time (service/reload.py); the engine's batch capacity bounds them.
+        # The largest batch: a TensorRT profile's maximum caps it; a fixed-batch model (ultralytics' default
+        # export) takes any batch in chunks of its size (engines/onnxruntime.py). Never a limit on cameras:
+        # admission counts measured frames per second (capacity.py).
+        info = step.engine.info
         max_batch = cfg.batcher.max_batch
-        capacity = min(max_batch, step.engine.info.max_batch or max_batch)
+        capacity = min(max_batch, info.max_batch) if info.dynamic_batch and info.max_batch else max_batch
         self.camset = CameraSet(cfg.enabled_cameras, cfg.source, self.cond, self.work_device, step.tracker,
                                 capacity, self.stop_event, source_factory, on_detach=sinks.close_camera)
         view = self.camset.view
-        self.batcher = Batcher(view.slots, view.stats, self.cond, max_batch, cfg.batcher.max_wait_ms / 1000)
+        self.batcher = Batcher(view.slots, view.stats, self.cond, capacity, cfg.batcher.max_wait_ms / 1000)
         self.camset.listeners.append(self._cameras_changed)
         # Clips and snapshots: events get their paths before the sinks see them (see `finish`).
         self.evidence = Evidence(cfg.output.dir, step.event_ids.next)
         for cam in cfg.enabled_cameras:
             self.evidence.configure(cam)
+        # The motion gate (detection/motion_gate.py) sits between the batcher and the step, on the work device.
+        self.gate = MotionGate(self.work_device)
+        self._configure_gate()
+        # Measured capacity and priorities under overload (capacity.py); multipliers by row, read on the hot path.
+        self.cost = BatchCost()
+        self.priorities = Priorities()
+        self._multiplier: dict[int, int] = {}
+        self.batcher.ranks = [PRIORITY_RANK[c.priority] for c in view.cameras]
         self.batch_listeners: list[BatchListener] = []
         self.batches = 0
         self.frames_out = 0
@@ -120,8 +141,18 @@ class Pipeline:
 
     def infer(self, batch: Batch, own_output: bool = False) -> Inferred:
         by_row = self.camset.by_row
-        due = [f.seq % by_row[f.row].cfg.infer_interval == 0 for f in batch.frames]  # type: ignore[union-attr]
-        return self.batch_step.infer(batch.frames, due, own_output)
+        if self.priorities.due():
+            self._reprioritize()
+        mult = self._multiplier
+        due = [f.seq % (by_row[f.row].cfg.infer_interval * mult.get(f.row, 1)) == 0  # type: ignore[union-attr]
+               for f in batch.frames]
+        decision = self.gate(batch.frames, due)
+        for f, gated, moving in zip(batch.frames, decision.gated, decision.motion):
+            st = by_row[f.row].stats  # type: ignore[union-attr]
+            st.gated += gated
+            st.motion = moving
+        still = decision.still if any(decision.still) else None
+        return self.batch_step.infer(batch.frames, decision.due, own_output, still=still)
 
     def finish(self, inf: Inferred) -> list[FrameResult]:
         """Second half: postprocess, track, hand the results to the sinks, tell the subscribers."""
@@ -146,6 +177,8 @@ class Pipeline:
         self.batches += 1
         self.frames_out += len(out.results)
         self.last_report = (r.size, r.infer_ms, r.postprocess_ms, r.track_ms)
+        # The engine's cost per batch size (its half of the step: preprocess + engine), what limits the box.
+        self.cost.observe(r.inferred, r.preprocess_ms + r.infer_ms)
         if batch is not None and self.batch_listeners:
             for listener in list(self.batch_listeners):
                 listener(batch)
@@ -173,11 +206,13 @@ class Pipeline:
                 c.name, row, mask_url(c.url), c.infer_interval, st.state, st.last_error, st.decoded, st.processed,
                 st.dropped, st.reconnects, st.stalls, st.decode_errors, st.failures, st.skipping_nonref, st.codec,
                 st.decoder, st.width, st.height, rate.rate(0) if rate else None, rate.rate(1) if rate else None,
-                analytics.summary(row) if analytics is not None else ""))
+                analytics.summary(row) if analytics is not None else "", st.gated, st.motion, c.priority,
+                self._multiplier.get(row, 1)))
+        room = headroom(self.capacity_fps(), list(self._targets({c.name: c.decode_fps for c in cams}).values()))
         return PipelineStatus(tuple(cams), self.sinks.status(), _analytics_status(analytics), self.batches,
                               self.frames_out, self.batch_step.nonfinite.value(), self.loop_ts,
                               self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources,
-                              self.evidence.status())
+                              self.evidence.status(), room.capacity_fps, room.demand_fps, room.headroom_fps)
 
     @property
     def cameras(self) -> tuple[CameraConfig, ...]:
@@ -191,8 +226,44 @@ class Pipeline:
     def sources(self) -> tuple:  # tuple[Source, ...]
         return self.camset.view.sources
 
-    def add_camera(self, cfg: CameraConfig) -> None:
+    def add_camera(self, cfg: CameraConfig, force: bool = False) -> None:
+        """Start a camera; CapacityError (with the numbers) when the measured headroom cannot carry it at its
+        full target rate, unless `force`."""
+        if not force and cfg.name not in self.camset:
+            self.check_headroom([cfg])
         self.camset.add(cfg)
+
+    # -- measured capacity and priorities (capacity.py) ---------------------------------------------------------
+    def capacity_fps(self) -> float | None:
+        return self.cost.capacity_fps(self.batcher.max_batch)
+
+    def targets(self) -> dict[str, float]:
+        """Each running camera's full target rate (inferred frames/s), with the measured stream rate."""
+        return self._targets({c.name: c.decode_fps for c in self.status().cameras})
+
+    def _targets(self, measured: dict[str, float | None]) -> dict[str, float]:
+        return {c.name: target_fps(c, measured.get(c.name)) for c in self.camset.view.cameras}
+
+    def headroom(self) -> Headroom:
+        return headroom(self.capacity_fps(), list(self.targets().values()))
+
+    def check_headroom(self, new: list[CameraConfig], leaving: tuple[str, ...] = ()) -> None:
+        """Raise CapacityError when the running cameras (less `leaving`) plus `new` exceed the measured capacity."""
+        running = {n: t for n, t in self.targets().items() if n not in leaving and n not in {c.name for c in new}}
+        why = admission(self.capacity_fps(), list(running.values()), [(c.name, target_fps(c)) for c in new])
+        if why is not None:
+            raise CapacityError(why)
+
+    def multiplier(self, row: int) -> int:
+        return self._multiplier.get(row, 1)
+
+    def _reprioritize(self) -> None:
+        view = self.camset.view
+        targets = self.targets()
+        cams = [(c.name, c.priority, targets[c.name], st.processed, st.gated, st.dropped)
+                for c, st in zip(view.cameras, view.stats)]
+        by_name = self.priorities.update(self.capacity_fps(), cams)
+        self._multiplier = {row: by_name.get(c.name, 1) for c, row in zip(view.cameras, view.rows)}
 
     def remove_camera(self, name: str) -> int:
         """Returns the camera's final `processed` count (its JSONL holds as many lines)."""
@@ -204,11 +275,12 @@ class Pipeline:
     def configs(self) -> dict[str, CameraConfig]:
         return self.camset.configs()
 
-    def check_capacity(self, count: int) -> None:
-        self.camset.check_capacity(count)
-
     def reopen_outputs(self) -> None:
         self.sinks.reopen()
+
+    def _configure_gate(self) -> None:
+        for row, cam in enumerate(self.camset.by_row):
+            self.gate.configure(row, cam.cfg.motion if cam is not None else None)
 
     def _cameras_changed(self, event: str, name: str) -> None:
         # On the inference thread between batches (no batch in flight): the clip records go to the sinks
@@ -219,6 +291,11 @@ class Pipeline:
             cfg = self.camset.configs().get(name)
             if cfg is not None:
                 self.sinks.submit_events(self.evidence.configure(cfg))
+        self._configure_gate()
+        self.batcher.ranks = [PRIORITY_RANK[c.priority] for c in self.camset.view.cameras]
+        cam = self.camset.get(name)
+        if cam is not None and event in ("added", "reconnected"):  # another scene: a new background
+            self.gate.reset(cam.row)
         view = self.camset.view
         self.batcher.slots, self.batcher.stats = view.slots, view.stats
         if self.batch_step.analytics is not None or any(needs_analytics(c) for c in view.cameras):

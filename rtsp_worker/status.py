@@ -80,6 +80,10 @@ class CameraStatus:
     decode_fps: float | None  # over the last window of at least RATE_WINDOW_S; None until one passed
     processed_fps: float | None
     analytics: str = ""  # `lines=door:in=3,out=1 zones=lobby:2`, "" without lines and zones
+    gated: int = 0  # processed frames the motion gate kept from the detector
+    motion: bool = False  # the motion gate saw motion in the newest processed frame
+    priority: str = "normal"
+    multiplier: int = 1  # effective infer_interval = infer_interval x this (> 1 under overload, by priority)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,9 @@ class PipelineStatus:
     capacity: int  # most cameras the engine's batch takes
     lingering_sources: int = 0  # removed cameras whose source thread outlived its timeouts (left behind)
     evidence: EvidenceStatus | None = None  # clips and snapshots written, dropped (rtsp_worker/evidence)
+    capacity_fps: float | None = None  # inferred frames/s the engine delivers, measured; None before a batch
+    demand_fps: float = 0.0  # every camera at its full target rate (motion gating not counted)
+    headroom_fps: float | None = None  # capacity_fps - demand_fps
 
     def camera(self, name: str) -> CameraStatus | None:
         return next((c for c in self.cameras if c.name == name), None)

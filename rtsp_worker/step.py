@@ -35,6 +35,7 @@ class Inferred:
 
     frames: Sequence[Frame]
     due: list[bool]  # frame was inferred (its camera's infer_interval)
+    still: list[bool] | None  # the motion gate saw no change: the tracker holds the frame's tracks still
     rows: list[int]  # positions of the inferred frames in the batch
     raw: torch.Tensor | None
     letterbox: Letterbox | None
@@ -90,12 +91,12 @@ class BatchStep:
         return cls(engine, pre, post, tracker, analytics, cfg.output.include_tentative)
 
     def __call__(self, frames: Sequence[Frame], cameras: Sequence[str], due: Sequence[bool] | None = None,
-                 images: bool = False) -> StepOutput:
+                 images: bool = False, still: Sequence[bool] | None = None) -> StepOutput:
         """Both halves at once: every frame inferred unless `due` says otherwise."""
-        return self.finish(self.infer(frames, due), cameras, images)
+        return self.finish(self.infer(frames, due, still=still), cameras, images)
 
-    def infer(self, frames: Sequence[Frame], due: Sequence[bool] | None = None, own_output: bool = False
-              ) -> Inferred:
+    def infer(self, frames: Sequence[Frame], due: Sequence[bool] | None = None, own_output: bool = False,
+              still: Sequence[bool] | None = None) -> Inferred:
         """First half: preprocess and run the engine on the frames due for inference.
 
         `own_output`: the result must survive the engine's next call. Engines with preallocated outputs
@@ -115,7 +116,8 @@ class BatchStep:
             raw = self.engine.infer(images)
             if own_output and raw.is_cuda and not getattr(self.engine, "fresh_outputs", False):
                 raw = raw.clone()
-        return Inferred(frames, flags, rows, raw, letterbox, t0, t1, time.perf_counter())
+        return Inferred(frames, flags, None if still is None else list(still), rows, raw, letterbox, t0, t1,
+                        time.perf_counter())
 
     def finish(self, inf: Inferred, cameras: Sequence[str], images: bool = False) -> StepOutput:
         """Second half: postprocess, track, analytics, pack (the one device-to-host copy), FrameResults.
@@ -125,7 +127,7 @@ class BatchStep:
         frames, rows = inf.frames, inf.rows
         dev = self.device
         t2 = time.perf_counter()
-        meta = _batch_meta(frames, inf.due, rows, dev)  # one host-to-device copy, no sync
+        meta = _batch_meta(frames, inf.due, rows, dev, inf.still)  # one host-to-device copy, no sync
         self.stage = "postprocess"
         if inf.raw is not None:
             dets = self.postprocess(inf.raw, inf.letterbox)  # type: ignore[arg-type]
@@ -140,7 +142,8 @@ class BatchStep:
         self.stage = "tracker"
         # Stream time where known: right across dropped frames and for file sources decoded faster than real time.
         tracks = self.tracker.update(meta[0].long(), dets.to(dev), meta[1].bool(),
-                                     include_tentative=self.include_tentative, timestamps=meta[2])
+                                     include_tentative=self.include_tentative, timestamps=meta[2],
+                                     still=meta[4].bool() if inf.still is not None else None)
         self.stage = "host copy"
         results = self._results(frames, cameras, tracks, images)
         self.stage = ""
@@ -194,20 +197,22 @@ def _with_motion(objects: tuple[TrackedObject, ...], motion: np.ndarray) -> tupl
     return tuple(out)
 
 
-def _batch_meta(frames: Sequence[Frame], due: Sequence[bool], rows: Sequence[int], device: torch.device
-                ) -> torch.Tensor:
-    """(4, B) float64 on `device`: each frame's row, due flag, timestamp, and the inferred positions (padded).
+def _batch_meta(frames: Sequence[Frame], due: Sequence[bool], rows: Sequence[int], device: torch.device,
+                still: Sequence[bool] | None = None) -> torch.Tensor:
+    """(5, B) float64 on `device`: each frame's row, due flag, timestamp, the inferred positions (padded),
+    and the motion gate's still flag.
 
     Built on the host and copied once. On a GPU from pinned memory, non-blocking, on the current stream:
     `torch.tensor(list, device=cuda)` would copy from pageable memory and wait for the device, so the finish
     thread would wait for the next batch's inference. Rows, flags and positions are exact in float64.
     """
     n = len(frames)
-    meta = torch.empty((4, n), dtype=torch.float64, pin_memory=device.type == "cuda")
+    meta = torch.empty((5, n), dtype=torch.float64, pin_memory=device.type == "cuda")
     host = meta.numpy()
     host[0] = [f.row for f in frames]
     host[1] = due
     host[2] = [f.ts if f.pts is None else f.pts for f in frames]
     host[3, : len(rows)] = rows
     host[3, len(rows):] = 0
+    host[4] = 0 if still is None else still
     return meta if device.type == "cpu" else meta.to(device, non_blocking=True)

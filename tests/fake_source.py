@@ -23,13 +23,14 @@ class FakeSource(threading.Thread):
 
     def __init__(self, row: int, cfg: CameraConfig, options: SourceOptions, slot: FrameSlot, stats: CameraStats,
                  stop: threading.Event, device: torch.device, first_seq: int = 0, *, fps: float = 30.0,
-                 size: tuple[int, int] = (96, 128)) -> None:
+                 size: tuple[int, int] = (96, 128), still: bool = False) -> None:
         super().__init__(name=f"fake-{cfg.name}", daemon=True)
         self.row, self.cfg, self.options = row, cfg, options
         self.slot, self.stats, self.stop_event, self.device = slot, stats, stop, device
         self.first_seq = self.next_seq = first_seq
         self.fps = fps
         self.height, self.width = size
+        self.still = still  # every frame the same picture (the motion gate sees no motion)
         self.failing = threading.Event()
         self.reason = ""
 
@@ -48,7 +49,8 @@ class FakeSource(threading.Thread):
                 st.reconnects += 1
                 st.failures, st.last_error = 0, ""
                 st.set_state(CameraState.STREAMING)
-            img = torch.full((self.height, self.width, 3), self.next_seq % 256, dtype=torch.uint8)
+            value = 0 if self.still else self.next_seq % 256
+            img = torch.full((self.height, self.width, 3), value, dtype=torch.uint8)
             frame = Frame(row=self.row, seq=self.next_seq, ts=time.time(), image=img, height=self.height,
                           width=self.width)
             self.next_seq += 1
@@ -64,14 +66,15 @@ class FakeSource(threading.Thread):
 class FakeSources:
     """The factory: makes a `FakeSource` per camera and keeps the newest one of each name."""
 
-    def __init__(self, fps: float = 30.0, size: tuple[int, int] = (96, 128)) -> None:
-        self.fps, self.size = fps, size
+    def __init__(self, fps: float = 30.0, size: tuple[int, int] = (96, 128), still: bool = False) -> None:
+        self.fps, self.size, self.still = fps, size, still
         self.made: list[FakeSource] = []
         self.by_name: dict[str, FakeSource] = {}
 
     def __call__(self, row: int, cfg: CameraConfig, options: SourceOptions, slot: FrameSlot, stats: CameraStats,
                  stop: threading.Event, device: torch.device, first_seq: int = 0) -> FakeSource:
-        src = FakeSource(row, cfg, options, slot, stats, stop, device, first_seq, fps=self.fps, size=self.size)
+        src = FakeSource(row, cfg, options, slot, stats, stop, device, first_seq, fps=self.fps, size=self.size,
+                         still=self.still)
         self.made.append(src)
         self.by_name[cfg.name] = src
         return src

@@ -72,6 +72,32 @@ class SourceOptions(StrictModel):
     )
 
 
+class MotionConfig(StrictModel):
+    """Motion gate: skip the detector for frames whose picture did not change (docs/motion-and-capacity.md)."""
+
+    enabled: bool = Field(False, description="Gate the detector on motion: a frame that differs from the camera's "
+                          "running background by less than `min_area` is not inferred (the tracker predicts it).")
+    threshold: float = Field(12.0, gt=0, le=255, description="Luma difference (0-255) from the background that "
+                             "makes a cell of the small luma grid count as changed; above the sensor noise.")
+    min_area: float = Field(0.002, ge=0, lt=1, description="Fraction of the (unmasked) picture that must change "
+                            "for motion (0.002: about 10 cells of the 96x54 grid; 0.0005 for small distant objects).")
+    max_skip_s: float = Field(5.0, gt=0, le=3600, description="Run the detector at least this often (stream "
+                              "seconds) even without motion, so that tracks of still objects are refreshed.")
+    mask: list[list[tuple[float, float]]] = Field(
+        default_factory=list, description="Polygons (3+ vertices each, in `units`) whose changes never count as "
+        "motion: a tree, a clock, a TV.")
+    units: Literal["pixels", "fractions"] = Field("pixels", description="Units of the mask vertices: source-frame "
+                                                  "pixels, or fractions of the frame's width and height (0 to 1).")
+
+    @field_validator("mask")
+    @classmethod
+    def _check_mask(cls, v: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        for i, poly in enumerate(v):
+            if not 3 <= len(poly) <= 64:
+                raise ValueError(f"mask polygon {i} has {len(poly)} vertices (3 to 64)")
+        return v
+
+
 class CameraConfig(StrictModel):
     """One camera. Any field but `name` and `url` may also be set in `defaults:`."""
 
@@ -92,6 +118,12 @@ class CameraConfig(StrictModel):
     calibration: CalibrationConfig | None = Field(None, description="Ground-plane calibration: world positions "
                                                   "and speeds of tracks (null: none).")
     heatmap: HeatmapConfig | None = Field(None, description="Accumulate where tracks go (null: no heatmap).")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gate of this camera.")
+    priority: Literal["high", "normal", "low"] = Field("normal", description="Under overload high-priority "
+                                                        "cameras keep their target rate first; low ones get a "
+                                                        "larger effective infer_interval first.")
+    target_fps: float | None = Field(None, gt=0, le=10000, description="Inferred frames per second this camera "
+                                     "should get (null: the stream's rate / infer_interval); admission counts it.")
     resolution: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
         None, description="[width, height] the camera sends; with `frame_rate`, weighs the camera when cameras "
         "are sharded across workers."

@@ -91,9 +91,13 @@ class ControlApi:
                 "reconnects": c.reconnects, "stalls": c.stalls, "decode_errors": c.decode_errors,
                 "failures": c.failures, "last_error": c.last_error or None, "codec": c.codec or None,
                 "decoder": c.decoder or None, "width": c.width, "height": c.height,
-                "infer_interval": c.infer_interval,
+                "infer_interval": c.infer_interval, "gated": c.gated, "motion": c.motion,
+                "priority": c.priority, "effective_interval": c.infer_interval * c.multiplier,
             })
-        return Response.json(200, {"cameras": cams, "capacity": status.capacity})
+        room = {k: None if v is None else round(v, 1) for k, v in (
+            ("capacity_fps", status.capacity_fps), ("demand_fps", status.demand_fps),
+            ("headroom_fps", status.headroom_fps))}
+        return Response.json(200, {"cameras": cams, "capacity": status.capacity, "headroom": room})
 
     def put_camera(self, req: Request) -> Response:
         if (refused := self._refuse(req)) is not None:
@@ -112,7 +116,8 @@ class ControlApi:
         if "name" in body and body["name"] != name:
             return Response.json(400, {"error": f"body names camera {body['name']!r}, the path {name!r}"})
         try:
-            created, changes = self.reloader.put_camera(name, body)
+            force = req.query.get("force", ["0"])[-1] in ("1", "true", "yes")
+            created, changes = self.reloader.put_camera(name, body, force=force)
         except ReloadError as e:
             return self._error(e)
         return Response.json(201 if created else 200, {"camera": name, "created": created, "changes": changes})

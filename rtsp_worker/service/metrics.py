@@ -41,6 +41,7 @@ _CAMERA_COUNTERS = (
     ("reconnects", "reconnects", "Connection attempts after the first one (successful or not)."),
     ("stalls", "stalls", "Times a streaming camera delivered no frame for source.stall_timeout_s."),
     ("decode_errors", "decode_errors", "Packets the decoder rejected."),
+    ("frames_gated", "gated", "Processed frames the motion gate kept from the detector (also frames_processed)."),
 )
 
 
@@ -105,11 +106,25 @@ class _StatsCollector(Collector):
         skipping = GaugeMetricFamily(f"{NS}_camera_skipping_nonref", "1 while the decoder skips non-reference "
                                      "frames (the pipeline takes under 1 in 4 of them; source.skip_nonref).",
                                      labels=["camera"])
+        interval = GaugeMetricFamily(f"{NS}_camera_effective_interval", "infer_interval times the overload "
+                                     "multiplier (priorities: low cameras first).", labels=["camera"])
+        for c in cams:
+            interval.add_metric([c.name], c.infer_interval * c.multiplier)
+        yield interval
+        if status.capacity_fps is not None:
+            yield GaugeMetricFamily(f"{NS}_capacity_fps", "Inferred frames per second the engine delivers "
+                                    "(measured on real batches).", value=status.capacity_fps)
+            yield GaugeMetricFamily(f"{NS}_headroom_fps", "capacity_fps minus every camera's full target rate.",
+                                    value=status.headroom_fps)
+        motion = GaugeMetricFamily(f"{NS}_camera_motion", "1 while the motion gate sees motion in the camera's "
+                                   "newest frame (0 also for cameras without motion.enabled).", labels=["camera"])
         for c in cams:
             failures.add_metric([c.name], c.failures)
             skipping.add_metric([c.name], 1.0 if c.skipping_nonref else 0.0)
+            motion.add_metric([c.name], 1.0 if c.motion else 0.0)
         yield failures
         yield skipping
+        yield motion
         yield CounterMetricFamily(f"{NS}_batches", "Batches run through the pipeline.", value=status.batches)
         yield CounterMetricFamily(f"{NS}_removed_camera_threads_left", "Removed cameras whose source thread did not "
                                   "end within its timeouts (left behind, still connecting or reading).",

@@ -28,7 +28,6 @@ from rtsp_worker.camera_set import CapacityError, describe_change
 from rtsp_worker.config import CameraConfig, Config, ConfigError, load_config, parse_config, read_yaml
 
 if TYPE_CHECKING:
-    from rtsp_worker.engines.base import ModelInfo
     from rtsp_worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -85,22 +84,6 @@ def plan_reload(running: Mapping[str, CameraConfig], old: Config, new: Config) -
         restart=restart,
         later=tuple(later),
     )
-
-
-def capacity_advice(capacity: int, info: ModelInfo, max_batch: int, count: int) -> str:
-    """Why `count` cameras do not fit an engine that takes `capacity` (its `info`, `batcher.max_batch`), and
-    what would help for this kind of engine."""
-    head = f"{count} cameras exceed the engine's batch capacity of {capacity}: not added"
-    if not info.dynamic_batch:
-        # ultralytics' default export: batch fixed at 1. Raising batcher.max_batch cannot help such a model.
-        return (f"{head}; the model has a fixed batch of {info.max_batch} (ultralytics' default export), so "
-                "cameras cannot be added to it at run time: put the camera in the file and restart the worker "
-                "(at start, batches run in chunks of the fixed size), or export the model with a dynamic batch "
-                "(ultralytics: `dynamic=True`)")
-    if info.max_batch is not None and info.max_batch < max_batch:
-        return (f"{head}; the TensorRT engine takes batches of at most {info.max_batch}: rebuild it with a larger "
-                f"maximum batch (`rtsp-worker build-engine --max-batch {count}` or more) and restart the worker")
-    return f"{head}; raise batcher.max_batch to {count} or more in the file and restart the worker"
 
 
 def _temporary(target: Path) -> Path:
@@ -270,24 +253,22 @@ class Reloader:
         except ValueError as e:
             raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
 
-    def _check(self, new: Config) -> ReloadPlan:
+    def _check(self, new: Config, force: bool = False) -> ReloadPlan:
         plan = plan_reload(self.p.configs(), self.baseline, new)
         if plan.restart:
             raise ReloadError(409, f"{self.path}: {', '.join(plan.restart)} changed: that needs a new engine, "
                                    "restart the worker to apply it; nothing changed")
-        count = len(self.p.configs()) - len(plan.remove) + len(plan.add)
-        if plan.add:
+        # Measured headroom, every camera at its full target rate; never the engine's batch size.
+        if plan.add and not force:
             try:
-                self.p.check_capacity(count)
-            except CapacityError:
-                advice = capacity_advice(self.p.status().capacity, self.p.engine.info, self.p.cfg.batcher.max_batch,
-                                         count)
-                raise ReloadError(409, f"{self.path}: {advice}; nothing changed") from None
+                self.p.check_headroom(list(plan.add), leaving=plan.remove)
+            except CapacityError as e:
+                raise ReloadError(409, f"{self.path}: {e}; nothing changed") from None
         return plan
 
-    def _apply(self, new: Config, why: str) -> list[str]:
+    def _apply(self, new: Config, why: str, force: bool = False) -> list[str]:
         try:
-            plan = self._check(new)
+            plan = self._check(new, force)
         except ReloadError as e:
             log.error("reload (%s) refused: %s", why, e)
             raise
@@ -303,7 +284,7 @@ class Reloader:
             if self._do(failed, cfg.name, lambda c=cfg: self.p.update_camera(c)):
                 changes.append(f"{cfg.name}: {'; '.join(what)}")
         for cfg in plan.add:
-            if self._do(failed, cfg.name, lambda c=cfg: self.p.add_camera(c)):
+            if self._do(failed, cfg.name, lambda c=cfg: self.p.add_camera(c, force=True)):
                 changes.append(f"{cfg.name}: added")
         self.baseline = new
         if plan.later:
@@ -334,18 +315,19 @@ class Reloader:
             raise ReloadError(409, f"{self.path}: has no 'cameras:' list; fix it first")
         return raw
 
-    def _write(self, raw: dict[str, Any], why: str) -> list[str]:
+    def _write(self, raw: dict[str, Any], why: str, force: bool = False) -> list[str]:
         try:
             new = self._mine(parse_config(raw, source=str(self.path)))
         except ConfigError as e:
             raise ReloadError(400, str(e)) from None
-        self._check(new)  # refused before anything is written
+        self._check(new, force)  # refused before anything is written
         write_atomic(self.path, yaml.safe_dump(raw, sort_keys=False))
         self._sig = self._signature()  # our own write: the file watch must not reload it again
-        return self._apply(new, why)
+        return self._apply(new, why, force)
 
-    def put_camera(self, name: str, entry: Mapping[str, Any]) -> tuple[bool, list[str]]:
-        """Add or replace camera `name` with `entry` (one cameras.yaml entry). Returns (created, changes)."""
+    def put_camera(self, name: str, entry: Mapping[str, Any], force: bool = False) -> tuple[bool, list[str]]:
+        """Add or replace camera `name` with `entry` (one cameras.yaml entry). Returns (created, changes).
+        `force`: add it even when the measured headroom cannot carry it."""
         with self._lock:
             raw = self._raw()
             cams = list(raw["cameras"])
@@ -355,7 +337,7 @@ class Reloader:
                 cams.append(entry)
             else:
                 cams[at] = entry
-            return at is None, self._write({**raw, "cameras": cams}, f"PUT /cameras/{name}")
+            return at is None, self._write({**raw, "cameras": cams}, f"PUT /cameras/{name}", force)
 
     def delete_camera(self, name: str) -> list[str]:
         with self._lock:

@@ -379,12 +379,18 @@ def _object_path(
 
 
 def make_scene(
-    seed: int, frames: int = 300, width: int = 640, height: int = 360, fps: float = 15.0, density: float = 1.0
+    seed: int, frames: int = 300, width: int = 640, height: int = 360, fps: float = 15.0, density: float = 1.0,
+    busy: float = 1.0, busy_period_s: float = 20.0,
 ) -> Scene:
     """Build a scene deterministically from `seed` (same seed and arguments -> identical scene).
 
-    `density` scales how many objects are in view at once (about 6 at 1.0 for 640x360).
+    `density` scales how many objects are in view at once (about 6 at 1.0 for 640x360). `busy` < 1 makes
+    idle periods: objects exist only in the first `busy` fraction of every `busy_period_s` (an object is cut
+    where its busy window ends; one that would arrive in an idle period never comes), while the lighting
+    drift and the sensor noise go on. At 1.0 (the default) the scene is the one it always was.
     """
+    if not 0 < busy <= 1 or busy_period_s <= 0:
+        raise ValueError(f"bad idle periods: busy={busy} busy_period_s={busy_period_s}")
     if frames < 1 or width < 64 or height < 64 or fps <= 0:
         raise ValueError(f"bad scene size: frames={frames} width={width} height={height} fps={fps}")
     rng = np.random.default_rng(seed)
@@ -428,6 +434,8 @@ def make_scene(
                 tight=_tight_box(sprite[..., 3]),
             )
         )
+    if busy < 1:
+        objects = _busy_only(objects, max(1, round(busy_period_s * fps)), busy)
     return Scene(
         seed=seed,
         width=width,
@@ -440,6 +448,20 @@ def make_scene(
         noise=noise,
         objects=tuple(objects),
     )
+
+
+def _busy_only(objects: list[ObjectSpec], period: int, busy: float) -> list[ObjectSpec]:
+    """The objects' parts inside the busy windows `[k * period, k * period + busy * period)`, ids renumbered."""
+    window = max(1, int(period * busy))
+    kept: list[ObjectSpec] = []
+    for o in objects:
+        offset = o.start_frame % period
+        if offset >= window:
+            continue  # arrives while the scene is idle
+        length = min(int(o.path.shape[0]), window - offset)
+        kept.append(ObjectSpec(track_id=len(kept) + 1, class_id=o.class_id, start_frame=o.start_frame,
+                               path=o.path[:length], sprite=o.sprite, tight=o.tight))
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------ render

@@ -49,6 +49,8 @@ class CameraStats:
     codec: str = ""
     decoder: str = ""
     skipping_nonref: bool = False  # the decoder skips non-reference frames (most frames were dropped anyway)
+    gated: int = 0  # frames the motion gate kept from the detector (updated by the pipeline; also `processed`)
+    motion: bool = False  # the motion gate saw motion in the newest processed frame
 
 
     def __post_init__(self) -> None:

@@ -275,6 +275,7 @@ class IouTracker:
         inferred: Tensor | None = None,
         include_tentative: bool = False,
         timestamps: Tensor | None = None,
+        still: Tensor | None = None,
     ) -> Tracks:
         """Advance the cameras in ``cameras`` by one frame and return the tracks to report.
 
@@ -286,6 +287,8 @@ class IouTracker:
         ``timestamps``: ``(B,)`` seconds of each row's frame (any origin, per camera increasing);
         prediction moves a track by the time since its camera's previous call, so frames dropped or
         skipped in between count. None: every call is one step of ``DEFAULT_DT_S``.
+        ``still``: ``(B,)`` bool, True for rows whose picture did not change (the motion gate skipped
+        the detector): their tracks hold their boxes instead of moving by their velocity.
         """
         cfg, dev = self.cfg, self.device
         cams = cameras.to(dev, torch.int64)
@@ -299,6 +302,8 @@ class IouTracker:
             else inferred.to(dev, torch.bool)
         )
         dt = self._step_times(cams, timestamps)  # (B, 1) float32 seconds
+        if still is not None:  # nothing moved in the picture: prediction moves nothing
+            dt = torch.where(still.to(dev, torch.bool)[:, None], torch.zeros_like(dt), dt)
         # Slots [0, n_live) may hold a live track (all of them on CUDA); new tracks may need more, below.
         n_live = self._window(cams)
         s = self._layout.unpack({g: v[:, :n_live].index_select(0, cams) for g, v in self._state.items()})

@@ -17,6 +17,7 @@ from rtsp_worker.config import (
     MetricsConfig,
     ModelConfig,
     ModelInputConfig,
+    MotionConfig,
     MqttConfig,
     MqttTlsConfig,
     OnnxRuntimeModelConfig,
@@ -39,7 +40,7 @@ from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 
 SECTION_TYPES = [CameraConfig, LineConfig, ZoneConfig, ModelInputConfig, DetectionConfig, BatcherConfig, TrackerConfig,
                  OutputConfig, RedisConfig, SourceOptions, MetricsConfig, ControlConfig, ClipsConfig, SnapshotsConfig,
-                 CalibrationConfig, HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig, ViewConfig]
+                 CalibrationConfig, HeatmapConfig, MqttConfig, MqttTlsConfig, WebhookConfig, ViewConfig, MotionConfig]
 
 MINIMAL = """
 cameras:

@@ -1,5 +1,6 @@
-"""What an operator is told (issue 27, smaller items): the capacity refusal of a fixed-batch model, camera
-names that would be special folders, the per-camera output folders, COCO names, stale temporaries, --help."""
+"""What an operator is told (issue 27, smaller items): camera names that would be special folders, the
+per-camera output folders, COCO names, stale temporaries, --help. (The fixed-batch model's run-time camera:
+tests/pipeline/test_capacity.py.)"""
 
 from __future__ import annotations
 
@@ -10,36 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from sink_support import result
 from tiny_models import export_tiny
 from typer.testing import CliRunner
 
-from rtsp_worker.config import ConfigError, load_config, parse_config
+from rtsp_worker.config import ConfigError, parse_config
 from rtsp_worker.sinks.jsonl import JsonlSink
 from rtsp_worker.sinks.video import VideoSink
-
-
-def test_a_fixed_batch_model_is_refused_a_camera_with_advice_that_can_help(tmp_path: Path) -> None:
-    from rtsp_worker.pipeline import build_pipeline
-    from rtsp_worker.service.reload import Reloader, ReloadError
-
-    model = export_tiny(tmp_path / "fixed.onnx", dynamic_batch=False)  # batch 1, as ultralytics exports by default
-    path = tmp_path / "cameras.yaml"
-    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/a"}],
-                                    "model": {"path": str(model)}, "device": "cpu",
-                                    "output": {"dir": str(tmp_path / "out")}}, sort_keys=False))
-    pipeline = build_pipeline(load_config(path))
-    try:
-        with pytest.raises(ReloadError) as err:
-            Reloader(pipeline, path).put_camera("b", {"url": "rtsp://127.0.0.1:1/b"})
-    finally:
-        pipeline.shutdown()
-    message = str(err.value)
-    assert err.value.status == 409
-    assert "fixed batch of 1" in message and "restart" in message and "dynamic" in message, message
-    assert "batcher.max_batch" not in message  # raising it cannot help such a model
-    assert [c["name"] for c in yaml.safe_load(path.read_text())["cameras"]] == ["a"]
 
 
 @pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", ""])

@@ -336,10 +336,16 @@ def test_control_api_security_write_back_capacity_and_file_watch(tmp_path, rtsp_
         assert on_disk["control"]["token"] == "${RW_TEST_TOKEN}"  # the secret itself is never written
         assert not list(tmp_path.glob(".cameras.yaml.*"))
 
-        # Capacity: the engine takes batches of 4; a fifth camera is refused, nothing changes.
-        status, body = w.request("PUT", "/cameras/e", {"url": srv.url("e")})
-        assert status == 409 and "exceed the engine's batch capacity of 4" in body["error"], body
+        # Capacity is measured, not counted in batch slots: a camera asking more inferred frames/s than the
+        # engine delivers is refused with the numbers, nothing changes; ?force=1 adds it anyway.
+        status, body = w.request("PUT", "/cameras/e", {"url": srv.url("e"), "target_fps": 10000})
+        assert status == 409 and "not enough measured capacity for e (10000.0 fps)" in body["error"], body
         assert set(w.cameras()) == {"a", "b", "c", "d"} and "name: e" not in w.path.read_text()
+        status, body = w.request("GET", "/cameras")
+        assert body["headroom"]["capacity_fps"] > 0 and body["headroom"]["demand_fps"] > 0, body
+        status, body = w.request("PUT", "/cameras/e?force=1", {"url": srv.url("e"), "target_fps": 10000})
+        assert status == 201, body
+        assert w.request("DELETE", "/cameras/e")[0] == 200
 
         # Replace c (new interval only: same connection), delete d.
         status, body = w.request("PUT", "/cameras/c", {"url": srv.url("c"), "infer_interval": 1})
