@@ -3,47 +3,36 @@
 `build_pipeline` assembles a pipeline from its factories (engine, sinks, camera sources, the engine build on
 start); `Pipeline` holds the parts and offers what the service layer uses: `status()` (a frozen snapshot),
 `on_batch` / `on_camera` subscriptions and `add_camera` / `remove_camera` / `update_camera`. The run loop,
-with its overlap (finish) thread and the periodic log line, is in loop.py.
+with its overlap (finish) thread and the periodic log line, is in loop.py; which frames run the detector
+(interval, priorities, motion gate) and the measured capacity, in scheduling.py.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from rtsp_worker import loop
-from rtsp_worker.analytics.events import Analytics, needs_analytics
 from rtsp_worker.batcher import Batcher
-from rtsp_worker.camera_set import CameraSet, CapacityError
-from rtsp_worker.capacity import (
-    PRIORITY_RANK,
-    BatchCost,
-    Headroom,
-    Priorities,
-    admission,
-    headroom,
-    target_fps,
-)
-from rtsp_worker.config import CameraConfig, Config, ModelConfig, mask_url
-from rtsp_worker.detection.motion_gate import MotionGate
+from rtsp_worker.camera_set import CameraSet
+from rtsp_worker.config import CameraConfig, Config, ModelConfig
 from rtsp_worker.devices import resolve_device
 from rtsp_worker.engines import Engine, load_engine
 from rtsp_worker.evidence import Evidence
+from rtsp_worker.scheduling import Scheduler
 from rtsp_worker.sinks import Sink, SinkRunner, build_sinks
 from rtsp_worker.sources.state import SourceFactory
 from rtsp_worker.status import (
-    AnalyticsStatus,
     BatchListener,
     BatchOutput,
     CameraListener,
-    CameraStatus,
     PipelineStatus,
     RateMeter,
-    ZoneCount,
+    analytics_status,
+    camera_status,
 )
 from rtsp_worker.step import BatchStep, Inferred
 from rtsp_worker.types import Batch, FrameResult
@@ -107,14 +96,9 @@ class Pipeline:
         self.evidence = Evidence(cfg.output.dir, step.event_ids.next)
         for cam in cfg.enabled_cameras:
             self.evidence.configure(cam)
-        # The motion gate (detection/motion_gate.py) sits between the batcher and the step, on the work device.
-        self.gate = MotionGate(self.work_device)
-        self._configure_gate()
-        # Measured capacity and priorities under overload (capacity.py); multipliers by row, read on the hot path.
-        self.cost = BatchCost()
-        self.priorities = Priorities()
-        self._multiplier: dict[int, int] = {}
-        self.batcher.ranks = [PRIORITY_RANK[c.priority] for c in view.cameras]
+        # The motion gate, priorities under overload and the measured capacity (scheduling.py).
+        self.scheduler = Scheduler(self.camset, self.batcher, self.work_device,
+                                   lambda: {c.name: c.decode_fps for c in self.status().cameras})
         self.batch_listeners: list[BatchListener] = []
         self.batches = 0
         self.frames_out = 0
@@ -140,19 +124,8 @@ class Pipeline:
             self.finisher.submit(self.infer(batch, own_output=True))
 
     def infer(self, batch: Batch, own_output: bool = False) -> Inferred:
-        by_row = self.camset.by_row
-        if self.priorities.due():
-            self._reprioritize()
-        mult = self._multiplier
-        due = [f.seq % (by_row[f.row].cfg.infer_interval * mult.get(f.row, 1)) == 0  # type: ignore[union-attr]
-               for f in batch.frames]
-        decision = self.gate(batch.frames, due)
-        for f, gated, moving in zip(batch.frames, decision.gated, decision.motion):
-            st = by_row[f.row].stats  # type: ignore[union-attr]
-            st.gated += gated
-            st.motion = moving
-        still = decision.still if any(decision.still) else None
-        return self.batch_step.infer(batch.frames, decision.due, own_output, still=still)
+        due, still = self.scheduler.plan(batch.frames)
+        return self.batch_step.infer(batch.frames, due, own_output, still=still)
 
     def finish(self, inf: Inferred) -> list[FrameResult]:
         """Second half: postprocess, track, hand the results to the sinks, tell the subscribers."""
@@ -164,11 +137,8 @@ class Pipeline:
         if self.evidence.active or self.batch_listeners:
             batch = BatchOutput(tuple(inf.frames), names, out.tracks, tuple(out.results),
                                 tuple(e for res in out.results for e in res.events), r)
-        if batch is not None and self.evidence.active:
-            # The one hook before the sinks: evidence adds `clip` / `snapshot` to matching events and hands
-            # back the records of clips finalized since the last batch (events are never held back).
-            annotated, finished = self.evidence.annotate(batch)
-            batch = replace(batch, results=tuple(annotated), events=tuple(e for res in annotated for e in res.events))
+        if batch is not None and self.evidence.active:  # clip / snapshot paths on events, before the sinks
+            batch, finished = self.evidence.before_sinks(batch)
             self.sinks.submit_events(finished)
         results = list(batch.results) if batch is not None else out.results
         self.sinks.submit(results)
@@ -177,8 +147,7 @@ class Pipeline:
         self.batches += 1
         self.frames_out += len(out.results)
         self.last_report = (r.size, r.infer_ms, r.postprocess_ms, r.track_ms)
-        # The engine's cost per batch size (its half of the step: preprocess + engine), what limits the box.
-        self.cost.observe(r.inferred, r.preprocess_ms + r.infer_ms)
+        self.scheduler.observe(r)
         if batch is not None and self.batch_listeners:
             for listener in list(self.batch_listeners):
                 listener(batch)
@@ -199,17 +168,10 @@ class Pipeline:
         view = self.camset.view  # one consistent set of cameras
         rates = self._rates.read((c.name, st, (st.decoded, st.processed)) for c, st in zip(view.cameras, view.stats))
         analytics = self.batch_step.analytics
-        cams = []
-        for c, st, row in zip(view.cameras, view.stats, view.rows):
-            rate = rates.get(c.name)
-            cams.append(CameraStatus(
-                c.name, row, mask_url(c.url), c.infer_interval, st.state, st.last_error, st.decoded, st.processed,
-                st.dropped, st.reconnects, st.stalls, st.decode_errors, st.failures, st.skipping_nonref, st.codec,
-                st.decoder, st.width, st.height, rate.rate(0) if rate else None, rate.rate(1) if rate else None,
-                analytics.summary(row) if analytics is not None else "", st.gated, st.motion, c.priority,
-                self._multiplier.get(row, 1)))
-        room = headroom(self.capacity_fps(), list(self._targets({c.name: c.decode_fps for c in cams}).values()))
-        return PipelineStatus(tuple(cams), self.sinks.status(), _analytics_status(analytics), self.batches,
+        cams = [camera_status(c, st, row, rates.get(c.name), analytics.summary(row) if analytics is not None else "",
+                              self.scheduler.multiplier(row)) for c, st, row in zip(view.cameras, view.stats, view.rows)]
+        room = self.scheduler.headroom({c.name: c.decode_fps for c in cams})
+        return PipelineStatus(tuple(cams), self.sinks.status(), analytics_status(analytics), self.batches,
                               self.frames_out, self.batch_step.nonfinite.value(), self.loop_ts,
                               self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources,
                               self.evidence.status(), room.capacity_fps, room.demand_fps, room.headroom_fps)
@@ -233,37 +195,9 @@ class Pipeline:
             self.check_headroom([cfg])
         self.camset.add(cfg)
 
-    # -- measured capacity and priorities (capacity.py) ---------------------------------------------------------
-    def capacity_fps(self) -> float | None:
-        return self.cost.capacity_fps(self.batcher.max_batch)
-
-    def targets(self) -> dict[str, float]:
-        """Each running camera's full target rate (inferred frames/s), with the measured stream rate."""
-        return self._targets({c.name: c.decode_fps for c in self.status().cameras})
-
-    def _targets(self, measured: dict[str, float | None]) -> dict[str, float]:
-        return {c.name: target_fps(c, measured.get(c.name)) for c in self.camset.view.cameras}
-
-    def headroom(self) -> Headroom:
-        return headroom(self.capacity_fps(), list(self.targets().values()))
-
     def check_headroom(self, new: list[CameraConfig], leaving: tuple[str, ...] = ()) -> None:
         """Raise CapacityError when the running cameras (less `leaving`) plus `new` exceed the measured capacity."""
-        running = {n: t for n, t in self.targets().items() if n not in leaving and n not in {c.name for c in new}}
-        why = admission(self.capacity_fps(), list(running.values()), [(c.name, target_fps(c)) for c in new])
-        if why is not None:
-            raise CapacityError(why)
-
-    def multiplier(self, row: int) -> int:
-        return self._multiplier.get(row, 1)
-
-    def _reprioritize(self) -> None:
-        view = self.camset.view
-        targets = self.targets()
-        cams = [(c.name, c.priority, targets[c.name], st.processed, st.gated, st.dropped)
-                for c, st in zip(view.cameras, view.stats)]
-        by_name = self.priorities.update(self.capacity_fps(), cams)
-        self._multiplier = {row: by_name.get(c.name, 1) for c, row in zip(view.cameras, view.rows)}
+        self.scheduler.check_headroom(new, leaving)
 
     def remove_camera(self, name: str) -> int:
         """Returns the camera's final `processed` count (its JSONL holds as many lines)."""
@@ -278,30 +212,15 @@ class Pipeline:
     def reopen_outputs(self) -> None:
         self.sinks.reopen()
 
-    def _configure_gate(self) -> None:
-        for row, cam in enumerate(self.camset.by_row):
-            self.gate.configure(row, cam.cfg.motion if cam is not None else None)
-
     def _cameras_changed(self, event: str, name: str) -> None:
         # On the inference thread between batches (no batch in flight): the clip records go to the sinks
         # before a removed camera's close marker.
-        if event == "removed":
-            self.sinks.submit_events(self.evidence.remove(name))
-        elif event in ("added", "updated", "reconnected"):
-            cfg = self.camset.configs().get(name)
-            if cfg is not None:
-                self.sinks.submit_events(self.evidence.configure(cfg))
-        self._configure_gate()
-        self.batcher.ranks = [PRIORITY_RANK[c.priority] for c in self.camset.view.cameras]
-        cam = self.camset.get(name)
-        if cam is not None and event in ("added", "reconnected"):  # another scene: a new background
-            self.gate.reset(cam.row)
+        self.sinks.submit_events(self.evidence.camera_changed(event, name, self.camset.configs().get(name)))
+        self.scheduler.cameras_changed(event, name)
         view = self.camset.view
         self.batcher.slots, self.batcher.stats = view.slots, view.stats
-        if self.batch_step.analytics is not None or any(needs_analytics(c) for c in view.cameras):
-            rows = [c.cfg if c is not None else None for c in self.camset.by_row]
-            step = self.batch_step
-            step.analytics = Analytics.for_rows(self.cfg, rows, self.class_names, step.analytics, step.event_ids)
+        rows = [c.cfg if c is not None else None for c in self.camset.by_row]
+        self.batch_step.cameras_changed(self.cfg, view.cameras, rows)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,14 +245,3 @@ class Pipeline:
         """Stop the cameras, process what they decoded, drain and close the sinks: bounded in time."""
         loop.shutdown(self, reporter, join_timeout)
 
-
-def _analytics_status(a: Analytics | None) -> AnalyticsStatus | None:
-    if a is None:
-        return None
-    zones = []
-    for c, camera in enumerate(a.names):
-        occ = a.occupancy(c)
-        for z, zone in enumerate(a.zones.configs[c]):
-            zones += [ZoneCount(camera, zone.name, cls, int(occ[z, k])) for k, cls in enumerate(a.class_names)]
-    return AnalyticsStatus(tuple(sorted(a.crossing_totals().items())), tuple(zones),
-                           tuple(sorted(a.rule_totals().items())), tuple(a.crowded()))

@@ -13,12 +13,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rtsp_worker.config import CameraConfig, mask_url
 from rtsp_worker.evidence.disk import EvidenceStatus
 from rtsp_worker.sinks import SinkStatus
 from rtsp_worker.sources.state import CameraState
 from rtsp_worker.types import Event, Frame, FrameResult, Tracks
+
+if TYPE_CHECKING:
+    from rtsp_worker.analytics.events import Analytics
+    from rtsp_worker.sources.state import CameraStats
 
 # Camera events (`Pipeline.on_camera` subscribers get (event, camera name), on the inference thread between
 # two batches): "added", "removed", "updated" (a live edit), "reconnected" (a new connection).
@@ -198,3 +203,27 @@ class RateMeter:
             self._last = {k: v for k, v in self._last.items() if k in self._base}
             self._t = now
         return out
+
+
+def analytics_status(a: Analytics | None) -> AnalyticsStatus | None:
+    """The analytics' part of the status snapshot: crossing, zone and rule counts."""
+    if a is None:
+        return None
+    zones = []
+    for c, camera in enumerate(a.names):
+        occ = a.occupancy(c)
+        for z, zone in enumerate(a.zones.configs[c]):
+            zones += [ZoneCount(camera, zone.name, cls, int(occ[z, k])) for k, cls in enumerate(a.class_names)]
+    return AnalyticsStatus(tuple(sorted(a.crossing_totals().items())), tuple(zones),
+                           tuple(sorted(a.rule_totals().items())), tuple(a.crowded()))
+
+
+def camera_status(c: CameraConfig, st: CameraStats, row: int, rate: Growth | None, analytics: str,
+                  multiplier: int) -> CameraStatus:
+    """One camera's line of the snapshot: its config, its counters, its measured rates (`rate`: decoded and
+    processed, None until a window passed), the URL's password masked."""
+    return CameraStatus(
+        c.name, row, mask_url(c.url), c.infer_interval, st.state, st.last_error, st.decoded, st.processed,
+        st.dropped, st.reconnects, st.stalls, st.decode_errors, st.failures, st.skipping_nonref, st.codec,
+        st.decoder, st.width, st.height, rate.rate(0) if rate else None, rate.rate(1) if rate else None,
+        analytics, st.gated, st.motion, c.priority, multiplier)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rtsp_worker.analytics.events import Analytics, EventIds
-from rtsp_worker.config import Config
+from rtsp_worker.analytics.events import Analytics, EventIds, needs_analytics
+from rtsp_worker.config import CameraConfig, Config
 from rtsp_worker.detection.finite import NonFiniteCounter, drop_nonfinite
 from rtsp_worker.detection.postprocess import Postprocessor
 from rtsp_worker.detection.preprocess import Preprocessor, frame_rgb
@@ -89,6 +89,13 @@ class BatchStep:
         # Lines and zones run on the host copy of the tracks (see analytics/events.py); None without any.
         analytics = Analytics.from_config(cfg, info.class_names)
         return cls(engine, pre, post, tracker, analytics, cfg.output.include_tentative)
+
+    def cameras_changed(self, cfg: Config, cameras: Sequence[CameraConfig], rows: Sequence[CameraConfig | None]
+                        ) -> None:
+        """The cameras changed (`rows`: each batch row's camera, None when free): with lines or zones on any
+        (or before), the analytics stage is rebuilt for them; event ids go on."""
+        if self.analytics is not None or any(needs_analytics(c) for c in cameras):
+            self.analytics = Analytics.for_rows(cfg, rows, self.class_names, self.analytics, self.event_ids)
 
     def __call__(self, frames: Sequence[Frame], cameras: Sequence[str], due: Sequence[bool] | None = None,
                  images: bool = False, still: Sequence[bool] | None = None) -> StepOutput:

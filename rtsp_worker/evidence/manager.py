@@ -110,6 +110,15 @@ class Evidence:
             self.bests[name].margin = cfg.snapshots.margin
         return self._drain()
 
+    def camera_changed(self, event: str, name: str, cfg: CameraConfig | None) -> list[Event]:
+        """The pipeline's camera listener (`cfg`: the camera's config now, None when gone): returns the clip
+        records to hand the sinks, before a removed camera's close marker."""
+        if event == "removed":
+            return self.remove(name)
+        if event in ("added", "updated", "reconnected") and cfg is not None:
+            return self.configure(cfg)
+        return []
+
     def remove(self, name: str) -> list[Event]:
         """A camera removed: its open clip is finalized (its `clip` record comes back), its crops forgotten."""
         if name in self.recorders:
@@ -136,6 +145,13 @@ class Evidence:
             self._finished.append(record)
 
     # -- batches (finish thread) --------------------------------------------------------------------------
+    def before_sinks(self, batch: BatchOutput) -> tuple[BatchOutput, list[Event]]:
+        """The pipeline's one hook before the sinks: `batch` with `clip` / `snapshot` on matching events, and
+        the records of clips finalized since the last batch (events are never held back)."""
+        annotated, finished = self.annotate(batch)
+        events = tuple(e for res in annotated for e in res.events)
+        return replace(batch, results=tuple(annotated), events=events), finished
+
     def annotate(self, batch: BatchOutput) -> tuple[Sequence[FrameResult], list[Event]]:
         """The batch's results with `clip` / `snapshot` on matching events, and the `clip` records of clips
         finalized since the last call. `batch` is what `Pipeline.on_batch` subscribers get, before the sinks

@@ -25,7 +25,7 @@ STAGES: dict[str, int] = {
     # the stages of the data flow, and the simulated cameras that stand in for real ones
     "sources": 1, "detection": 1, "engines": 1, "tracking": 1, "analytics": 1, "sinks": 1, "sim": 1,
     # what joins the stages for one batch, and the status snapshot the service layer reads
-    "batcher": 2, "camera_set": 2, "step": 2, "status": 2, "evidence": 2, "capacity": 2,
+    "batcher": 2, "camera_set": 2, "step": 2, "status": 2, "evidence": 2, "capacity": 2, "scheduling": 2,
     # the wiring of the stages and its run loop
     "pipeline": 3, "loop": 3,
     # building an engine (offline, or on start when the runner asks for it)

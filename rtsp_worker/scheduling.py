@@ -1,0 +1,106 @@
+"""Which frames of a batch run the detector: each camera's infer_interval, stretched under overload by its
+priority multiplier (capacity.py's `Priorities`), then the motion gate (detection/motion_gate.py). Also the
+measured capacity the admission of new cameras is checked against (docs/motion-and-capacity.md).
+
+`Scheduler` holds the gate, the engine's measured `BatchCost` and the multipliers by row; the pipeline
+calls `plan` on the inference thread, `observe` after each batch and `cameras_changed` between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rtsp_worker.batcher import Batcher
+from rtsp_worker.camera_set import CameraSet, CapacityError
+from rtsp_worker.capacity import (
+    PRIORITY_RANK,
+    BatchCost,
+    Headroom,
+    Priorities,
+    admission,
+    headroom,
+    target_fps,
+)
+from rtsp_worker.config import CameraConfig
+from rtsp_worker.detection.motion_gate import MotionGate
+from rtsp_worker.status import BatchReport
+from rtsp_worker.types import Frame
+
+Measured = Callable[[], dict[str, "float | None"]]  # each running camera's measured stream rate, by name
+
+
+class Scheduler:
+    """The motion gate, priorities under overload and the measured capacity of one pipeline's cameras."""
+
+    def __init__(self, camset: CameraSet, batcher: Batcher, device: torch.device, measured: Measured) -> None:
+        self.camset = camset
+        self.batcher = batcher
+        self.measured = measured
+        self.gate = MotionGate(device)  # between the batcher and the step, on the work device
+        self.cost = BatchCost()
+        self.priorities = Priorities()
+        self._multiplier: dict[int, int] = {}  # by row, read on the hot path
+        self._configure()
+
+    def plan(self, frames: Sequence[Frame]) -> tuple[list[bool], list[bool] | None]:
+        """The frames to infer and, when any, the still ones (the tracker holds their tracks); counts the
+        gated frames and the motion on each camera's stats."""
+        by_row = self.camset.by_row
+        if self.priorities.due():
+            self._reprioritize()
+        mult = self._multiplier
+        due = [f.seq % (by_row[f.row].cfg.infer_interval * mult.get(f.row, 1)) == 0  # type: ignore[union-attr]
+               for f in frames]
+        decision = self.gate(frames, due)
+        for f, gated, moving in zip(frames, decision.gated, decision.motion):
+            st = by_row[f.row].stats  # type: ignore[union-attr]
+            st.gated += gated
+            st.motion = moving
+        return decision.due, decision.still if any(decision.still) else None
+
+    def observe(self, r: BatchReport) -> None:
+        # The engine's cost per batch size (its half of the step: preprocess + engine), what limits the box.
+        self.cost.observe(r.inferred, r.preprocess_ms + r.infer_ms)
+
+    def capacity_fps(self) -> float | None:
+        return self.cost.capacity_fps(self.batcher.max_batch)
+
+    def targets(self, measured: dict[str, float | None] | None = None) -> dict[str, float]:
+        """Each running camera's full target rate (inferred frames/s), with the measured stream rate."""
+        measured = self.measured() if measured is None else measured
+        return {c.name: target_fps(c, measured.get(c.name)) for c in self.camset.view.cameras}
+
+    def headroom(self, measured: dict[str, float | None] | None = None) -> Headroom:
+        return headroom(self.capacity_fps(), list(self.targets(measured).values()))
+
+    def check_headroom(self, new: list[CameraConfig], leaving: tuple[str, ...] = ()) -> None:
+        """Raise CapacityError when the running cameras (less `leaving`) plus `new` exceed the measured capacity."""
+        running = {n: t for n, t in self.targets().items() if n not in leaving and n not in {c.name for c in new}}
+        why = admission(self.capacity_fps(), list(running.values()), [(c.name, target_fps(c)) for c in new])
+        if why is not None:
+            raise CapacityError(why)
+
+    def multiplier(self, row: int) -> int:
+        return self._multiplier.get(row, 1)
+
+    def cameras_changed(self, event: str, name: str) -> None:
+        """Between batches: the gate and the batcher's ranks follow the cameras."""
+        self._configure()
+        cam = self.camset.get(name)
+        if cam is not None and event in ("added", "reconnected"):  # another scene: a new background
+            self.gate.reset(cam.row)
+
+    def _configure(self) -> None:
+        for row, cam in enumerate(self.camset.by_row):
+            self.gate.configure(row, cam.cfg.motion if cam is not None else None)
+        self.batcher.ranks = [PRIORITY_RANK[c.priority] for c in self.camset.view.cameras]
+
+    def _reprioritize(self) -> None:
+        view = self.camset.view
+        targets = self.targets()
+        cams = [(c.name, c.priority, targets[c.name], st.processed, st.gated, st.dropped)
+                for c, st in zip(view.cameras, view.stats)]
+        by_name = self.priorities.update(self.capacity_fps(), cams)
+        self._multiplier = {row: by_name.get(c.name, 1) for c, row in zip(view.cameras, view.rows)}
