@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from rtsp_worker.config.analytics import Anchor, LineConfig, Point, Units, ZoneConfig
 from rtsp_worker.config.base import NAME_PATTERN, NAME_RULE, ConfigError, StrictModel, check_name, is_loopback
+from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.config.cameras import URL_SCHEMES, CameraConfig, DecoderKind, MotionConfig, SourceOptions
 from rtsp_worker.config.loader import expand_env, load_config, parse_config, read_yaml
 from rtsp_worker.config.model import (
@@ -35,7 +36,6 @@ from rtsp_worker.config.model import (
     TorchModelConfig,
     backend_for,
 )
-from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
 from rtsp_worker.config.outputs import (
     EventKind,
     MqttConfig,

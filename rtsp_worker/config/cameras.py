@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from rtsp_worker.config.analytics import LineConfig, ZoneConfig
 from rtsp_worker.config.base import StrictModel, check_name
-from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 from rtsp_worker.config.calibration import CalibrationConfig, HeatmapConfig
+from rtsp_worker.config.evidence import ClipsConfig, SnapshotsConfig
 from rtsp_worker.redact import url_host_port
 
 log = logging.getLogger(__name__)
