@@ -182,6 +182,8 @@ def test_worker_answers_metrics_and_health_under_550_idle_and_slow_connections(t
         assert proc.poll() is None, err_path.read_text()[-3000:]
         soft, hard = re.search(r"Max open files\s+(\S+)\s+(\S+)", Path(f"/proc/{proc.pid}/limits").read_text()).groups()
         assert soft == hard or hard == "unlimited"  # raised at start (an unlimited hard limit is left alone)
+        # /healthz answers from the start; /metrics joins the server once the engine is loaded.
+        wait_for(lambda: _get(port, "/metrics")[0] == 200 or proc.poll() is not None, 120, "/metrics served", 0.5)
         held = [socket.create_connection(("127.0.0.1", port)) for _ in range(IDLE)]
         for _ in range(SLOW):  # slowloris: a request line and part of the headers, never finished
             c = socket.create_connection(("127.0.0.1", port))
