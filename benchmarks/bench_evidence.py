@@ -1,11 +1,12 @@
 """Cost of event evidence: CPU per processed frame with clips + snapshots on vs off, and the packet ring's
 memory per camera at 1080p, 4 Mbit/s, 10 s of pre-roll.
 
-    python benchmarks/bench_evidence.py [--smoke] [--cameras 8] [--seconds 20] [--rounds 2] [--json FILE]
+    python benchmarks/bench_evidence.py [--smoke] [--cameras 8] [--seconds 20] [--rounds 2] [--mqtt] [--json FILE]
 
 CPU: the real pipeline (synthetic scene, the project's ONNX detector, JSONL on) with `--cameras` file://
 cameras played in real time, every camera with a zone; variant "on" adds `clips: {pre_s: 5, post_s: 5}` and
-`snapshots: {}` to every camera. Rounds alternate off / on in one process (the same machine state for
+`snapshots: {}` to every camera (with `--mqtt`, also `output.mqtt` to a local Mosquitto the script starts,
+so every event and each camera's state is published). Rounds alternate off / on in one process (the same machine state for
 both); CPU is the process's user + system time over the round (decoding, inference, the sinks, the
 evidence: everything), divided by the frames processed. The ratio on/off is the number to compare.
 
@@ -21,6 +22,9 @@ import datetime
 import json
 import os
 import platform
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,12 +46,36 @@ MODEL = REPO / "models" / "synth_det.onnx"
 ZONE = {"name": "yard", "units": "fractions", "polygon": [[0.3, 0.35], [0.7, 0.35], [0.7, 0.9], [0.3, 0.9]]}
 
 
-def cpu_round(video: Path, out: Path, cameras: int, seconds: float, evidence: bool) -> dict:
+def start_broker(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A throw-away Mosquitto (Debian's `mosquitto`) on a free loopback port: the MQTT sink's broker."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = directory / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n")
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"mqtt://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+def cpu_round(video: Path, out: Path, cameras: int, seconds: float, evidence: bool, mqtt: str | None = None
+              ) -> dict:
     extra = {"clips": {"pre_s": 5, "post_s": 5}, "snapshots": {}} if evidence else {}
+    output: dict = {"dir": str(out)}
+    if evidence and mqtt:  # "on" also sends every event and each camera's state to a real broker
+        output["mqtt"] = {"url": mqtt}
     cfg = parse_config({
         "cameras": [{"name": f"cam{i}", "url": f"file://{video}", "zones": [ZONE], **extra} for i in range(cameras)],
         "model": {"path": str(MODEL)},
-        "output": {"dir": str(out)},
+        "output": output,
         "log_interval": 3600,
     }, source="bench_evidence.yaml")
     pipeline = build_pipeline(cfg)
@@ -116,18 +144,26 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per round")
     ap.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--mqtt", action="store_true", help="variant on also sends events to a local Mosquitto")
     args = ap.parse_args()
     if args.smoke:
         args.cameras, args.seconds, args.rounds = 2, 2.0, 1
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         seq = write_sequence(tmp, "scene", seed=9100, frames=150, size=(640, 360), fps=15)
+        broker, mqtt = start_broker(tmp) if args.mqtt else (None, None)
         rounds = []
-        for r in range(args.rounds):
-            for on in (False, True):
-                res = cpu_round(seq / "video.mp4", tmp / f"out{r}{int(on)}", args.cameras, args.seconds, on)
-                print(json.dumps(res), flush=True)
-                rounds.append(res)
+        try:
+            for r in range(args.rounds):
+                for on in (False, True):
+                    res = cpu_round(seq / "video.mp4", tmp / f"out{r}{int(on)}", args.cameras, args.seconds, on,
+                                    mqtt)
+                    print(json.dumps(res), flush=True)
+                    rounds.append(res)
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(10)
         memory = ring_memory(tmp, 10.0, args.smoke)
     per = {v: sum(x["cpu_s"] for x in rounds if x["evidence"] is v) / max(1, sum(x["frames"] for x in rounds
                                                                                    if x["evidence"] is v))
@@ -135,7 +171,7 @@ def main() -> None:
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, no GPU",
-        "cameras": args.cameras, "seconds_per_round": args.seconds, "rounds": rounds,
+        "cameras": args.cameras, "seconds_per_round": args.seconds, "mqtt": args.mqtt, "rounds": rounds,
         "cpu_ms_per_frame_off": round(per[False] * 1e3, 3), "cpu_ms_per_frame_on": round(per[True] * 1e3, 3),
         "ratio_on_off": round(per[True] / per[False], 4) if per[False] else None,
         "ring_memory": memory,

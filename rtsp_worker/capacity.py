@@ -195,7 +195,9 @@ class Priorities:
             self._last_counts[name] = (processed, gated, dropped)
         names = {c[0] for c in cams}
         self._last_counts = {n: v for n, v in self._last_counts.items() if n in names}
-        if capacity is None:
+        if capacity is None or len({c[1] for c in cams}) <= 1:
+            # One priority for every camera: there is no one to favour, so nobody's interval grows; under
+            # overload every camera keeps dropping its stale frames alike, as the batcher always did.
             new = {n: 1 for n in names}
         else:
             new = allocate(capacity, demand)
