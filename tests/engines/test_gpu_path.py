@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from media_support import decode_with
 from torch import nn
 
 from rtsp_worker.config import ModelConfig
@@ -778,11 +779,3 @@ def test_nv12_path_follows_the_streams_colour_tags(matrix, full, expected):
     twin = reference([f.image for f in frames], [ImageGeometry(h, w, py, px, nh, nw)] * len(frames),
                      InputSpec((192, 256)), [yuv_coefficients(expected)] * len(frames))
     torch.testing.assert_close(twin, x_nv12, atol=1e-5, rtol=0)
-
-
-def decode_with(data: bytes, fmt: str) -> list:
-    with av.open(io.BytesIO(data)) as c:
-        stream = c.streams.video[0]
-        dec = CpuDecoder(stream, pixel_format=fmt)
-        out = [img for p in c.demux(stream) if p.size for img in dec.decode(p)]
-        return out + dec.flush()
