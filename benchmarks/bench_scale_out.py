@@ -72,6 +72,7 @@ class _NullEngine:
         self.info = ModelInfo((384, 640), ("object",), max_batch, True)
         self.device = torch.device("cpu")
         self.input_dtype = torch.float32
+        self.warmup_ms: dict[int, float] = {}
         self._out = torch.zeros((max_batch, 4 + NC, 5040))
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:

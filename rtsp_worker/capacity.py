@@ -6,6 +6,9 @@ measured headroom, and priorities under overload (docs/motion-and-capacity.md).
   thread) from the real batches; sizes never seen are read off a least-squares line through
   the seen ones. `capacity_fps` is the best frames/s over batch sizes 1..max_batch: batches bigger than a
   fixed-batch engine takes run in chunks, so the engine's batch size is never a limit on cameras.
+  Until the first real batch, the engine's own warm-up runs at load (`Engine.warmup_ms`, timed, no extra
+  run) give a first estimate (`source` "warm-up"): shown, never a reason to refuse a camera (a first run is
+  slower than the steady state); the first real batch replaces it.
 - `target_fps` of a camera: its `target_fps`, else its stream rate / infer_interval (the rate the config
   gives, else the one measured, else ASSUMED_FPS).
 - `admission` counts every camera at its full target: motion gating is headroom for priorities, never a
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +47,13 @@ class BatchCost:
         self.max_size = max_size
         self.ms = np.full(max_size + 1, np.nan)  # EMA per size; index 0 unused
         self.count = np.zeros(max_size + 1, dtype=np.int64)
+        self.warmup = np.full(max_size + 1, np.nan)  # the engine's warm-up runs, by size: until a real batch
+
+    def seed(self, warmup_ms: Mapping[int, float]) -> None:
+        """The engine's warm-up runs at load ({batch size: ms}): the estimate until real batches are measured."""
+        for size, ms in warmup_ms.items():
+            if 0 < size <= self.max_size and math.isfinite(ms) and ms > 0:
+                self.warmup[size] = ms
 
     def observe(self, size: int, ms: float) -> None:
         """One batch of `size` inferred frames took `ms` (size 0: a batch of gated/interval frames only)."""
@@ -55,22 +65,33 @@ class BatchCost:
 
     @property
     def known(self) -> bool:
+        """Measured on real batches (the warm-up estimate does not count)."""
         return bool(self.count.any())
+
+    @property
+    def source(self) -> str | None:
+        """What the estimate rests on: "batches", "warm-up" (no real batch yet) or None (nothing)."""
+        return "batches" if self.known else "warm-up" if not np.isnan(self.warmup).all() else None
+
+    def _points(self) -> np.ndarray:
+        """ms by size (NaN: not seen): the real batches once there is one, else the warm-up runs."""
+        return self.ms if self.known else self.warmup
 
     def _line(self) -> tuple[float, float] | None:
         """(fixed ms, ms per frame) through the measured sizes; None before any."""
-        seen = np.flatnonzero(self.count)
+        points = self._points()
+        seen = np.flatnonzero(~np.isnan(points))
         if len(seen) == 0:
             return None
         if len(seen) == 1:  # one size: the cost per frame, without a fixed part (conservative upwards)
-            return 0.0, float(self.ms[seen[0]] / seen[0])
-        slope, fixed = np.polyfit(seen.astype(np.float64), self.ms[seen], 1)
+            return 0.0, float(points[seen[0]] / seen[0])
+        slope, fixed = np.polyfit(seen.astype(np.float64), points[seen], 1)
         return max(float(fixed), 0.0), max(float(slope), 0.0)
 
     def estimate(self, size: int, line: tuple[float, float] | None = None) -> float | None:
         """Milliseconds of a batch of `size` frames: measured, else on the line through the measured sizes."""
-        if size <= self.max_size and self.count[size]:
-            return float(self.ms[size])
+        if size <= self.max_size and not np.isnan(self._points()[size]):
+            return float(self._points()[size])
         line = line if line is not None else self._line()
         return None if line is None else line[0] + line[1] * size
 
@@ -88,8 +109,10 @@ class BatchCost:
         return best
 
     def table(self, max_batch: int) -> list[tuple[int, float | None, bool]]:
-        """(size, ms, measured) for sizes 1..max_batch."""
-        return [(b, self.estimate(b), bool(b <= self.max_size and self.count[b])) for b in range(1, max_batch + 1)]
+        """(size, ms, measured) for sizes 1..max_batch (measured: on real batches, or in warm-up before any)."""
+        points = self._points()
+        return [(b, self.estimate(b), bool(b <= self.max_size and not np.isnan(points[b])))
+                for b in range(1, max_batch + 1)]
 
 
 def target_fps(cfg: CameraConfig, measured_rate: float | None = None) -> float:
@@ -102,19 +125,15 @@ def target_fps(cfg: CameraConfig, measured_rate: float | None = None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Headroom:
-    capacity_fps: float | None  # None until a batch was measured
+    capacity_fps: float | None  # None until a batch was measured (or the engine's warm-up timed)
     demand_fps: float  # every camera at its full target
     headroom_fps: float | None
-
-    def as_dict(self) -> dict[str, float | None]:
-        r = (lambda v: None if v is None else round(v, 1))
-        return {"capacity_fps": r(self.capacity_fps), "demand_fps": r(self.demand_fps),
-                "headroom_fps": r(self.headroom_fps)}
+    source: str | None = None  # BatchCost.source: "batches" or "warm-up"
 
 
-def headroom(capacity: float | None, targets: Sequence[float]) -> Headroom:
+def headroom(capacity: float | None, targets: Sequence[float], source: str | None = None) -> Headroom:
     demand = float(sum(targets))
-    return Headroom(capacity, demand, None if capacity is None else capacity - demand)
+    return Headroom(capacity, demand, None if capacity is None else capacity - demand, source)
 
 
 def admission(capacity: float | None, targets: Sequence[float], new: Sequence[tuple[str, float]]) -> str | None:

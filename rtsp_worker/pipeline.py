@@ -98,7 +98,7 @@ class Pipeline:
             self.evidence.configure(cam)
         # The motion gate, priorities under overload and the measured capacity (scheduling.py).
         self.scheduler = Scheduler(self.camset, self.batcher, self.work_device,
-                                   lambda: {c.name: c.decode_fps for c in self.status().cameras})
+                                   lambda: {c.name: c.decode_fps for c in self.status().cameras}, step.engine.warmup_ms)
         self.batch_listeners: list[BatchListener] = []
         self.batches = 0
         self.frames_out = 0
@@ -174,7 +174,7 @@ class Pipeline:
         return PipelineStatus(tuple(cams), self.sinks.status(), analytics_status(analytics), self.batches,
                               self.frames_out, self.batch_step.nonfinite.value(), self.loop_ts,
                               self.stop_event.is_set(), self.camset.capacity, self.camset.lingering_sources,
-                              self.evidence.status(), room.capacity_fps, room.demand_fps, room.headroom_fps)
+                              self.evidence.status(), room)
 
     @property
     def cameras(self) -> tuple[CameraConfig, ...]:

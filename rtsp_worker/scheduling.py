@@ -8,7 +8,8 @@ calls `plan` on the inference thread, `observe` after each batch and `cameras_ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -28,18 +29,25 @@ from rtsp_worker.detection.motion_gate import MotionGate
 from rtsp_worker.status import BatchReport
 from rtsp_worker.types import Frame
 
+log = logging.getLogger(__name__)
 Measured = Callable[[], dict[str, "float | None"]]  # each running camera's measured stream rate, by name
 
 
 class Scheduler:
     """The motion gate, priorities under overload and the measured capacity of one pipeline's cameras."""
 
-    def __init__(self, camset: CameraSet, batcher: Batcher, device: torch.device, measured: Measured) -> None:
+    def __init__(self, camset: CameraSet, batcher: Batcher, device: torch.device, measured: Measured,
+                 warmup_ms: Mapping[int, float]) -> None:
         self.camset = camset
         self.batcher = batcher
         self.measured = measured
         self.gate = MotionGate(device)  # between the batcher and the step, on the work device
         self.cost = BatchCost()
+        self.cost.seed(warmup_ms)  # the engine's warm-up runs at load: the estimate until the first batch
+        if self.cost.source == "warm-up":
+            log.info("engine warm-up: %s; about %.1f inferred frames/s until real batches are measured",
+                     ", ".join(f"batch {b} in {ms:.1f} ms" for b, ms in sorted(warmup_ms.items())),
+                     self.capacity_fps() or 0.0)
         self.priorities = Priorities()
         self._multiplier: dict[int, int] = {}  # by row, read on the hot path
         self._configure()
@@ -73,12 +81,14 @@ class Scheduler:
         return {c.name: target_fps(c, measured.get(c.name)) for c in self.camset.view.cameras}
 
     def headroom(self, measured: dict[str, float | None] | None = None) -> Headroom:
-        return headroom(self.capacity_fps(), list(self.targets(measured).values()))
+        return headroom(self.capacity_fps(), list(self.targets(measured).values()), self.cost.source)
 
     def check_headroom(self, new: list[CameraConfig], leaving: tuple[str, ...] = ()) -> None:
-        """Raise CapacityError when the running cameras (less `leaving`) plus `new` exceed the measured capacity."""
+        """Raise CapacityError when the running cameras (less `leaving`) plus `new` exceed the capacity measured
+        on real batches (the warm-up estimate never refuses)."""
         running = {n: t for n, t in self.targets().items() if n not in leaving and n not in {c.name for c in new}}
-        why = admission(self.capacity_fps(), list(running.values()), [(c.name, target_fps(c)) for c in new])
+        capacity = self.capacity_fps() if self.cost.known else None
+        why = admission(capacity, list(running.values()), [(c.name, target_fps(c)) for c in new])
         if why is not None:
             raise CapacityError(why)
 

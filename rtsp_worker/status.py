@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rtsp_worker.capacity import Headroom
 from rtsp_worker.config import CameraConfig, mask_url
 from rtsp_worker.evidence.disk import EvidenceStatus
 from rtsp_worker.sinks import SinkStatus
@@ -122,9 +123,26 @@ class PipelineStatus:
     capacity: int  # most cameras the engine's batch takes
     lingering_sources: int = 0  # removed cameras whose source thread outlived its timeouts (left behind)
     evidence: EvidenceStatus | None = None  # clips and snapshots written, dropped (rtsp_worker/evidence)
-    capacity_fps: float | None = None  # inferred frames/s the engine delivers, measured; None before a batch
-    demand_fps: float = 0.0  # every camera at its full target rate (motion gating not counted)
-    headroom_fps: float | None = None  # capacity_fps - demand_fps
+    room: Headroom = Headroom(None, 0.0, None)  # the engine's measured capacity vs every camera's full target
+
+    @property
+    def capacity_fps(self) -> float | None:
+        """Inferred frames/s the engine delivers: measured on real batches, from its warm-up before the first."""
+        return self.room.capacity_fps
+
+    @property
+    def capacity_source(self) -> str | None:
+        """"batches", "warm-up" (no real batch yet), or None (nothing measured)."""
+        return self.room.source
+
+    @property
+    def demand_fps(self) -> float:
+        """Every camera at its full target rate (motion gating not counted)."""
+        return self.room.demand_fps
+
+    @property
+    def headroom_fps(self) -> float | None:
+        return self.room.headroom_fps
 
     def camera(self, name: str) -> CameraStatus | None:
         return next((c for c in self.cameras if c.name == name), None)

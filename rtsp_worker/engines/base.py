@@ -57,6 +57,9 @@ class Engine(Protocol):
     info: ModelInfo
     device: torch.device
     input_dtype: torch.dtype  # dtype `infer` wants its input in (float32 or float16)
+    # Milliseconds of the runs the engine did anyway while loading (its probe, CUDA-graph warm-ups), by batch
+    # size: the capacity estimate until real batches are measured (capacity.py). Timed only, no extra run.
+    warmup_ms: Mapping[int, float]
 
     def infer(self, images: Tensor) -> Tensor: ...
 

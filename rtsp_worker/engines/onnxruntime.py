@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -118,7 +119,9 @@ class OnnxRuntimeEngine:
         self._chunk = fixed
         # Fail at start-up, not on the first camera frame, if the model's output is not what we decode:
         # the probe's real shape (dynamic dims resolved) decides the layout.
+        t0 = time.perf_counter()
         probe = self.infer(torch.zeros((fixed or 1, 3, *size), dtype=torch.float32))
+        self.warmup_ms = {fixed or 1: (time.perf_counter() - t0) * 1000}
         self.info = model_info(cfg, tuple(probe.shape), size, names, meta, str(cfg.path),
                                max_batch=fixed or max_batch, dynamic_batch=fixed is None)
         if fixed is not None and fixed < max_batch:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,10 +175,12 @@ class TensorRTEngine:
         self._rr = threading.Lock()
         # Fail at start-up rather than on the first camera frame (a sync here costs nothing): the probe's
         # output shape decides the layout.
+        t0 = time.perf_counter()
         probe = self.infer(torch.zeros((1, 3, height, width), dtype=self.input_dtype, device=self.device))
+        torch.cuda.synchronize(self.device)
+        self.warmup_ms = {1: (time.perf_counter() - t0) * 1000}
         self.info = plan_model_info(cfg, meta, tuple(probe.shape), self._size, src, max_batch=self._cap,
                                     dynamic_batch=hi[0] > lo[0])
-        torch.cuda.synchronize(self.device)
         log.info("%s: TensorRT %s, input %dx%d %s, batch 1..%d, %d contexts, layout %s", src, trt.__version__,
                  height, width, self.input_dtype, self._cap, len(self._slots), self.info.output_layout.name)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ class TorchScriptEngine:
         for p in self._module.parameters():  # (ScriptModules refuse Module.requires_grad_; parameters do not)
             p.requires_grad_(False)
         input_size = (int(input_size[0]), int(input_size[1]))
+        self.warmup_ms: dict[int, float] = {}  # the loading runs below, timed (Engine.warmup_ms)
         probe = self._probe(input_size)
         dynamic = self._accepts_batch(input_size)
         # Fail at start-up, not on the first camera frame: the probe's output shape decides the layout.
@@ -275,11 +277,20 @@ class TorchScriptEngine:
     def _forward(self, images: Tensor) -> Tensor:
         return _first_tensor(self._module(images))
 
+    def _timed(self, images: Tensor) -> Tensor:
+        """A loading run, timed into `warmup_ms` (a sync at load costs nothing)."""
+        t0 = time.perf_counter()
+        out = self._forward(images)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmup_ms[images.shape[0]] = (time.perf_counter() - t0) * 1000
+        return out
+
     def _probe(self, input_size: tuple[int, int]) -> Tensor:
         x = torch.zeros((1, 3, *input_size), device=self.device)
         try:
             with torch.inference_mode():
-                out = self._forward(x)
+                out = self._timed(x)
         except Exception as e:  # noqa: BLE001 - whatever the model raises, report it against the file
             raise ModelError(
                 f"{self._source}: running the model on a (1, 3, {input_size[0]}, {input_size[1]}) input on "
@@ -295,7 +306,7 @@ class TorchScriptEngine:
         """Traced models often bake their batch size in; a batch-2 run tells."""
         try:
             with torch.inference_mode():
-                out = self._forward(torch.zeros((2, 3, *input_size), device=self.device))
+                out = self._timed(torch.zeros((2, 3, *input_size), device=self.device))
         except Exception as e:  # noqa: BLE001 - any failure means "not batch-dynamic"
             log.info("%s: model does not accept batch 2 (%s); running it one image at a time",
                      self._source, type(e).__name__)
@@ -360,8 +371,10 @@ class TorchScriptEngine:
         side = torch.cuda.Stream(device=self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
+            for _ in range(WARMUP_RUNS - 1):
                 self._forward(inputs)
+            side.synchronize()
+            self._timed(inputs)  # the last warm-up, past the first runs' specialization: the steady cost
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # One memory pool for all buckets; outputs are copied out right after each replay, so a later

@@ -94,9 +94,10 @@ class ControlApi:
                 "infer_interval": c.infer_interval, "gated": c.gated, "motion": c.motion,
                 "priority": c.priority, "effective_interval": c.infer_interval * c.multiplier,
             })
-        room = {k: None if v is None else round(v, 1) for k, v in (
+        room: dict[str, object] = {k: None if v is None else round(v, 1) for k, v in (
             ("capacity_fps", status.capacity_fps), ("demand_fps", status.demand_fps),
             ("headroom_fps", status.headroom_fps))}
+        room["capacity_source"] = status.capacity_source  # "batches", or "warm-up" before the first batch
         return Response.json(200, {"cameras": cams, "capacity": status.capacity, "headroom": room})
 
     def put_camera(self, req: Request) -> Response:

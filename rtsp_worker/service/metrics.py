@@ -113,9 +113,13 @@ class _StatsCollector(Collector):
         yield interval
         if status.capacity_fps is not None:
             yield GaugeMetricFamily(f"{NS}_capacity_fps", "Inferred frames per second the engine delivers "
-                                    "(measured on real batches).", value=status.capacity_fps)
+                                    "(measured on real batches; from its warm-up runs before the first).",
+                                    value=status.capacity_fps)
             yield GaugeMetricFamily(f"{NS}_headroom_fps", "capacity_fps minus every camera's full target rate.",
                                     value=status.headroom_fps)
+            yield GaugeMetricFamily(f"{NS}_capacity_measured", "1 once capacity_fps rests on real batches, 0 while "
+                                    "it is the engine's warm-up estimate.",
+                                    value=1.0 if status.capacity_source == "batches" else 0.0)
         motion = GaugeMetricFamily(f"{NS}_camera_motion", "1 while the motion gate sees motion in the camera's "
                                    "newest frame (0 also for cameras without motion.enabled).", labels=["camera"])
         for c in cams:

@@ -214,6 +214,7 @@ class NanEngine:
                               dynamic_batch=True)
         self.device = torch.device("cpu")
         self.input_dtype = torch.float32
+        self.warmup_ms: dict[int, float] = {}
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         out = torch.full((images.shape[0], 7, 20), 0.9)

@@ -35,6 +35,7 @@ class SlowEngine:
     def __init__(self, inner, ms_per_frame: float) -> None:
         self.inner, self.ms = inner, ms_per_frame
         self.device, self.info, self.input_dtype = inner.device, inner.info, inner.input_dtype
+        self.warmup_ms = {1: 2 * self.ms}  # an estimate that would refuse nothing here: only real batches may
 
     def infer(self, images: torch.Tensor) -> torch.Tensor:
         time.sleep(self.ms * images.shape[0] / 1000)
@@ -58,6 +59,20 @@ def test_batch_cost_learns_sizes_and_reads_the_rest_off_a_line() -> None:
     assert cost.estimate(8) == pytest.approx(82.0)
     assert cost.capacity_fps(8) == pytest.approx(8000 / 82.0)
     assert [m for _, _, m in cost.table(4)] == [True, False, False, True]
+
+
+def test_the_engines_warm_up_is_the_estimate_until_the_first_real_batch(tiny_model: Path, tmp_path: Path) -> None:
+    engine = load_engine(make_config([_cam("a")], tiny_model, tmp_path).model, torch.device("cpu"), 4)
+    assert set(engine.warmup_ms) == {1} and engine.warmup_ms[1] > 0  # its probe at load, timed
+    cost = BatchCost()
+    cost.seed({1: 10.0, 4: 22.0, 0: 5.0, 9999: 1.0})  # sizes out of range are ignored
+    assert cost.source == "warm-up" and not cost.known
+    assert cost.estimate(2) == pytest.approx(14.0) and cost.capacity_fps(4) == pytest.approx(4000 / 22.0)
+    cost.observe(2, 40.0)  # the first real batch replaces the whole warm-up estimate
+    assert cost.source == "batches" and cost.known
+    assert cost.estimate(1) == pytest.approx(20.0) and cost.capacity_fps(4) == pytest.approx(50.0)
+    assert [m for _, _, m in cost.table(3)] == [False, True, False]
+    assert BatchCost().source is None
 
 
 def test_admission_counts_full_targets_and_gives_the_numbers() -> None:
@@ -140,9 +155,13 @@ def test_a_camera_over_measured_headroom_is_refused_with_numbers_and_accepted_wi
     cfg = make_config([_cam("a", frame_rate=4), _cam("b", frame_rate=4)], tiny_model, tmp_path,
                       batcher={"max_batch": 4})
     p = build_pipeline(cfg, engine=engine, sinks=[RecordingSink()], source_factory=sources)
+    # Before any batch: the engine's warm-up at load (100 ms at batch 1) is the estimate, and never refuses.
+    s = p.status()
+    assert s.capacity_source == "warm-up" and s.capacity_fps == pytest.approx(10.0)
+    p.check_headroom([CameraConfig(name="c", url="rtsp://fake.invalid/c", target_fps=500)])
     runner = PipelineThread(p)
     try:
-        wait_for(lambda: p.status().capacity_fps is not None, BOUND_S, "a measured batch")
+        wait_for(lambda: p.status().capacity_source == "batches", BOUND_S, "a measured batch")
         s = p.status()
         assert s.capacity_fps <= 20.0 and s.demand_fps == pytest.approx(8.0)
         p.add_camera(CameraConfig(name="d", url="rtsp://fake.invalid/d", frame_rate=4))  # fits: not refused

@@ -33,6 +33,8 @@ def test_metrics_endpoint_reports_cameras_stages_and_latency(tmp_path, small_cli
     server = serve_metrics(pipeline, "127.0.0.1", 0)
     try:
         assert server.port > 0
+        before = scrape(server.url)  # no batch yet: the capacity is the engine's warm-up estimate
+        assert before[("rtsp_worker_capacity_fps", ())] > 0 and before[("rtsp_worker_capacity_measured", ())] == 0
         runner = PipelineThread(pipeline)
         wait_for(lambda: pipeline.stats[0].processed >= 20 and pipeline.stats[1].failures >= 2, 30, "frames")
         live = scrape(server.url)
@@ -58,6 +60,7 @@ def test_metrics_endpoint_reports_cameras_stages_and_latency(tmp_path, small_cli
     assert m[("rtsp_worker_camera_consecutive_failures", (("camera", "gate"),))] == gate.failures >= 2
     assert gate.processed == 0 and lobby.processed >= 20
     assert m[("rtsp_worker_batches_total", ())] == pipeline.batches
+    assert m[("rtsp_worker_capacity_measured", ())] == 1 and m[("rtsp_worker_capacity_fps", ())] > 0
 
     # Histograms: one latency observation per processed frame, one batch-size observation per batch.
     assert m[("rtsp_worker_end_to_end_latency_seconds_count", (("camera", "lobby"),))] == lobby.processed

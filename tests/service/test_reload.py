@@ -343,6 +343,7 @@ def test_control_api_security_write_back_capacity_and_file_watch(tmp_path, rtsp_
         assert set(w.cameras()) == {"a", "b", "c", "d"} and "name: e" not in w.path.read_text()
         status, body = w.request("GET", "/cameras")
         assert body["headroom"]["capacity_fps"] > 0 and body["headroom"]["demand_fps"] > 0, body
+        assert body["headroom"]["capacity_source"] == "batches", body  # the 409 rested on real batches
         status, body = w.request("PUT", "/cameras/e?force=1", {"url": srv.url("e"), "target_fps": 10000})
         assert status == 201, body
         assert w.request("DELETE", "/cameras/e")[0] == 200
