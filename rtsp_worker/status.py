@@ -108,6 +108,9 @@ class AnalyticsStatus:
     crowded: tuple[tuple[str, str, bool], ...] = ()  # (camera, zone, crowded now), zones with max_objects
 
 
+NOTHING_MEASURED = Headroom(None, 0.0, None)
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineStatus:
     """A frozen view of a pipeline at one moment; cheap to take (no device sync)."""
@@ -123,7 +126,7 @@ class PipelineStatus:
     capacity: int  # most cameras the engine's batch takes
     lingering_sources: int = 0  # removed cameras whose source thread outlived its timeouts (left behind)
     evidence: EvidenceStatus | None = None  # clips and snapshots written, dropped (rtsp_worker/evidence)
-    room: Headroom = Headroom(None, 0.0, None)  # the engine's measured capacity vs every camera's full target
+    room: Headroom = NOTHING_MEASURED  # the engine's measured capacity vs every camera's full target
 
     @property
     def capacity_fps(self) -> float | None:
