@@ -2,15 +2,20 @@
 
 1. Each enabled camera is probed briefly, in parallel (as `probe` does): codec, resolution, frame rate. One
    that cannot be reached is listed as unknown (and not counted), or taken as `--assume 1920x1080@30`.
-2. The model is measured on the configured device at batch sizes 1..batcher.max_batch (one warm-up run,
-   then a few timed runs each): the same `BatchCost` the running worker learns from real batches.
-3. The CPU decode cost of each (codec, resolution) is measured on a few seconds of a generated clip
-   (rtsp_worker/sim/clips.py), in core-seconds per frame.
+2. The model is measured on the configured device at batch sizes 1, 2, 4, ... up to batcher.max_batch (one
+   warm-up run, then the median of at least MIN_RUNS timed runs each, more while they are quick: a busy
+   core makes single runs scatter), into the same `BatchCost` the running worker learns from real batches;
+   the sizes between are read off its line.
+3. The CPU decode cost of each (codec, resolution) is measured on a few seconds of a generated clip in
+   core-seconds per frame: for H.264 a synthetic street scene (rtsp_worker/sim/synthetic.py: texture, sensor
+   noise, moving objects: what camera footage costs to decode), for HEVC the simple test pattern
+   (rtsp_worker/sim/clips.py; the scene encoder writes H.264 only), which decodes faster than camera content.
 4. On a CPU device decoding and inference share the cores: the engine keeps the share decoding leaves.
    The capacity is then shared by priority exactly as the worker does under overload (capacity.allocate):
    each camera's predicted rate is its target / its multiplier.
 
-Predictions against real runs: benchmarks/results/plan_vs_run.md.
+Predictions against real runs: OPTIMIZATION_SUMMARY.md, "Priorities and `plan` vs a real run"
+(benchmarks/bench_capacity.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,8 +87,23 @@ def probe_cameras(cams: list[CameraConfig], timeout: float, assume: Stream | Non
         return dict(zip((c.name for c in cams), pool.map(one, cams)))
 
 
-def measure_model(cfg: Config, device: torch.device, runs: int = 3) -> tuple[BatchCost, int]:
-    """The engine's milliseconds per batch at sizes 1..max batch (warm-up, then `runs` timed calls each)."""
+MIN_RUNS, MAX_RUNS = 5, 25  # timed runs per batch size: at least MIN_RUNS, more until SIZE_BUDGET_S is spent
+SIZE_BUDGET_S = 0.5
+
+
+def batch_sizes(top: int) -> list[int]:
+    """1, 2, 4, ... and `top`: the line through them gives the sizes between."""
+    sizes = {top}
+    b = 1
+    while b < top:
+        sizes.add(b)
+        b *= 2
+    return sorted(sizes)
+
+
+def measure_model(cfg: Config, device: torch.device) -> tuple[BatchCost, int]:
+    """The engine's milliseconds per batch at `batch_sizes` of the max batch (warm-up, then the median of
+    MIN_RUNS..MAX_RUNS timed calls each)."""
     from rtsp_worker.engines import load_engine
 
     engine = load_engine(cfg.model, device, cfg.batcher.max_batch)
@@ -93,29 +114,41 @@ def measure_model(cfg: Config, device: torch.device, runs: int = 3) -> tuple[Bat
             top = min(top, info.max_batch)
         h, w = info.input_size
         cost = BatchCost()
-        for b in range(1, top + 1):
+        for b in batch_sizes(top):
             x = torch.rand((b, 3, h, w), device=engine.device).to(engine.input_dtype)
             engine.infer(x)  # warm-up: allocations, kernels for this shape
-            for _ in range(runs):
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < MIN_RUNS or (len(times) < MAX_RUNS and time.perf_counter() - start < SIZE_BUDGET_S):
                 if engine.device.type == "cuda":
                     torch.cuda.synchronize(engine.device)
                 t0 = time.perf_counter()
                 out = engine.infer(x)
                 if out.is_cuda:
                     torch.cuda.synchronize(engine.device)
-                cost.observe(b, (time.perf_counter() - t0) * 1e3)
+                times.append((time.perf_counter() - t0) * 1e3)
+            cost.observe(b, statistics.median(times))
         return cost, top
     finally:
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
+        engine.close()
+
+
+def _camera_like_clip(path: Path, codec: str, width: int, height: int, seconds: float) -> Path:
+    """A clip that costs what camera footage costs to decode (H.264: a synthetic scene; see the docstring)."""
+    if codec != "h264":
+        from rtsp_worker.sim.clips import write_test_clip
+
+        return write_test_clip(path, seconds=seconds, fps=15, size=(width, height), codec=codec)
+    from rtsp_worker.sim.synthetic import encode_mp4, make_scene, render
+
+    scene = make_scene(1, frames=max(1, int(seconds * 15)), width=max(width, 64), height=max(height, 64), fps=15)
+    encode_mp4((img for img, _gt in render(scene)), path, 15, scene.width, scene.height)
+    return path
 
 
 def measure_decode(streams: list[Stream], seconds: float = 2.0) -> dict[tuple[str, int, int], float]:
     """CPU core-ms to decode one frame, per (codec, width, height), on a generated clip of that kind."""
     import av
-
-    from rtsp_worker.sim.clips import write_test_clip
 
     out: dict[tuple[str, int, int], float] = {}
     with tempfile.TemporaryDirectory(prefix="rtsp-worker-plan-") as tmp:
@@ -124,8 +157,8 @@ def measure_decode(streams: list[Stream], seconds: float = 2.0) -> dict[tuple[st
             if s.how == "unknown" or key in out:
                 continue
             codec = "hevc" if s.codec in ("hevc", "h265") else "h264"
-            clip = write_test_clip(Path(tmp) / f"{codec}_{s.width}x{s.height}.mp4", seconds=seconds, fps=15,
-                                   size=(s.width - s.width % 2, s.height - s.height % 2), codec=codec)
+            clip = _camera_like_clip(Path(tmp) / f"{codec}_{s.width}x{s.height}.mp4", codec,
+                                     s.width - s.width % 2, s.height - s.height % 2, seconds)
             with av.open(str(clip)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
