@@ -22,7 +22,7 @@ from common import RESULTS, metadata, parser, pick_model, print_table, setup, wr
 
 from rtsp_worker.pipeline import build_pipeline
 from rtsp_worker.sources.state import CameraState
-from rtsp_worker.tools.plan import make_plan, measure_decode, measure_model, probe_cameras
+from rtsp_worker.tools.plan import make_plan, measure_decode, measure_step, probe_cameras
 
 
 def _priority(i: int, n: int, high: int) -> str:
@@ -39,9 +39,9 @@ def measure(n: int, clips: list[Path], model: Path, high: int, warmup: float, se
         cfg = cfg.model_copy(update={"cameras": cams})
         t0 = time.perf_counter()
         streams = probe_cameras(cfg.enabled_cameras, 5.0, None)
-        cost, top = measure_model(cfg, torch.device("cpu"))
-        decode = measure_decode(list(streams.values()))
-        plan = make_plan(cfg, streams, cost, top, decode, torch.device("cpu"), os.cpu_count() or 1)
+        decode, sample = measure_decode(list(streams.values()))
+        cost = measure_step(cfg, torch.device("cpu"), sample)
+        plan = make_plan(cfg, streams, cost, decode, torch.device("cpu"), os.cpu_count() or 1)
         plan_s = time.perf_counter() - t0
         pipe = build_pipeline(cfg)
         runner = threading.Thread(target=pipe.run, name="inference", daemon=True)

@@ -2,17 +2,21 @@
 
 1. Each enabled camera is probed briefly, in parallel (as `probe` does): codec, resolution, frame rate. One
    that cannot be reached is listed as unknown (and not counted), or taken as `--assume 1920x1080@30`.
-2. The model is measured on the configured device at batch sizes 1, 2, 4, ... up to batcher.max_batch (one
-   warm-up run, then the median of at least MIN_RUNS timed runs each, more while they are quick: a busy
-   core makes single runs scatter), into the same `BatchCost` the running worker learns from real batches;
-   the sizes between are read off its line.
-3. The CPU decode cost of each (codec, resolution) is measured on a few seconds of a generated clip in
+2. The CPU decode cost of each (codec, resolution) is measured on a few seconds of a generated clip in
    core-seconds per frame: for H.264 a synthetic street scene (rtsp_worker/sim/synthetic.py: texture, sensor
    noise, moving objects: what camera footage costs to decode), for HEVC the simple test pattern
    (rtsp_worker/sim/clips.py; the scene encoder writes H.264 only), which decodes faster than camera content.
-4. On a CPU device decoding and inference share the cores: the engine keeps the share decoding leaves.
-   The capacity is then shared by priority exactly as the worker does under overload (capacity.allocate):
-   each camera's predicted rate is its target / its multiplier.
+3. The worker's own batch step (rtsp_worker/step.py: preprocess, engine, postprocess, tracker) runs on the
+   frames decoded in 2 (the most common stream's) at batch sizes 1, 2, 4, ... up to batcher.max_batch: one
+   warm-up batch, then the median of at least MIN_RUNS timed batches each, more while they are quick (a busy
+   core makes single runs scatter). The inference half (preprocess + engine) goes into the same `BatchCost`
+   the running worker learns from real batches (the sizes between are read off its line); the other half
+   (postprocess, tracker, records) is kept per frame.
+4. Capacity: on a CPU device decoding, the inference half and the other half share the cores, so the engine's
+   rate is scaled down by what decoding and the other half take (`cpu_capacity`); on a GPU the other half
+   runs beside it on its own thread (at most 1000 / its ms per frame). The capacity is then shared by
+   priority exactly as the worker does under overload (capacity.allocate): each camera's predicted rate is
+   its target / its multiplier.
 
 Predictions against real runs: OPTIMIZATION_SUMMARY.md, "Priorities and `plan` vs a real run"
 (benchmarks/bench_capacity.py).
@@ -26,14 +30,16 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from rtsp_worker.capacity import PRIORITY_RANK, BatchCost, allocate
 from rtsp_worker.config import CameraConfig, Config
+from rtsp_worker.types import NATIVE, Frame
 
 _ASSUME = re.compile(r"^(\d+)x(\d+)@(\d+(?:\.\d+)?)$")
 
@@ -87,8 +93,18 @@ def probe_cameras(cams: list[CameraConfig], timeout: float, assume: Stream | Non
         return dict(zip((c.name for c in cams), pool.map(one, cams)))
 
 
-MIN_RUNS, MAX_RUNS = 5, 25  # timed runs per batch size: at least MIN_RUNS, more until SIZE_BUDGET_S is spent
+MIN_RUNS, MAX_RUNS = 5, 25  # timed batches per size: at least MIN_RUNS, more until SIZE_BUDGET_S is spent
 SIZE_BUDGET_S = 0.5
+SAMPLE_FRAMES = 30  # decoded frames kept for the batch step (cycled through for bigger batches)
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """What the batch step costs on this device."""
+
+    infer: BatchCost  # the inference half (preprocess + engine) by batch size: what the worker learns
+    finish_ms: float  # the other half (postprocess, tracker, records) per frame, at the largest batch
+    max_batch: int
 
 
 def batch_sizes(top: int) -> list[int]:
@@ -101,10 +117,10 @@ def batch_sizes(top: int) -> list[int]:
     return sorted(sizes)
 
 
-def measure_model(cfg: Config, device: torch.device) -> tuple[BatchCost, int]:
-    """The engine's milliseconds per batch at `batch_sizes` of the max batch (warm-up, then the median of
-    MIN_RUNS..MAX_RUNS timed calls each)."""
+def measure_step(cfg: Config, device: torch.device, frames: Sequence[Frame]) -> StepCost:
+    """The batch step's cost at `batch_sizes` of the max batch, on `frames` (cycled, one camera row each)."""
     from rtsp_worker.engines import load_engine
+    from rtsp_worker.step import BatchStep
 
     engine = load_engine(cfg.model, device, cfg.batcher.max_batch)
     try:
@@ -112,23 +128,32 @@ def measure_model(cfg: Config, device: torch.device) -> tuple[BatchCost, int]:
         top = cfg.batcher.max_batch
         if info.dynamic_batch and info.max_batch:
             top = min(top, info.max_batch)
-        h, w = info.input_size
-        cost = BatchCost()
+        step = BatchStep.build(cfg, engine, top)
+        names = [f"plan{i}" for i in range(top)]
+        cost, finish_ms, seq = BatchCost(), 0.0, 0
+
+        def batch(b: int) -> list[Frame]:
+            nonlocal seq
+            seq += 1  # a new frame of every camera row, 1/15 s later
+            return [replace(frames[(seq + i) % len(frames)], row=i, seq=seq, ts=seq / 15, pts=seq / 15)
+                    for i in range(b)]
+
         for b in batch_sizes(top):
-            x = torch.rand((b, 3, h, w), device=engine.device).to(engine.input_dtype)
-            engine.infer(x)  # warm-up: allocations, kernels for this shape
-            times: list[float] = []
+            step(batch(b), names[:b])  # warm-up: allocations, kernels for this shape
+            infer, finish = [], []
             start = time.perf_counter()
-            while len(times) < MIN_RUNS or (len(times) < MAX_RUNS and time.perf_counter() - start < SIZE_BUDGET_S):
-                if engine.device.type == "cuda":
-                    torch.cuda.synchronize(engine.device)
+            while len(infer) < MIN_RUNS or (len(infer) < MAX_RUNS and time.perf_counter() - start < SIZE_BUDGET_S):
                 t0 = time.perf_counter()
-                out = engine.infer(x)
-                if out.is_cuda:
+                inferred = step.infer(batch(b))
+                if inferred.raw is not None and inferred.raw.is_cuda:
                     torch.cuda.synchronize(engine.device)
-                times.append((time.perf_counter() - t0) * 1e3)
-            cost.observe(b, statistics.median(times))
-        return cost, top
+                t1 = time.perf_counter()
+                step.finish(inferred, names[:b])  # ends with the batch's device-to-host copy
+                infer.append((t1 - t0) * 1e3)
+                finish.append((time.perf_counter() - t1) * 1e3)
+            cost.observe(b, statistics.median(infer))
+            finish_ms = statistics.median(finish) / b
+        return StepCost(cost, finish_ms, top)
     finally:
         engine.close()
 
@@ -146,34 +171,54 @@ def _camera_like_clip(path: Path, codec: str, width: int, height: int, seconds: 
     return path
 
 
-def measure_decode(streams: list[Stream], seconds: float = 2.0) -> dict[tuple[str, int, int], float]:
-    """CPU core-ms to decode one frame, per (codec, width, height), on a generated clip of that kind."""
+def measure_decode(streams: list[Stream], seconds: float = 2.0
+                   ) -> tuple[dict[tuple[str, int, int], float], list[Frame]]:
+    """CPU core-ms to decode one frame, per (codec, width, height), on a generated clip of that kind; and up to
+    SAMPLE_FRAMES of the decoded frames of the most common stream (a 640x360 scene when none is known), as the
+    CPU decoder hands them to the pipeline."""
     import av
 
+    known = [(s.codec, s.width, s.height) for s in streams if s.how != "unknown"]
+    common = max(set(known), key=known.count) if known else ("h264", 640, 360)
     out: dict[tuple[str, int, int], float] = {}
+    sample: list[Frame] = []
     with tempfile.TemporaryDirectory(prefix="rtsp-worker-plan-") as tmp:
-        for s in streams:
-            key = (s.codec, s.width, s.height)
-            if s.how == "unknown" or key in out:
-                continue
-            codec = "hevc" if s.codec in ("hevc", "h265") else "h264"
-            clip = _camera_like_clip(Path(tmp) / f"{codec}_{s.width}x{s.height}.mp4", codec,
-                                     s.width - s.width % 2, s.height - s.height % 2, seconds)
+        for key in dict.fromkeys([*known, common]):
+            codec = "hevc" if key[0] in ("hevc", "h265") else "h264"
+            w, h = key[1] - key[1] % 2, key[2] - key[2] % 2
+            clip = _camera_like_clip(Path(tmp) / f"{codec}_{w}x{h}.mp4", codec, w, h, seconds)
             with av.open(str(clip)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 c0 = time.process_time()  # core-seconds: decoder threads included
-                n = sum(1 for _ in container.decode(stream))
+                decoded = list(container.decode(stream))
                 cpu = time.process_time() - c0
-            out[key] = cpu * 1e3 / max(n, 1)
-    return out
+            if key in known:
+                out[key] = cpu * 1e3 / max(len(decoded), 1)
+            if key == common:
+                sample = [Frame(0, i, 0.0, f, f.height, f.width, NATIVE) for i, f in enumerate(decoded[:SAMPLE_FRAMES])]
+    return out, sample
 
 
-def make_plan(cfg: Config, streams: dict[str, Stream], cost: BatchCost, max_batch: int,
+def cpu_capacity(engine_fps: float, finish_ms: float, decode_cores: float, cores: int) -> float:
+    """Inferred frames/s when decoding, the inference half and the other half share `cores` CPU cores.
+
+    The engine's rate E was measured with every core to itself; decoding takes `decode_cores` of them and the
+    other half `finish_ms` core-ms per inferred frame, so C = E * (1 - (decode_cores + C * finish_ms / 1000) /
+    cores), solved for C.
+    """
+    if engine_fps <= 0:
+        return 0.0
+    free = max(0.0, 1.0 - decode_cores / cores)
+    return engine_fps * free / (1.0 + engine_fps * finish_ms / 1000.0 / cores)
+
+
+def make_plan(cfg: Config, streams: dict[str, Stream], cost: StepCost,
               decode_ms: dict[tuple[str, int, int], float], device: torch.device, cores: int) -> dict:
     """The plan as a dict (what --json prints)."""
     cams = cfg.enabled_cameras
-    engine_fps = cost.capacity_fps(max_batch) or 0.0
+    max_batch = cost.max_batch
+    engine_fps = cost.infer.capacity_fps(max_batch) or 0.0
     targets: dict[str, float] = {}
     decode_load = 0.0  # cores busy decoding
     for c in cams:
@@ -183,9 +228,10 @@ def make_plan(cfg: Config, streams: dict[str, Stream], cost: BatchCost, max_batc
         rate = c.frame_rate or s.fps or 0.0
         targets[c.name] = c.target_fps if c.target_fps is not None else rate / c.infer_interval
         decode_load += rate * decode_ms.get((s.codec, s.width, s.height), 0.0) / 1e3
-    # CPU device: the engine measured alone had every core; decoding takes its share first.
-    share = max(0.0, 1.0 - decode_load / cores) if device.type == "cpu" else 1.0
-    capacity = engine_fps * share
+    if device.type == "cpu":  # the engine measured alone had every core: decoding and the other half share them
+        capacity = cpu_capacity(engine_fps, cost.finish_ms, decode_load, cores)
+    else:  # the other half runs beside the engine on its own thread
+        capacity = min(engine_fps, 1000.0 / cost.finish_ms if cost.finish_ms > 0 else engine_fps)
     mult = allocate(capacity, [(c.name, c.priority, targets[c.name]) for c in cams if c.name in targets])
     rows = []
     for c in cams:
@@ -201,8 +247,9 @@ def make_plan(cfg: Config, streams: dict[str, Stream], cost: BatchCost, max_batc
     demand = sum(targets.values())
     return {
         "device": str(device), "cores": cores, "max_batch": max_batch,
-        "engine_ms": {str(b): round(ms, 2) for b, ms, _ in cost.table(max_batch) if ms is not None},
-        "engine_fps": round(engine_fps, 1), "decode_cores": round(decode_load, 2),
+        "engine_ms": {str(b): round(ms, 2) for b, ms, _ in cost.infer.table(max_batch) if ms is not None},
+        "engine_fps": round(engine_fps, 1), "finish_ms_per_frame": round(cost.finish_ms, 2),
+        "decode_cores": round(decode_load, 2),
         "capacity_fps": round(capacity, 1), "demand_fps": round(demand, 1),
         "headroom_fps": round(capacity - demand, 1), "degraded_first": degraded,
         "cameras": [asdict(r) for r in rows],
@@ -222,8 +269,9 @@ def format_plan(plan: dict) -> str:
             note += " (assumed stream)"
         lines.append(f"{r['name']:<20} {r['priority']:<6} {stream:<24} {r['target_fps']:>7.1f} "
                      f"{r['predicted_fps']:>9.1f}  {note}")
-    lines.append(f"engine: {plan['engine_fps']:.1f} inferred frames/s on {plan['device']} (max batch "
-                 f"{plan['max_batch']}); decoding takes {plan['decode_cores']:.2f} of {plan['cores']} cores")
+    lines.append(f"engine: {plan['engine_fps']:.1f} inferred frames/s on {plan['device']} (preprocess + model, "
+                 f"max batch {plan['max_batch']}); postprocess + tracker {plan['finish_ms_per_frame']:.1f} ms per "
+                 f"frame; decoding takes {plan['decode_cores']:.2f} of {plan['cores']} cores")
     lines.append(f"capacity {plan['capacity_fps']:.1f} fps, demand {plan['demand_fps']:.1f} fps, headroom "
                  f"{plan['headroom_fps']:.1f} fps")
     lines.append("degraded first under overload: " + (", ".join(plan["degraded_first"]) or "-"))
@@ -237,7 +285,7 @@ def plan(cfg: Config, assume: str | None = None, probe_timeout: float = 3.0, as_
     stand_in = parse_assume(assume)
     device = resolve_device(cfg.device)
     streams = probe_cameras(cfg.enabled_cameras, probe_timeout, stand_in)
-    cost, max_batch = measure_model(cfg, device)
-    decode = measure_decode(list(streams.values()))
-    result = make_plan(cfg, streams, cost, max_batch, decode, device, os.cpu_count() or 1)
+    decode, sample = measure_decode(list(streams.values()))
+    cost = measure_step(cfg, device, sample)
+    result = make_plan(cfg, streams, cost, decode, device, os.cpu_count() or 1)
     return json.dumps(result, indent=2) if as_json else format_plan(result)
