@@ -16,7 +16,8 @@
    rate is scaled down by what decoding and the other half take (`cpu_capacity`); on a GPU the other half
    runs beside it on its own thread (at most 1000 / its ms per frame). The capacity is then shared by
    priority exactly as the worker does under overload (capacity.allocate): each camera's predicted rate is
-   its target / its multiplier.
+   its target / its multiplier. With one priority for every camera the worker sets no multipliers (each
+   camera drops its stale frames alike), so each is predicted at its target x capacity / demand.
 
 Predictions against real runs: OPTIMIZATION_SUMMARY.md, "Priorities and `plan` vs a real run"
 (benchmarks/bench_capacity.py).
@@ -232,19 +233,24 @@ def make_plan(cfg: Config, streams: dict[str, Stream], cost: StepCost,
         capacity = cpu_capacity(engine_fps, cost.finish_ms, decode_load, cores)
     else:  # the other half runs beside the engine on its own thread
         capacity = min(engine_fps, 1000.0 / cost.finish_ms if cost.finish_ms > 0 else engine_fps)
-    mult = allocate(capacity, [(c.name, c.priority, targets[c.name]) for c in cams if c.name in targets])
+    demand = sum(targets.values())
+    counted = [c for c in cams if c.name in targets]
+    if len({c.priority for c in counted}) > 1:  # priorities: the worker's multipliers (capacity.allocate)
+        mult = allocate(capacity, [(c.name, c.priority, targets[c.name]) for c in counted])
+        rate = {n: targets[n] / k for n, k in mult.items()}
+    else:  # one priority: no one to favour, every camera drops its stale frames alike (capacity.Priorities)
+        mult = {c.name: 1 for c in counted}
+        rate = {n: t * min(1.0, capacity / demand) if demand > 0 else t for n, t in targets.items()}
     rows = []
     for c in cams:
         s = streams[c.name]
         known = c.name in targets
-        k = mult.get(c.name) if known else None
         rows.append(CameraPlan(
             c.name, c.priority, s.how, s.codec, s.width, s.height, (c.frame_rate or s.fps) if known else None,
-            targets.get(c.name), targets[c.name] / k if known and k else None, k,
+            targets.get(c.name), rate.get(c.name), mult.get(c.name),
             decode_ms.get((s.codec, s.width, s.height)) if known else None))
     degraded = [r.name for r in sorted(rows, key=lambda r: (-PRIORITY_RANK[r.priority], r.name))
                 if r.multiplier is not None]
-    demand = sum(targets.values())
     return {
         "device": str(device), "cores": cores, "max_batch": max_batch,
         "engine_ms": {str(b): round(ms, 2) for b, ms, _ in cost.infer.table(max_batch) if ms is not None},
@@ -264,7 +270,10 @@ def format_plan(plan: dict) -> str:
                          "not counted: probe failed (use --assume WxH@FPS)")
             continue
         stream = f"{r['codec']} {r['width']}x{r['height']}@{r['stream_fps']:.0f}"
-        note = "full rate" if r["multiplier"] == 1 else f"degraded: interval x{r['multiplier']}"
+        if r["multiplier"] != 1:
+            note = f"degraded: interval x{r['multiplier']}"
+        else:
+            note = "full rate" if r["predicted_fps"] >= r["target_fps"] - 1e-9 else "degraded: drops frames"
         if r["how"] == "assumed":
             note += " (assumed stream)"
         lines.append(f"{r['name']:<20} {r['priority']:<6} {stream:<24} {r['target_fps']:>7.1f} "

@@ -9,8 +9,14 @@ import yaml
 from ops_support import tiny_model
 from typer.testing import CliRunner
 
+import pytest
+import torch
+
+from rtsp_worker.capacity import BatchCost
 from rtsp_worker.cli import app
+from rtsp_worker.config import parse_config
 from rtsp_worker.sim.clips import write_test_clip
+from rtsp_worker.tools.plan import StepCost, Stream, cpu_capacity, make_plan
 
 FIXTURES = (tiny_model,)
 
@@ -43,3 +49,27 @@ def test_plan_prints_a_row_per_camera_and_its_json_parses(tmp_path: Path, tiny_m
 
     bad = runner.invoke(app, ["plan", str(cfg), "--assume", "big"])
     assert bad.exit_code != 0 and "WIDTHxHEIGHT@FPS" in bad.output
+
+
+def test_cpu_capacity_and_the_single_priority_prediction() -> None:
+    # 100 frames/s alone; decoding takes 0.5 of 2 cores and the other half 5 core-ms per frame:
+    # C = 100 * 0.75 / (1 + 100 * 5 / 1000 / 2) = 60.
+    assert cpu_capacity(100.0, 5.0, 0.5, 2) == pytest.approx(60.0)
+    assert cpu_capacity(0.0, 5.0, 0.5, 2) == 0.0
+    infer = BatchCost()
+    infer.observe(1, 20.0)  # 50 inferred frames/s at any batch size
+    cost = StepCost(infer, 0.0, 4)
+    cams = [{"name": n, "url": f"rtsp://cam.invalid/{n}", "priority": p} for n, p in
+            (("a", "normal"), ("b", "normal"), ("c", "normal"))]
+    cfg = parse_config({"cameras": cams, "model": {"path": "m.onnx"}})
+    streams = {n: Stream("h264", 640, 360, 25.0, "probed") for n in "abc"}
+    plan = make_plan(cfg, streams, cost, {}, torch.device("cpu"), 2)
+    # One priority: no multipliers; 75 asked of 50, so every camera gets 2/3 of its 25.
+    assert plan["capacity_fps"] == 50.0 and plan["demand_fps"] == 75.0
+    assert [(c["multiplier"], round(c["predicted_fps"], 2)) for c in plan["cameras"]] == [(1, 16.67)] * 3
+    cams[0]["priority"] = "high"
+    plan = make_plan(parse_config({"cameras": cams, "model": {"path": "m.onnx"}}), streams, cost, {},
+                     torch.device("cpu"), 2)
+    by = {c["name"]: c for c in plan["cameras"]}
+    assert by["a"]["multiplier"] == 1 and by["a"]["predicted_fps"] == 25.0  # high first, at its full rate
+    assert by["b"]["multiplier"] == by["c"]["multiplier"] > 1 and plan["degraded_first"][0] in ("b", "c")
