@@ -77,8 +77,9 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServerProcess]]:
         server.stop()
 
 
-# Folders whose tests run real workers and wait on real-time streams or child processes: they start first,
-# so that under pytest-xdist the short unit tests fill the gaps instead of a long test ending the run alone.
+# Folders whose tests run real workers and wait on real-time streams or child processes: they start first
+# (in every worker's block, see below), so that under pytest-xdist the short unit tests fill the gaps instead
+# of a long test ending the run alone.
 # (A stable sort: the order inside each folder and file is kept.)
 LONG_FIRST = ("e2e", "service", "tools")
 
@@ -103,6 +104,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONG_FIRST.index(folder) if folder in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)
+    # pytest-xdist's worksteal hands each worker one contiguous block of the list at the start, and an idle
+    # worker later steals the tail half of the longest queue. Dealt round-robin into one block per worker,
+    # each block starts with its share of the long tests and ends with short ones: no worker starts with
+    # every long test while the others run out of work, and what is stolen at the end is short.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        long = [i for i in items if rank(i) < len(LONG_FIRST)]
+        short = [i for i in items if rank(i) == len(LONG_FIRST)]
+        items[:] = [i for w in range(workers) for i in (*long[w::workers], *short[w::workers])]
 
 
 @pytest.fixture(autouse=True)

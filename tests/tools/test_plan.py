@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from ops_support import tiny_model
 from typer.testing import CliRunner
-
-import pytest
-import torch
 
 from rtsp_worker.capacity import BatchCost
 from rtsp_worker.cli import app
