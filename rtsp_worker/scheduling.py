@@ -33,6 +33,36 @@ log = logging.getLogger(__name__)
 Measured = Callable[[], dict[str, "float | None"]]  # each running camera's measured stream rate, by name
 
 
+def slowed_period(k: int, interval: int, target: float) -> tuple[float, float] | None:
+    """(stream seconds between the inferred frames, half a frame) of a camera slowed to x `k`; None at x1."""
+    if k <= 1 or target <= 0:
+        return None
+    return k / target, 0.5 / (target * interval)
+
+
+def interval_due(seq: int, t: float, interval: int, slowed: tuple[float, float] | None,
+                 next_t: float | None) -> bool:
+    """Whether frame `seq` (stream time `t`) of a camera runs the detector before the motion gate has its say.
+
+    At its target (`slowed` None): every `interval`-th frame, as always. Slowed down under overload: the first
+    frame at its schedule's next time `next_t` (half a frame early is on time), so that it gets target / k. Not
+    by frame number: an overloaded pipeline takes only some of the frames, and `seq % (interval * k)` would hit
+    fewer still. A clock that went back (a file that started over) is due at once.
+    """
+    if slowed is None:
+        return seq % interval == 0
+    period, half_frame = slowed
+    return next_t is None or t >= next_t - half_frame or t < next_t - 2 * period
+
+
+def next_due(next_t: float | None, t: float, period: float) -> float:
+    """The schedule's next time after a frame inferred at `t`: one period on, so a late frame is caught up by
+    the next one, but never sooner than half a period after `t` (no burst after a long gap)."""
+    if next_t is None or t < next_t - 2 * period:
+        return t + period
+    return max(next_t + period, t + period / 2)
+
+
 class Scheduler:
     """The motion gate, priorities under overload and the measured capacity of one pipeline's cameras."""
 
@@ -50,6 +80,9 @@ class Scheduler:
                      self.capacity_fps() or 0.0)
         self.priorities = Priorities()
         self._multiplier: dict[int, int] = {}  # by row, read on the hot path
+        # Rows slowed down (multiplier > 1): their `slowed_period`, and the stream time each is due next.
+        self._period: dict[int, tuple[float, float]] = {}
+        self._next: dict[int, float] = {}
         self._configure()
 
     def plan(self, frames: Sequence[Frame]) -> tuple[list[bool], list[bool] | None]:
@@ -58,14 +91,17 @@ class Scheduler:
         by_row = self.camset.by_row
         if self.priorities.due():
             self._reprioritize()
-        mult = self._multiplier
-        due = [f.seq % (by_row[f.row].cfg.infer_interval * mult.get(f.row, 1)) == 0  # type: ignore[union-attr]
-               for f in frames]
+        period, nxt = self._period, self._next
+        times = [f.ts if f.pts is None else f.pts for f in frames]
+        due = [interval_due(f.seq, t, by_row[f.row].cfg.infer_interval,  # type: ignore[union-attr]
+                            period.get(f.row), nxt.get(f.row)) for f, t in zip(frames, times)]
         decision = self.gate(frames, due)
-        for f, gated, moving in zip(frames, decision.gated, decision.motion):
+        for f, t, inferred, gated, moving in zip(frames, times, decision.due, decision.gated, decision.motion):
             st = by_row[f.row].stats  # type: ignore[union-attr]
             st.gated += gated
             st.motion = moving
+            if inferred and f.row in period:
+                nxt[f.row] = next_due(nxt.get(f.row), t, period[f.row][0])
         return decision.due, decision.still if any(decision.still) else None
 
     def observe(self, r: BatchReport) -> None:
@@ -101,6 +137,7 @@ class Scheduler:
         cam = self.camset.get(name)
         if cam is not None and event in ("added", "reconnected"):  # another scene: a new background
             self.gate.reset(cam.row)
+            self._next.pop(cam.row, None)  # and a new stream clock
 
     def _configure(self) -> None:
         for row, cam in enumerate(self.camset.by_row):
@@ -114,3 +151,6 @@ class Scheduler:
                 for c, st in zip(view.cameras, view.stats)]
         by_name = self.priorities.update(self.capacity_fps(), cams)
         self._multiplier = {row: by_name.get(c.name, 1) for c, row in zip(view.cameras, view.rows)}
+        self._period = {row: p for c, row in zip(view.cameras, view.rows)
+                        if (p := slowed_period(self._multiplier[row], c.infer_interval, targets[c.name])) is not None}
+        self._next = {row: t for row, t in self._next.items() if row in self._period}  # back to x1: schedule ends

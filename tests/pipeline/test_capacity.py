@@ -5,6 +5,7 @@ back when cameras leave (a fake engine of fixed cost, an injected clock: order a
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from rtsp_worker.capacity import BatchCost, Priorities, admission, allocate
 from rtsp_worker.config import CameraConfig
 from rtsp_worker.engines import load_engine
 from rtsp_worker.pipeline import build_pipeline
+from rtsp_worker.scheduling import interval_due, next_due, slowed_period
 from rtsp_worker.sources.state import CameraState, CameraStats, FrameSlot
 from rtsp_worker.types import Frame
 
@@ -173,3 +175,27 @@ def test_a_camera_over_measured_headroom_is_refused_with_numbers_and_accepted_wi
         assert p.status().headroom_fps < 0
     finally:
         runner.stop()
+
+
+def test_a_slowed_camera_gets_target_over_k_even_when_the_pipeline_takes_only_some_frames() -> None:
+    # A 15 fps camera slowed to x3 asks 5 inferred frames/s. An overloaded pipeline takes a random 60% of
+    # its frames: on its stream-time schedule it still infers about 5 a second; by frame number (seq % 3) it
+    # would infer 3.
+    assert slowed_period(1, 1, 15.0) is None and slowed_period(3, 1, 0.0) is None
+    slowed = slowed_period(3, 1, 15.0)
+    assert slowed == pytest.approx((0.2, 1 / 30))
+    rng = random.Random(7)
+    taken = [seq for seq in range(15 * 60) if rng.random() < 0.6]
+    by_time, nxt = 0, None
+    for seq in taken:
+        t = seq / 15
+        if interval_due(seq, t, 1, slowed, nxt):
+            by_time, nxt = by_time + 1, next_due(nxt, t, slowed[0])
+    by_number = sum(1 for seq in taken if seq % 3 == 0)
+    assert 4.5 <= by_time / 60 <= 5.05 and by_number / 60 < 3.3, (by_time / 60, by_number / 60)
+    # At its target the camera keeps the frame-number rule; a stream clock that went back is due at once.
+    assert [interval_due(s, s / 15, 2, None, None) for s in range(4)] == [True, False, True, False]
+    assert interval_due(10, 1.0, 1, slowed, 5.0) and not interval_due(10, 4.9, 1, slowed, 5.0)
+    assert next_due(5.0, 5.0, 0.2) == pytest.approx(5.2)  # on time: one period on
+    assert next_due(5.0, 5.15, 0.2) == pytest.approx(5.25)  # late: never sooner than half a period after
+    assert next_due(5.0, 1.0, 0.2) == pytest.approx(1.2)  # the clock went back: a new schedule
