@@ -5,8 +5,8 @@
 For each camera count: N synthetic 640x360 15 fps H.264 clips served by the GStreamer RTSP server, the first
 `--high` cameras `priority: high`, the rest normal except the last quarter `low`. First the plan
 (rtsp_worker/tools/plan.py: probe, model and decode measured here), then the worker itself for `--seconds`
-after a warm-up: per camera the inferred rate it got (frames the scheduler sent to the detector, counted
-where it decides them) next to the plan's prediction and its target.
+after a warm-up: per camera the inferred rate it got (`inferred` of its status: the frames the detector ran
+on) next to the plan's prediction and its target.
 """
 
 from __future__ import annotations
@@ -44,20 +44,6 @@ def measure(n: int, clips: list[Path], model: Path, high: int, warmup: float, se
         plan = make_plan(cfg, streams, cost, decode, torch.device("cpu"), os.cpu_count() or 1)
         plan_s = time.perf_counter() - t0
         pipe = build_pipeline(cfg)
-        # Count each camera's inferred frames where the pipeline decides them (the scheduler's plan, before the
-        # batch step): under overload a slowed camera is inferred on a stream-time schedule, so processed / k
-        # is not its inferred rate.
-        inferred = dict.fromkeys(mounts, 0)
-        decide = pipe.scheduler.plan
-
-        def counting_plan(frames):
-            due, still = decide(frames)
-            for f, d in zip(frames, due):
-                if d:
-                    inferred[pipe.camset.by_row[f.row].cfg.name] += 1
-            return due, still
-
-        pipe.scheduler.plan = counting_plan  # type: ignore[method-assign]
         runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
         runner.start()
         try:
@@ -66,12 +52,10 @@ def measure(n: int, clips: list[Path], model: Path, high: int, warmup: float, se
                                                           for s in pipe.stats):
                 time.sleep(0.2)
             time.sleep(warmup)
-            a = {c.name: c.processed for c in pipe.status().cameras}
-            a_inferred = dict(inferred)
+            a = {c.name: (c.processed, c.inferred) for c in pipe.status().cameras}
             t_a = time.monotonic()
             time.sleep(seconds)
             st = pipe.status()
-            b_inferred = dict(inferred)
             dt = time.monotonic() - t_a
         finally:
             pipe.stop()
@@ -82,8 +66,8 @@ def measure(n: int, clips: list[Path], model: Path, high: int, warmup: float, se
         p = predicted[c.name]
         rows.append({"cameras": n, "camera": c.name, "priority": c.priority, "target_fps": p["target_fps"],
                      "planned_fps": p["predicted_fps"], "planned_x": p["multiplier"],
-                     "measured_fps": (b_inferred[c.name] - a_inferred[c.name]) / dt, "measured_x": c.multiplier,
-                     "processed_fps": (c.processed - a[c.name]) / dt})
+                     "measured_fps": (c.inferred - a[c.name][1]) / dt, "measured_x": c.multiplier,
+                     "processed_fps": (c.processed - a[c.name][0]) / dt})
     return {"cameras": n, "plan_seconds": plan_s, "plan": plan, "rows": rows,
             "measured_capacity_fps": st.capacity_fps, "loadavg": common.loadavg()}
 

@@ -100,6 +100,7 @@ class Scheduler:
             st = by_row[f.row].stats  # type: ignore[union-attr]
             st.gated += gated
             st.motion = moving
+            st.inferred += inferred
             if inferred and f.row in period:
                 nxt[f.row] = next_due(nxt.get(f.row), t, period[f.row][0])
         return decision.due, decision.still if any(decision.still) else None

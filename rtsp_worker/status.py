@@ -90,6 +90,7 @@ class CameraStatus:
     motion: bool = False  # the motion gate saw motion in the newest processed frame
     priority: str = "normal"
     multiplier: int = 1  # effective infer_interval = infer_interval x this (> 1 under overload, by priority)
+    inferred: int = 0  # processed frames the detector ran on (the rest: infer_interval, priorities, motion gate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,4 +248,4 @@ def camera_status(c: CameraConfig, st: CameraStats, row: int, rate: Growth | Non
         c.name, row, mask_url(c.url), c.infer_interval, st.state, st.last_error, st.decoded, st.processed,
         st.dropped, st.reconnects, st.stalls, st.decode_errors, st.failures, st.skipping_nonref, st.codec,
         st.decoder, st.width, st.height, rate.rate(0) if rate else None, rate.rate(1) if rate else None,
-        analytics, st.gated, st.motion, c.priority, multiplier)
+        analytics, st.gated, st.motion, c.priority, multiplier, st.inferred)

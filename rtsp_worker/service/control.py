@@ -91,7 +91,7 @@ class ControlApi:
                 "reconnects": c.reconnects, "stalls": c.stalls, "decode_errors": c.decode_errors,
                 "failures": c.failures, "last_error": c.last_error or None, "codec": c.codec or None,
                 "decoder": c.decoder or None, "width": c.width, "height": c.height,
-                "infer_interval": c.infer_interval, "gated": c.gated, "motion": c.motion,
+                "infer_interval": c.infer_interval, "inferred": c.inferred, "gated": c.gated, "motion": c.motion,
                 "priority": c.priority, "effective_interval": c.infer_interval * c.multiplier,
             })
         room: dict[str, object] = {k: None if v is None else round(v, 1) for k, v in (

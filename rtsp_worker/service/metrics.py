@@ -42,6 +42,8 @@ _CAMERA_COUNTERS = (
     ("stalls", "stalls", "Times a streaming camera delivered no frame for source.stall_timeout_s."),
     ("decode_errors", "decode_errors", "Packets the decoder rejected."),
     ("frames_gated", "gated", "Processed frames the motion gate kept from the detector (also frames_processed)."),
+    ("frames_inferred", "inferred", ("Processed frames the detector ran on (the others: infer_interval, "
+                                     "priorities under overload, the motion gate).")),
 )
 
 

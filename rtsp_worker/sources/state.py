@@ -50,6 +50,7 @@ class CameraStats:
     decoder: str = ""
     skipping_nonref: bool = False  # the decoder skips non-reference frames (most frames were dropped anyway)
     gated: int = 0  # frames the motion gate kept from the detector (updated by the pipeline; also `processed`)
+    inferred: int = 0  # processed frames the detector ran on (updated by the pipeline's scheduler)
     motion: bool = False  # the motion gate saw motion in the newest processed frame
 
 

@@ -60,6 +60,8 @@ def test_metrics_endpoint_reports_cameras_stages_and_latency(tmp_path, small_cli
     assert m[("rtsp_worker_camera_consecutive_failures", (("camera", "gate"),))] == gate.failures >= 2
     assert gate.processed == 0 and lobby.processed >= 20
     assert m[("rtsp_worker_batches_total", ())] == pipeline.batches
+    # Every processed frame of the lobby ran the detector (infer_interval 1, no gate, no overload multiplier).
+    assert m[("rtsp_worker_frames_inferred_total", (("camera", "lobby"),))] == lobby.inferred == lobby.processed
     assert m[("rtsp_worker_capacity_measured", ())] == 1 and m[("rtsp_worker_capacity_fps", ())] > 0
 
     # Histograms: one latency observation per processed frame, one batch-size observation per batch.
