@@ -92,7 +92,7 @@ class Scheduler:
         if self.priorities.due():
             self._reprioritize()
         period, nxt = self._period, self._next
-        times = [f.ts if f.pts is None else f.pts for f in frames]
+        times = [f.stream_time for f in frames]
         due = [interval_due(f.seq, t, by_row[f.row].cfg.infer_interval,  # type: ignore[union-attr]
                             period.get(f.row), nxt.get(f.row)) for f, t in zip(frames, times)]
         decision = self.gate(frames, due)

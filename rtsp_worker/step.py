@@ -218,7 +218,7 @@ def _batch_meta(frames: Sequence[Frame], due: Sequence[bool], rows: Sequence[int
     host = meta.numpy()
     host[0] = [f.row for f in frames]
     host[1] = due
-    host[2] = [f.ts if f.pts is None else f.pts for f in frames]
+    host[2] = [f.stream_time for f in frames]
     host[3, : len(rows)] = rows
     host[3, len(rows):] = 0
     host[4] = 0 if still is None else still

@@ -43,6 +43,11 @@ class Frame:
     pts: float | None = None  # presentation time in seconds from the stream, when known
     colorimetry: str = "bt601-limited"  # NV12 only: YUV matrix and range from the stream's tags
 
+    @property
+    def stream_time(self) -> float:
+        """Seconds on the stream's clock: its presentation time when the stream gives one, else the decode time."""
+        return self.ts if self.pts is None else self.pts
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:

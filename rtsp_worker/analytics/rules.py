@@ -42,7 +42,7 @@ class StreamClock:
             r = f.row
             prev = self.now[r]
             if prev is None:
-                t = f.pts if f.pts is not None else f.ts
+                t = f.stream_time
             else:
                 step = None
                 last = self.last_pts[r]

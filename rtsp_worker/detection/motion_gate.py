@@ -190,7 +190,7 @@ class MotionGate:
         grows = rows[idx]
         self._fit_masks(grows, gframes)
         motion = self._measure(gframes, grows)
-        times = np.array([f.ts if f.pts is None else f.pts for f in gframes], dtype=np.float64)
+        times = np.array([f.stream_time for f in gframes], dtype=np.float64)
         first = ~self.has_background[grows]
         since = times - self.last_run[grows]
         stale = first | (since >= self.max_skip[grows]) | (since < 0)  # < 0: a file source started over

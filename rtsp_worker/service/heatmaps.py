@@ -57,7 +57,7 @@ class Heatmaps:
 
     def _on_batch(self, out: BatchOutput) -> None:
         frames = out.frames
-        times = [f.ts if f.pts is None else f.pts for f in frames]
+        times = [f.stream_time for f in frames]
         t = out.tracks
         self.store.add(out.cameras, [(f.width, f.height) for f in frames], times, t.batch_index, t.boxes)
 
