@@ -90,8 +90,9 @@ class BatchCost:
 
     def estimate(self, size: int, line: tuple[float, float] | None = None) -> float | None:
         """Milliseconds of a batch of `size` frames: measured, else on the line through the measured sizes."""
-        if size <= self.max_size and not np.isnan(self._points()[size]):
-            return float(self._points()[size])
+        points = self._points()
+        if size <= self.max_size and not np.isnan(points[size]):
+            return float(points[size])
         line = line if line is not None else self._line()
         return None if line is None else line[0] + line[1] * size
 

@@ -237,17 +237,17 @@ def make_plan(cfg: Config, streams: dict[str, Stream], cost: StepCost,
     counted = [c for c in cams if c.name in targets]
     if len({c.priority for c in counted}) > 1:  # priorities: the worker's multipliers (capacity.allocate)
         mult = allocate(capacity, [(c.name, c.priority, targets[c.name]) for c in counted])
-        rate = {n: targets[n] / k for n, k in mult.items()}
+        predicted = {n: targets[n] / k for n, k in mult.items()}
     else:  # one priority: no one to favour, every camera drops its stale frames alike (capacity.Priorities)
         mult = {c.name: 1 for c in counted}
-        rate = {n: t * min(1.0, capacity / demand) if demand > 0 else t for n, t in targets.items()}
+        predicted = {n: t * min(1.0, capacity / demand) if demand > 0 else t for n, t in targets.items()}
     rows = []
     for c in cams:
         s = streams[c.name]
         known = c.name in targets
         rows.append(CameraPlan(
             c.name, c.priority, s.how, s.codec, s.width, s.height, (c.frame_rate or s.fps) if known else None,
-            targets.get(c.name), rate.get(c.name), mult.get(c.name),
+            targets.get(c.name), predicted.get(c.name), mult.get(c.name),
             decode_ms.get((s.codec, s.width, s.height)) if known else None))
     degraded = [r.name for r in sorted(rows, key=lambda r: (-PRIORITY_RANK[r.priority], r.name))
                 if r.multiplier is not None]
