@@ -21,7 +21,6 @@ import torch
 from common import RESULTS, metadata, parser, pick_model, print_table, setup, write_json
 
 from rtsp_worker.pipeline import build_pipeline
-from rtsp_worker.sources.state import CameraState
 from rtsp_worker.tools.plan import make_plan, measure_decode, measure_step, probe_cameras
 
 
@@ -47,10 +46,7 @@ def measure(n: int, clips: list[Path], model: Path, high: int, warmup: float, se
         runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
         runner.start()
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not all(s.state == CameraState.STREAMING and s.processed
-                                                          for s in pipe.stats):
-                time.sleep(0.2)
+            common.wait_streaming(pipe, 30, 0.2)
             time.sleep(warmup)
             a = {c.name: (c.processed, c.inferred) for c in pipe.status().cameras}
             t_a = time.monotonic()

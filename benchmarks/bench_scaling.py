@@ -70,10 +70,7 @@ def measure_point(n: int, clips: list[Path], model: Path, warmup: float, seconds
         runner = threading.Thread(target=pipe.run, name="inference", daemon=True)
         runner.start()
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not all(s.state == CameraState.STREAMING and s.processed
-                                                          for s in pipe.stats):
-                time.sleep(0.1)
+            common.wait_streaming(pipe, 20, 0.1)
             streaming = sum(s.state == CameraState.STREAMING for s in pipe.stats)
             time.sleep(warmup)
             a = snapshot(pipe, runner.native_id or 0, server.pid, reports)

@@ -404,6 +404,16 @@ def pipeline_config(urls: Sequence[str], model: Path, out_dir: Path | None, max_
     return parse_config(raw, source="<benchmark>")
 
 
+def wait_streaming(pipe: Any, timeout_s: float, poll_s: float) -> None:
+    """Until every camera of `pipe` streams and has a processed frame, or `timeout_s` has passed."""
+    from rtsp_worker.sources.state import CameraState
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(s.state == CameraState.STREAMING and s.processed
+                                                  for s in pipe.stats):
+        time.sleep(poll_s)
+
+
 def fps_spread(per_camera: Sequence[float]) -> float:
     """(max - min) / mean of per-camera fps, in percent: 0 means every camera got the same rate."""
     if not per_camera:
