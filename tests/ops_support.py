@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +98,17 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: floa
             pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
     return time.monotonic() - t0
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGTERM a worker process that is still running and wait for it (30 s), then kill it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def read_jsonl(path: Path) -> list[dict]:

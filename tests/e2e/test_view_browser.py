@@ -15,9 +15,9 @@ import sys
 import urllib.request
 
 from conftest import skip_or_fail
-from ops_support import REPO
+from ops_support import REPO, stop_worker
 from redis_fixture import free_port
-from view_support import get, start_worker, stop_worker, write_config
+from view_support import get, start_worker, write_config
 from view_support import wait_until as _wait_until
 
 VIEW_TOKEN = "view-tok-3f9a1c7e5b"

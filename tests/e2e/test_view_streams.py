@@ -8,8 +8,9 @@ import json
 
 import cv2
 import numpy as np
+from ops_support import stop_worker
 from redis_fixture import free_port
-from view_support import MjpegClient, get, metric, start_worker, stop_worker, wait_until, write_config
+from view_support import MjpegClient, get, metric, start_worker, wait_until, write_config
 
 FRACTION_ZONE = {"name": "all", "units": "fractions", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ops_support import REPO, tiny_model, wait_for
+from ops_support import REPO, stop_worker, tiny_model, wait_for
 from redis_fixture import free_port
 
 FIXTURES = (tiny_model,)
@@ -199,13 +199,7 @@ def test_api_bodies_never_expand_the_environment_and_no_secret_leaves(tmp_path: 
         answers.append(json.dumps(request("GET", "/readyz", token=None)[1]))
         answers.append(json.dumps(request("GET", "/healthz", token=None)[1]))
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_worker(proc)
         counted.close()
         blackhole.close()
     assert proc.returncode == 0, log()[-3000:]

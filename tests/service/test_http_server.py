@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ops_support import REPO, tiny_model, wait_for
+from ops_support import REPO, stop_worker, tiny_model, wait_for
 from redis_fixture import free_port
 
 from rtsp_worker.service.server import MAX_BODY, HttpServer, Response
@@ -228,13 +227,7 @@ def test_worker_answers_metrics_and_health_under_550_idle_and_slow_connections(t
     finally:
         for c in held:
             c.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_worker(proc)
     log = err_path.read_text()
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]  # nothing bypassed the log format (and its scrubber)
