@@ -6,6 +6,8 @@ import json
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -109,6 +111,27 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def control_request(port: int, method: str, path: str, body: Any = None, token: str | None = None,
+                    raw: bytes | None = None) -> tuple[int, Any, str]:
+    """One call to a worker's control API on 127.0.0.1:`port`: (status, the JSON answer or else its text, the text).
+
+    `body` is sent as JSON, `raw` as it is; `token` as a bearer token.
+    """
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, text = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode()
+    try:
+        return status, json.loads(text), text
+    except ValueError:
+        return status, text, text
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -13,14 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ops_support import REPO, stop_worker, tiny_model, wait_for
+from ops_support import REPO, control_request, stop_worker, tiny_model, wait_for
 from redis_fixture import free_port
 
 FIXTURES = (tiny_model,)
@@ -108,20 +106,9 @@ def test_api_bodies_never_expand_the_environment_and_no_secret_leaves(tmp_path: 
 
     def request(method: str, url_path: str, body: Any = None, raw_body: bytes | None = None,
                 token: str | None = TOKEN) -> tuple[int, Any]:
-        data = raw_body if raw_body is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}{url_path}", data=data, method=method)
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                status, text = resp.status, resp.read().decode()
-        except urllib.error.HTTPError as e:
-            status, text = e.code, e.read().decode()
+        status, answer, text = control_request(port, method, url_path, body, token, raw_body)
         answers.append(text)
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
+        return status, answer
 
     def cameras() -> dict[str, dict]:
         status, body = request("GET", "/cameras", token=None)

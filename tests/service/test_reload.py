@@ -7,7 +7,6 @@ socket. The plan and the atomic write are unit-tested on their own.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import signal
@@ -16,14 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ops_support import FAST_SOURCE, REPO, read_jsonl, small_clip, tiny_model, wait_for
+from ops_support import FAST_SOURCE, REPO, control_request, read_jsonl, small_clip, tiny_model, wait_for
 from redis_fixture import free_port
 
 from rtsp_worker.config import load_config, parse_config
@@ -144,19 +141,8 @@ class Worker:
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = TOKEN,
                 raw: bytes | None = None) -> tuple[int, Any]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                status, text = resp.status, resp.read()
-        except urllib.error.HTTPError as e:
-            status, text = e.code, e.read()
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text.decode()
+        status, answer, _text = control_request(self.port, method, path, body, token, raw)
+        return status, answer
 
     def cameras(self) -> dict[str, dict]:
         status, body = self.request("GET", "/cameras", token=None)
