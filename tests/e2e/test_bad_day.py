@@ -57,20 +57,24 @@ def strict_json(line: str) -> dict:
     return json.loads(line, parse_constant=refuse)
 
 
-# -- disk full --------------------------------------------------------------------------------------------
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 64 KiB tmpfs: writes fail with ENOSPC once it is full."""
-    mnt = tmp_path / "small"
+def mounted_tmpfs(mnt: Path, options: str, what: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `mnt` with `options` for the test, unmounted after it; skips when it cannot mount."""
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        pytest.skip(f"cannot mount {what} here: {proc.stderr.strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# -- disk full --------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs: writes fail with ENOSPC once it is full."""
+    yield from mounted_tmpfs(tmp_path / "small", "size=64k", "a tmpfs (needs root)")
 
 
 def test_disk_full_loses_whole_lines_counted_and_other_sinks_go_on(small_fs: Path, caplog) -> None:
@@ -387,16 +391,7 @@ def test_sighup_does_not_kill_and_sigusr1_reopens_after_rotation(tmp_path, rtsp_
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(ro)], capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield ro
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=16k", "a read-only tmpfs")
 
 
 @pytest.mark.parametrize("where", ["read-only mount", "under a file"])
