@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, nms
 
 from rtsp_worker.detection.layouts import Dense, Final, OutputLayout, decode
+from rtsp_worker.detection.nms import nms, nms_per_group
 from rtsp_worker.types import Detections, Letterbox
 
 if TYPE_CHECKING:
@@ -40,14 +40,14 @@ def nms_per_image_and_class(
     the largest coordinate, so boxes of different groups never overlap. Two axes instead of one group id
     keep the offsets small (float32 stays exact to ~0.01 px for 64 images x 80 classes at 1280 px).
     The single call compares every box with every other, so on the CPU above `CPU_GROUPED_NMS_ABOVE`
-    boxes NMS runs per group instead (torchvision's `batched_nms`, which loops over the groups there):
-    4 x 3000 boxes over 80 classes took 18 ms in one call against 9 ms per group
+    boxes NMS runs per group instead (`nms_per_group`, a loop over the groups like torchvision's
+    `batched_nms`): 4 x 3000 boxes over 80 classes took 18 ms in one call against 9 ms per group
     (benchmarks/bench_postprocess.py). On CUDA one call is always best.
     """
     if boxes.shape[0] == 0:  # the shape is known on the host: no sync
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     if boxes.device.type == "cpu" and boxes.shape[0] > CPU_GROUPED_NMS_ABOVE:
-        return batched_nms(boxes, scores, image * num_classes + cls, iou)
+        return nms_per_group(boxes, scores, image * num_classes + cls, iou)
     span = boxes.max() - torch.clamp(boxes.min(), max=0) + 1  # tensor: stays on the device
     shift = torch.stack((image, cls, image, cls), dim=1).to(boxes.dtype) * span
     return nms(boxes + shift, scores, iou)

@@ -206,7 +206,9 @@ class Evidence:
         return best.path
 
     def _encode(self, n: int) -> None:
-        from torchvision.io import encode_jpeg  # only where snapshots are on
+        if not self.pending:
+            return
+        from torchvision.io import encode_jpeg  # only once a snapshot is due (the package takes ~2 s to import)
 
         for _ in range(min(n, len(self.pending))):
             job = self.pending.popleft()
