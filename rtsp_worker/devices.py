@@ -4,13 +4,17 @@
 equals a CPU tensor's `cpu`. Every device the worker keeps goes through `normalize_device`, and every
 comparison through `same_device`, so a config's `cuda`, `cuda:0`, `cpu` or `cpu:0` all mean what the
 tensors will say.
+The config checks device names with `DEVICE_PATTERN` alone, so torch is imported only by the functions: a config
+error or `rtsp-worker probe` answers without loading it.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # The forms the config accepts (torch accepts more device types; the worker runs on these two).
 DEVICE_PATTERN = re.compile(r"cpu(:\d+)?|cuda(:\d+)?")
@@ -18,6 +22,8 @@ DEVICE_PATTERN = re.compile(r"cpu(:\d+)?|cuda(:\d+)?")
 
 def normalize_device(device: torch.device | str) -> torch.device:
     """The device as a tensor on it reports it: `cuda` -> `cuda:<current>`, `cpu:N` -> `cpu`."""
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cpu":
         return torch.device("cpu")
@@ -34,6 +40,8 @@ def same_device(a: torch.device | str, b: torch.device | str) -> bool:
 
 def resolve_device(name: str) -> torch.device:
     """A config's `device` (auto, cpu, cpu:N, cuda, cuda:N) as the normalized device to run on."""
+    import torch
+
     if name == "auto":
         return normalize_device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)

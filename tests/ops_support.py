@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -165,3 +167,12 @@ def write_size_change_clip(path: Path, fps: int = 15, seconds_each: float = 2.0)
         parts.append(part.read_bytes())
     path.write_bytes(b"".join(parts))
     return path
+
+
+def python_json(code: str) -> dict:
+    """Run `code` (dedented) in a fresh interpreter, which has imported nothing of this one's; it prints one
+    JSON line last, returned parsed."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

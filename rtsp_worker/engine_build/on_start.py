@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def ensure_engine(cfg: TensorRTModelConfig, device: torch.device, max_batch: int) -> Path:
     """Build `<onnx>.engine` when it is missing or stale (other TensorRT/GPU, changed ONNX, too small)."""
-    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
+    from rtsp_worker.engine_build.build import BuildOptions, build_engine
 
     trt = import_tensorrt(ModelError)
     onnx_path = cfg.path

@@ -9,6 +9,8 @@ decode (NVDEC or FFmpeg) -> preprocess (fused kernel or torch) -> engine -> post
 about `--seconds`, and prints one pass/fail row per stage with the reason of each failure. The exit code
 is non-zero when a requested path cannot work (e.g. `--device cuda` without CUDA, `--decoder nvdec`
 without NVDEC), or a stage fails.
+
+torch is imported by the checks, not with the module: rtsp_worker/cli.py registers this command at every start.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
 from rtsp_worker.exitcodes import ExitCode
 from rtsp_worker.tools.models import SHIPPED_ONNX, SHIPPED_PT2, find_model
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(slots=True)
@@ -107,6 +111,8 @@ def driver_checks() -> list[Check]:
 
 
 def torch_checks() -> list[Check]:
+    import torch
+
     if not torch.cuda.is_available():
         built = torch.version.cuda or "none (CPU-only build)"
         return [Check("torch CUDA", None, f"torch {torch.__version__}, built for CUDA {built}; no CUDA device usable")]
@@ -116,6 +122,8 @@ def torch_checks() -> list[Check]:
 
 
 def nvdec_checks() -> list[Check]:
+    import torch
+
     ver = _version("PyNvVideoCodec", "pynvvideocodec")
     if ver is None:
         return [Check("PyNvVideoCodec", None, "not installed (pip install 'rtsp-worker[gpu]')")]
@@ -138,6 +146,8 @@ def nvdec_checks() -> list[Check]:
 
 
 def library_checks() -> list[Check]:
+    import torch
+
     out = []
     ver = _version("tensorrt", "tensorrt-cu13", "tensorrt-cu12")
     try:
@@ -300,6 +310,8 @@ def selftest(device: torch.device, decoder: str, model: Path, seconds: float, ca
 
 def run_doctor(device: str = "auto", decoder: str = "auto", model: Path | None = None, seconds: float = 10.0,
                cameras: int = 4, size: tuple[int, int] = (1920, 1080)) -> Report:
+    import torch
+
     report = Report()
     report.summary["host"] = {"python": platform.python_version(), "platform": platform.platform()}
     for part in (driver_checks, torch_checks, nvdec_checks, library_checks):

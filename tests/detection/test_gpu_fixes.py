@@ -212,7 +212,7 @@ def test_torch_engine_parameters_are_frozen():
 def test_one_tensorrt_context_by_default():
     # The pipeline infers from one stream: a second context would never be used (tensorrt.py's docstring).
     assert ModelConfig(path=Path("m.engine")).contexts == 1
-    from rtsp_worker.engine_build.cli import BuildOptions
+    from rtsp_worker.engine_build.build import BuildOptions
 
     assert BuildOptions.__dataclass_fields__["contexts"].default == 1
 

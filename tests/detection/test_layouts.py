@@ -186,7 +186,7 @@ def test_fp16_conversion_keeps_every_layout_working(tmp_path, layout):
     float32, and --validate's accuracy guard (read as the layout) passes against the FP32 model."""
     import onnx
 
-    from rtsp_worker.engine_build.cli import DEFAULT_TOLERANCE, check_accuracy
+    from rtsp_worker.engine_build.build import DEFAULT_TOLERANCE, check_accuracy
     from rtsp_worker.engine_build.fp16 import convert_file_to_fp16
 
     src = export_layout_model(tmp_path / f"{layout}.onnx", layout, SIZE)

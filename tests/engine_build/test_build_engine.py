@@ -540,7 +540,7 @@ def test_fp16_conversion_of_tiny_yolo_keeps_names_and_batches(tmp_path):
 
 
 def test_accuracy_guard_passes_fp16_and_rejects_a_different_model(tmp_path):
-    from rtsp_worker.engine_build.cli import check_accuracy, synthetic_frames
+    from rtsp_worker.engine_build.build import check_accuracy, synthetic_frames
 
     src = export_tiny(tmp_path / "m.onnx", names=["a", "b", "c"])
     half = convert_file_to_fp16(src, tmp_path / "m16.onnx")
@@ -720,7 +720,7 @@ def fake_trt(monkeypatch):
     ("10.13.3.9", "fp32", [], 0, False),
 ])
 def test_build_orchestration_per_version(tmp_path, fake_trt, version, precision, flags, strong_bit, parsed_fp16):
-    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
+    from rtsp_worker.engine_build.build import BuildOptions, build_engine
 
     rec = fake_trt(version)
     src = export_tiny(tmp_path / "m.onnx", names=["a", "b", "c"])
@@ -744,7 +744,7 @@ def test_build_orchestration_per_version(tmp_path, fake_trt, version, precision,
 
 
 def test_build_int8_on_tensorrt_11_fails_before_building(tmp_path, fake_trt):
-    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
+    from rtsp_worker.engine_build.build import BuildOptions, build_engine
 
     rec = fake_trt("11.1.0.4")
     src = export_tiny(tmp_path / "m.onnx")
@@ -758,7 +758,7 @@ def test_engine_reads_the_layout_and_conventions_of_its_onnx(tmp_path, fake_trt,
     """build-engine stores the ONNX's metadata with the plan; from it and the engine's output shape the
     TensorRT engine reads what ONNX Runtime reads from the ONNX. (The output shape here is ONNX Runtime's:
     TensorRT gives the same at the same input size; the shape of a real engine is checked on a GPU.)"""
-    from rtsp_worker.engine_build.cli import BuildOptions, build_engine
+    from rtsp_worker.engine_build.build import BuildOptions, build_engine
     from rtsp_worker.engines.tensorrt import plan_model_info
 
     fake_trt("10.13.3.9")
@@ -805,7 +805,7 @@ def test_dry_run_reads_the_layout_of_a_dynamic_size_export(tmp_path):
     result = runner.invoke(app, ["build-engine", str(e2e), "--max-batch", "2", "--dry-run"])
     assert result.exit_code == 1 and "e2e.onnx: layout 'end2end' output [" in result.output
     assert "50, 6] does not say how many classes the model has: set model.class_names" in result.output
-    from rtsp_worker.engine_build.cli import BuildOptions, plan_build
+    from rtsp_worker.engine_build.build import BuildOptions, plan_build
 
     # build-on-start reads the ONNX with the worker's model config, as the engine will be read
     plan = plan_build(BuildOptions(onnx=e2e, max_batch=2, model=ModelConfig(path=e2e, class_names=["a", "b", "c"])))
