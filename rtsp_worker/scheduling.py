@@ -40,6 +40,12 @@ def slowed_period(k: int, interval: int, target: float) -> tuple[float, float] |
     return k / target, 0.5 / (target * interval)
 
 
+def clock_went_back(t: float, next_t: float, period: float) -> bool:
+    """A frame at `t` far before its schedule's next time `next_t`: the stream's clock went back (a file that
+    started over); the schedule starts again from it."""
+    return t < next_t - 2 * period
+
+
 def interval_due(seq: int, t: float, interval: int, slowed: tuple[float, float] | None,
                  next_t: float | None) -> bool:
     """Whether frame `seq` (stream time `t`) of a camera runs the detector before the motion gate has its say.
@@ -52,13 +58,13 @@ def interval_due(seq: int, t: float, interval: int, slowed: tuple[float, float] 
     if slowed is None:
         return seq % interval == 0
     period, half_frame = slowed
-    return next_t is None or t >= next_t - half_frame or t < next_t - 2 * period
+    return next_t is None or t >= next_t - half_frame or clock_went_back(t, next_t, period)
 
 
 def next_due(next_t: float | None, t: float, period: float) -> float:
     """The schedule's next time after a frame inferred at `t`: one period on, so a late frame is caught up by
     the next one, but never sooner than half a period after `t` (no burst after a long gap)."""
-    if next_t is None or t < next_t - 2 * period:
+    if next_t is None or clock_went_back(t, next_t, period):
         return t + period
     return max(next_t + period, t + period / 2)
 
