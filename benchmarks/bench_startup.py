@@ -5,13 +5,11 @@ with the shipped ONNX model. The two trees run alternately, each command `--roun
 median CPU (user + system) of each and the ratio.
 
     git worktree add /tmp/before <commit>
-    python benchmarks/bench_startup.py --baseline-tree /tmp/before [--json F]
+    python benchmarks/bench_startup.py --baseline-tree /tmp/before [--rounds N] [--smoke] [--json F]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import resource
 import statistics
@@ -21,9 +19,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import ROOT, TRAINED_MODEL, metadata, parser, print_table, write_json
 
 from rtsp_worker.sim.clips import write_test_clip
 
@@ -39,7 +35,7 @@ def cpu_of(tree: Path, args: list[str]) -> float:
 
 def commands(work: Path) -> dict[str, list[str]]:
     clip = write_test_clip(work / "clip.mp4", seconds=1, fps=10, size=(320, 240))
-    model = str(REPO / "models" / "synth_det.onnx")
+    model = str(TRAINED_MODEL)
     bad = work / "bad.yaml"
     bad.write_text(yaml.safe_dump({"cameras": [{"name": "a", "url": "rtsp://127.0.0.1:1/x", "enabled": False}],
                                    "model": {"path": model}}))
@@ -51,25 +47,25 @@ def commands(work: Path) -> dict[str, list[str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--baseline-tree", type=Path, required=True, help="another checkout of the project")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each command per tree (--smoke: 1)")
     a = ap.parse_args()
-    trees = {"this tree": REPO, "baseline": a.baseline_tree.resolve()}
+    rounds = 1 if a.smoke else a.rounds
+    trees = {"this tree": ROOT, "baseline": a.baseline_tree.resolve()}
     with tempfile.TemporaryDirectory() as tmp:
         cmds = commands(Path(tmp))
         cpu: dict[str, dict[str, list[float]]] = {c: {t: [] for t in trees} for c in cmds}
-        for _ in range(a.rounds):
+        for _ in range(rounds):
             for name, args in cmds.items():
                 for label, tree in trees.items():
                     cpu[name][label].append(cpu_of(tree, args))
-    rows = {c: {t: statistics.median(v) for t, v in by.items()} for c, by in cpu.items()}
-    print(f"{'command':<18} {'this tree s':>12} {'baseline s':>11} {'ratio':>6}")
-    for c, r in rows.items():
-        print(f"{c:<18} {r['this tree']:>12.2f} {r['baseline']:>11.2f} {r['this tree'] / r['baseline']:>6.2f}")
-    if a.json:
-        a.json.write_text(json.dumps({"median_cpu_s": rows, "runs": cpu, "rounds": a.rounds}, indent=1))
+    rows = [{"command": c, **{f"{t} s": statistics.median(v) for t, v in by.items()}} for c, by in cpu.items()]
+    for r in rows:
+        r["ratio"] = r["this tree s"] / r["baseline s"]
+    print_table(f"median CPU seconds (user + system) of a start, {rounds} rounds", rows)
+    write_json(a.json, {"meta": metadata(a, baseline_tree=str(a.baseline_tree), rounds=rounds),
+                        "median_cpu_s": rows, "runs": cpu})
 
 
 if __name__ == "__main__":
